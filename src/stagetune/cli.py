@@ -1,0 +1,438 @@
+"""The ``stagetune`` command: run, train, estimate, report, ui.
+
+Every user error becomes one line on stderr (field, value, fix) and exit code 2, before
+anything is created.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from stagetune.errors import StagetuneError
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but its errors are one line and exit 2 like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"stagetune: error: {message} (see '{self.prog} --help')\n")
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file (merged over the preset)")
+    p.add_argument("--preset", help="named preset: tiny (default), llama-tiny, paper-tiny, paper-gpt2-124m")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set train.lr=1e-3 (repeatable)",
+    )
+    p.add_argument("--workdir", help="work directory (MLflow store, Optuna storage, results)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="stagetune", description=__doc__)
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, required=True)
+
+    run = sub.add_parser("run", help="search schedules (Ray Tune + Optuna) and compare at equal compute")
+    _config_args(run)
+    run.add_argument("--trials", type=int, help="number of trials including the baseline")
+    run.add_argument("--space", help="search space: wide (default), paper, compact")
+    run.add_argument("--budget-factor", type=float, help="budget as a multiple of the baseline's compute")
+    run.add_argument("--workers-per-trial", type=int, help="Ray Train workers per trial")
+    run.add_argument("--seeds", type=int, help="repeat the baseline and best schedules on N seeds")
+    run.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a local instance)")
+    run.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite in the workdir)")
+    run.add_argument("--resume", action="store_true", help="continue the study in --workdir")
+    run.add_argument("--quiet", action="store_true", help="no live progress line")
+
+    train = sub.add_parser("train", help="train one schedule (no search)")
+    _config_args(train)
+    train.add_argument("--out", help="output directory (default: <workdir>/train/<name>)")
+    train.add_argument("--workers", type=int, help="Ray Train workers (default 1: in-process)")
+    train.add_argument("--resume", action="store_true", help="resume from the latest checkpoint in --out")
+
+    est = sub.add_parser("estimate", help="FLOPs of a schedule vs the baseline, without training")
+    _config_args(est)
+    est.add_argument("--stages", type=int, help="number of stages S (uniform increments)")
+    est.add_argument("--increments", help="explicit increments, e.g. 2,2,4,4")
+    est.add_argument("--convention", choices=["standard", "paper"], help="FLOPs convention for matching")
+
+    rep = sub.add_parser("report", help="rebuild the compute-matched comparison from MLflow")
+    rep.add_argument("--experiment", help="MLflow experiment (default: the study name in --workdir)")
+    rep.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite in --workdir)")
+    rep.add_argument("--workdir", default="stagetune-work", help="work directory of the study")
+    rep.add_argument("--output", help="directory for report.md/html and plots (default <workdir>/report)")
+    rep.add_argument("--sync", action="store_true", help="first deliver metrics spooled while MLflow was away")
+    rep.add_argument("--json", action="store_true")
+
+    ui = sub.add_parser("ui", help="start the MLflow UI on the study's store (127.0.0.1)")
+    ui.add_argument("--workdir", default="stagetune-work")
+    ui.add_argument("--tracking-uri", help="backend store URI (default: SQLite in --workdir)")
+    ui.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    ui.add_argument("--port", type=int, default=5000)
+    return parser
+
+
+# -------------------------------------------------------------------------------------------
+
+
+def _load(args: argparse.Namespace, extra: list[str] | None = None):  # type: ignore[no-untyped-def]
+    from stagetune.config import load_config
+
+    overrides = list(args.overrides) + list(extra or [])
+    if getattr(args, "workdir", None):
+        overrides.append(f"workdir={args.workdir}")
+    return load_config(args.config, preset=args.preset, overrides=overrides)
+
+
+def _positive(name: str, value: float | None) -> None:
+    from stagetune.errors import ConfigError
+
+    if value is not None and value <= 0:
+        raise ConfigError(name, value, "use a positive value")
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from stagetune.compute import ModelDims
+    from stagetune.errors import ConfigError
+    from stagetune.schedule import baseline_schedule, build_schedule
+
+    extra = []
+    if args.stages is not None:
+        _positive("--stages", args.stages)
+        extra.append(f"schedule.num_stages={args.stages}")
+    if args.increments:
+        try:
+            incs = [int(x) for x in args.increments.split(",")]
+        except ValueError:
+            raise ConfigError("--increments", args.increments, "use comma-separated integers, e.g. 2,2,4,4") from None
+        extra.append(f"schedule.increments={json.dumps(incs)}")
+    if args.convention:
+        extra.append(f"budget.convention={args.convention}")
+    cfg = _load(args, extra)
+    vocab = cfg.model.vocab_size or cfg.data.vocab_size
+    dims = ModelDims.from_model_config(cfg.model, vocab_size=vocab, seq_len=cfg.data.seq_len)
+    tps = cfg.train.batch_size * cfg.data.seq_len
+    T = cfg.schedule.baseline_steps
+    sched = build_schedule(cfg, vocab_size=vocab)
+    base = baseline_schedule(cfg.model.n_layer, T)
+    out: dict[str, Any] = {
+        "model": f"{cfg.model.family} L={cfg.model.n_layer} d={cfg.model.n_embd} V={vocab}",
+        "tokens_per_step": tps,
+        "baseline_steps": T,
+        "schedule": sched.to_dict(),
+        "budget_factor": cfg.budget.factor,
+        "conventions": {},
+    }
+    from stagetune.schedule import matched_continual_steps
+
+    stages_only = sched.with_continual(0)
+    for conv in ("standard", "paper"):
+        b = base.flops(dims, tokens_per_step=tps, convention=conv)
+        inc = stages_only.flops(dims, tokens_per_step=tps, convention=conv)
+        matched = matched_continual_steps(
+            stages_only, baseline_steps=T, dims=dims, tokens_per_step=tps, convention=conv, budget_factor=cfg.budget.factor
+        )
+        phases = [
+            {"stage": ph.stage, "phase": ph.kind, "depth": ph.depth, "steps": ph.steps, "flops": f}
+            for ph, f in stages_only.with_continual(matched).phase_flops(dims, tokens_per_step=tps, convention=conv)
+        ]
+        out["conventions"][conv] = {
+            "baseline_flops": b,
+            "incremental_flops": inc,
+            "ratio": inc / b,
+            "continual_steps_matched": matched,
+            "phases": phases,
+        }
+    chosen = out["conventions"][cfg.budget.convention]
+    out.update(
+        convention=cfg.budget.convention,
+        baseline_flops=chosen["baseline_flops"],
+        incremental_flops=chosen["incremental_flops"],
+        ratio=chosen["ratio"],
+        continual_steps_matched=chosen["continual_steps_matched"],
+    )
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    print(f"model: {out['model']}, {tps} tokens/step, baseline {T} steps")
+    print(f"schedule: {sched.label()}  increments {sched.increments}")
+    for conv, c in out["conventions"].items():
+        print(f"\n[{conv} convention]")
+        print(f"  {'stage':>5} {'phase':>9} {'depth':>5} {'steps':>7} {'FLOPs':>12}")
+        for ph in c["phases"]:
+            print(f"  {ph['stage']:>5} {ph['phase']:>9} {ph['depth']:>5} {ph['steps']:>7} {ph['flops']:>12.4g}")
+        print(
+            f"  stages total {c['incremental_flops']:.4g} vs baseline {c['baseline_flops']:.4g} "
+            f"(ratio {c['ratio']:.4f}); continual steps to match the budget: {c['continual_steps_matched']}"
+        )
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from stagetune.data import prepare_data
+    from stagetune.errors import ConfigError
+    from stagetune.orchestration.storage import check_writable
+    from stagetune.schedule import build_schedule
+    from stagetune.trainables.loop import StagedTrainer
+    from stagetune.trainables.session import LocalSession
+    from stagetune.trainables.spec import TrialSpec
+
+    extra = []
+    if args.workers is not None:
+        if args.workers < 1:
+            raise ConfigError("--workers", args.workers, "use at least 1 worker")
+        extra.append(f"resources.workers_per_trial={args.workers}")
+    cfg = _load(args, extra)
+    out = Path(args.out).expanduser() if args.out else cfg.workdir_path / "train" / cfg.name
+    check_writable(out, "--out")
+    if out.exists() and any(out.iterdir()) and not args.resume:
+        raise ConfigError("--out", str(out), "the directory is not empty; pass --resume or another --out")
+    prepared = prepare_data(cfg.data)
+    vocab = cfg.model.vocab_size or prepared.vocab_size
+    schedule = build_schedule(cfg, vocab_size=vocab)
+    spec = TrialSpec(
+        config=cfg,
+        schedule=schedule,
+        lr=cfg.train.lr,
+        warmup_steps=cfg.train.warmup_steps,
+        seed=cfg.train.seed,
+        vocab_size=vocab,
+        is_baseline=schedule.is_baseline,
+        trial_name=cfg.name,
+    )
+    if cfg.resources.workers_per_trial > 1:
+        result = _train_distributed(spec, out)
+    else:
+        def echo(rec: dict[str, Any]) -> None:
+            if not args.json:
+                print(
+                    f"step {rec['step']:>6}/{rec['total_steps']}  stage {rec['stage']} {rec['phase']:<9} "
+                    f"depth {rec['active_depth']}  train {rec['train_loss']:.4f}  eval {rec['eval_loss']:.4f}  "
+                    f"{rec['flops']:.3g} FLOPs  {rec['seconds']:.1f}s",
+                    flush=True,
+                )
+
+        session = LocalSession(out, echo=echo)
+        res = StagedTrainer(spec, session).run()
+        result = {
+            "status": res.status,
+            "final_eval_loss": res.final_eval_loss,
+            "flops": res.flops,
+            "flops_paper": res.flops_paper,
+            "tokens": res.tokens,
+            "seconds": res.seconds,
+            "steps": res.steps,
+            "resumed_from_step": res.resumed_from_step,
+        }
+    summary = {**result, "schedule": schedule.to_dict(), "label": schedule.label(), "out": str(out)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(
+            f"{result['status']}: final eval loss {result['final_eval_loss']:.4f} after "
+            f"{result['flops']:.4g} FLOPs ({result['tokens']} tokens, {result['seconds']:.1f}s); "
+            f"metrics in {out / 'metrics.jsonl'}"
+        )
+    return 0 if result["status"] == "finished" else 1
+
+
+def _train_distributed(spec: Any, out: Path) -> dict[str, Any]:
+    """``stagetune train --workers N``: a Ray Train TorchTrainer without Tune."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from stagetune.orchestration.cluster import check_placeable, connect
+    from stagetune.trainables.tune_trainable import train_worker_loop
+
+    res = spec.config.resources
+    info = connect(res.address)
+    check_placeable(res, info)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = TorchTrainer(
+        train_worker_loop,
+        train_loop_config={"spec": spec.to_dict(), "local_root": str(out / "workers")},
+        torch_config=TorchConfig(backend="gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=res.workers_per_trial, resources_per_worker={"CPU": res.cpus_per_worker}
+        ),
+        run_config=RunConfig(
+            name="train",
+            storage_path=str(out / "ray"),
+            failure_config=FailureConfig(max_failures=res.max_failures),
+        ),
+    )
+    result = trainer.fit()
+    records = [dict(r) for r in result.metrics_dataframe.to_dict("records")] if result.metrics_dataframe is not None else []
+    keep = ("step", "tokens", "flops", "flops_paper", "seconds", "train_loss", "eval_loss", "stage", "phase", "active_depth", "status")
+    with (out / "metrics.jsonl").open("w") as f:
+        for r in records:
+            f.write(json.dumps({k: r[k] for k in keep if k in r}) + "\n")
+    last = records[-1] if records else {}
+    return {
+        "status": last.get("status", "failed"),
+        "final_eval_loss": float(last.get("eval_loss", float("nan"))),
+        "flops": float(last.get("flops", 0.0)),
+        "flops_paper": float(last.get("flops_paper", 0.0)),
+        "tokens": int(last.get("tokens", 0)),
+        "seconds": float(last.get("seconds", 0.0)),
+        "steps": int(last.get("step", 0)),
+        "resumed_from_step": None,
+    }
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from stagetune.orchestration.study import prepare_study, run_study
+
+    extra = []
+    for flag, key, value in (
+        ("--trials", "search.num_trials", args.trials),
+        ("--workers-per-trial", "resources.workers_per_trial", args.workers_per_trial),
+        ("--seeds", "search.seeds", args.seeds),
+    ):
+        if value is not None:
+            if value < 1:
+                from stagetune.errors import ConfigError
+
+                raise ConfigError(flag, value, "use a positive integer")
+            extra.append(f"{key}={value}")
+    if args.space:
+        extra.append(f"search.space={args.space}")
+    if args.budget_factor is not None:
+        _positive("--budget-factor", args.budget_factor)
+        extra.append(f"budget.factor={args.budget_factor}")
+    if args.tracking_uri:
+        extra.append(f"tracking.tracking_uri={args.tracking_uri}")
+    if args.resume:
+        prep = prepare_study(None, workdir=args.workdir, resume=True)
+    else:
+        cfg = _load(args, extra)
+        prep = prepare_study(cfg)
+    t0 = time.time()
+    run = run_study(prep, quiet=args.quiet or args.json, address=args.address)
+    return _print_report(
+        run.tracking_uri,
+        run.experiment,
+        run.paths.report_dir,
+        as_json=args.json,
+        elapsed=time.time() - t0,
+        pareto=run.pareto,
+    )
+
+
+def _print_report(
+    tracking_uri: str,
+    experiment: str,
+    output: Path,
+    *,
+    as_json: bool,
+    elapsed: float | None = None,
+    pareto: list[dict[str, Any]] | None = None,
+) -> int:
+    from stagetune.results import build_report, format_table
+
+    report = build_report(tracking_uri, experiment, output, log_to_mlflow=True)
+    if as_json:
+        data = report.to_json()
+        if pareto:
+            data["optuna_pareto"] = pareto
+        print(json.dumps(data, indent=1, default=str))
+        return 0
+    print(format_table(report.outcomes))
+    print(report.verdict)
+    if pareto:
+        print("Pareto set (eval loss, FLOPs):")
+        for p in pareto:
+            print(f"  {p['eval_loss']:.4f}  {p['flops']:.4g}  {p['params']}")
+    where = f"report: {output / 'report.md'} and {output / 'report.html'}"
+    print(where)
+    print(f"MLflow: experiment '{experiment}' at {tracking_uri} (browse with 'stagetune ui')")
+    if elapsed is not None:
+        print(f"done in {elapsed:.0f}s")
+    return 0
+
+
+def _study_name_from_workdir(workdir: Path) -> tuple[str | None, str | None]:
+    study = workdir / "study.json"
+    if study.is_file():
+        data = json.loads(study.read_text())
+        tracking = data.get("tracking") or {}
+        return tracking.get("experiment") or data.get("name"), tracking.get("tracking_uri")
+    return None, None
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from stagetune.config import validate_name
+    from stagetune.errors import ConfigError
+    from stagetune.results import MlflowTracker
+
+    workdir = Path(args.workdir).expanduser().resolve()
+    name, uri = _study_name_from_workdir(workdir)
+    experiment = args.experiment or name
+    if not experiment:
+        raise ConfigError("--experiment", None, f"no study in {workdir}; pass --experiment NAME or --workdir")
+    validate_name(experiment, "--experiment")
+    tracking_uri = args.tracking_uri or uri or f"sqlite:///{workdir / 'mlflow.db'}"
+    if args.sync:
+        tracker = MlflowTracker(tracking_uri, experiment, spool_dir=workdir / "mlflow_spool")
+        n = tracker.sync_spool()
+        if not args.json:
+            print(f"delivered {n} spooled records")
+    output = Path(args.output).expanduser() if args.output else workdir / "report"
+    return _print_report(tracking_uri, experiment, output, as_json=args.json)
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from stagetune.results import start_ui
+
+    workdir = Path(args.workdir).expanduser().resolve()
+    name, uri = _study_name_from_workdir(workdir)
+    tracking_uri = args.tracking_uri or uri or f"sqlite:///{workdir / 'mlflow.db'}"
+    proc, url = start_ui(tracking_uri, host=args.host, port=args.port, wait=True)
+    print(f"MLflow UI: {url}  (experiment: {name or 'see the list'}); Ctrl-C stops it", flush=True)
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``stagetune`` console script."""
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    handlers = {
+        "run": cmd_run,
+        "train": cmd_train,
+        "estimate": cmd_estimate,
+        "report": cmd_report,
+        "ui": cmd_ui,
+    }
+    try:
+        return handlers[args.command](args)
+    except StagetuneError as exc:
+        msg = " ".join(str(exc).split())
+        print(f"stagetune: error: {msg}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("stagetune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,752 @@
+"""Typed experiment configuration: dataclasses, YAML loading, presets and ``--set`` overrides.
+
+All config objects are keyword-only dataclasses validated in ``__post_init__`` (the edge), so
+the rest of the code can trust them. Errors are :class:`~stagetune.errors.ConfigError` naming
+the dotted field, the value and the fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+import yaml
+
+from stagetune.errors import ConfigError, suggest
+
+__all__ = [
+    "PRESETS",
+    "BudgetConfig",
+    "DataConfig",
+    "ExperimentConfig",
+    "ModelConfig",
+    "ResourcesConfig",
+    "ScheduleConfig",
+    "SearchConfig",
+    "TrackingConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+]
+
+GROWTH_OPERATORS = ("random", "copy_top", "stack", "copy_middle", "zero")
+FREEZE_POLICIES = ("new_only", "paper", "none")
+MODEL_FAMILIES = ("gpt2", "llama")
+CONVENTIONS = ("standard", "paper")
+SEARCH_SPACES = ("paper", "wide")
+
+
+def _require(cond: bool, field_name: str, value: Any, fix: str) -> None:
+    if not cond:
+        raise ConfigError(field_name, value, fix)
+
+
+def _choice(value: str, choices: tuple[str, ...], field_name: str) -> None:
+    if value not in choices:
+        raise ConfigError(field_name, value, suggest(str(value), choices))
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    """The target model: a Hugging Face causal LM built from a config (no hub download)."""
+
+    family: str = "gpt2"
+    """Model family: ``gpt2`` or ``llama``."""
+    n_layer: int = 4
+    """Target depth L: the number of transformer blocks at the end of the schedule."""
+    n_embd: int = 64
+    """Hidden size."""
+    n_head: int = 4
+    """Attention heads."""
+    n_kv_head: int | None = None
+    """Key/value heads (Llama grouped-query attention); ``None`` means ``n_head``."""
+    intermediate_size: int | None = None
+    """MLP width; ``None`` means 4 × ``n_embd`` (GPT-2) or the Llama rule (8/3 × n_embd, rounded)."""
+    context_length: int = 128
+    """Maximum sequence length the model supports (GPT-2 ``n_positions``)."""
+    vocab_size: int | None = None
+    """Vocabulary size; ``None`` takes the tokenizer's."""
+    tie_embeddings: bool = True
+    """Share the input embedding and the LM head."""
+    dropout: float = 0.0
+    """Dropout probability (0 keeps runs deterministic)."""
+    attn_implementation: str = "sdpa"
+    """Attention kernel: ``sdpa`` or ``eager``."""
+
+    def __post_init__(self) -> None:
+        _choice(self.family, MODEL_FAMILIES, "model.family")
+        _require(self.n_layer >= 1, "model.n_layer", self.n_layer, "use a depth of at least 1")
+        _require(self.n_embd >= 1, "model.n_embd", self.n_embd, "use a positive hidden size")
+        _require(self.n_head >= 1, "model.n_head", self.n_head, "use at least one head")
+        _require(
+            self.n_embd % self.n_head == 0,
+            "model.n_head",
+            self.n_head,
+            f"n_embd={self.n_embd} must be divisible by n_head",
+        )
+        if self.n_kv_head is not None:
+            _require(
+                self.n_kv_head >= 1 and self.n_head % self.n_kv_head == 0,
+                "model.n_kv_head",
+                self.n_kv_head,
+                f"use a divisor of n_head={self.n_head}",
+            )
+        if self.intermediate_size is not None:
+            _require(
+                self.intermediate_size >= 1,
+                "model.intermediate_size",
+                self.intermediate_size,
+                "use a positive MLP width or null for the default",
+            )
+        _require(
+            self.context_length >= 2,
+            "model.context_length",
+            self.context_length,
+            "use a context length of at least 2",
+        )
+        if self.vocab_size is not None:
+            _require(
+                self.vocab_size >= 2,
+                "model.vocab_size",
+                self.vocab_size,
+                "use at least 2 tokens or null to take the tokenizer's size",
+            )
+        _require(
+            0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "use a value in [0, 1)"
+        )
+        _choice(self.attn_implementation, ("sdpa", "eager"), "model.attn_implementation")
+
+    @property
+    def ffn_size(self) -> int:
+        """The resolved MLP width."""
+        if self.intermediate_size is not None:
+            return self.intermediate_size
+        if self.family == "llama":
+            hidden = int(8 * self.n_embd / 3)
+            return 32 * ((hidden + 31) // 32)
+        return 4 * self.n_embd
+
+    @property
+    def kv_heads(self) -> int:
+        """The resolved number of key/value heads."""
+        return self.n_kv_head if self.n_kv_head is not None else self.n_head
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """Where tokens come from. The default is fully offline: the interpreter's stdlib source."""
+
+    source: str = "builtin"
+    """``builtin`` (stdlib source), or a path / directory / glob of .txt, .jsonl, .parquet,
+    or uint16 token shards (.bin, .npy)."""
+    tokenizer: str = "builtin"
+    """``builtin`` (byte-level BPE trained on the corpus and cached) or a tokenizer.json path."""
+    vocab_size: int = 2048
+    """Vocabulary size of the builtin tokenizer (ignored for a tokenizer.json)."""
+    seq_len: int = 64
+    """Tokens per training sequence."""
+    eval_fraction: float = 0.05
+    """Share of the token stream held out (from its end) for evaluation."""
+    eval_batches: int = 4
+    """Number of fixed eval batches (each ``train.batch_size`` sequences)."""
+    text_field: str = "text"
+    """Field holding the text in JSONL / Parquet files."""
+    max_corpus_mb: float = 6.0
+    """Cap on the builtin corpus size (MiB of source text), to keep tokenizer training quick."""
+    cache_dir: str | None = None
+    """Where tokenizers and token files are cached; default ``$STAGETUNE_CACHE`` or
+    ``~/.cache/stagetune``."""
+
+    def __post_init__(self) -> None:
+        _require(bool(self.source), "data.source", self.source, "name 'builtin' or a path")
+        _require(
+            256 <= self.vocab_size <= 65535,
+            "data.vocab_size",
+            self.vocab_size,
+            "use a vocabulary size between 256 and 65535 (tokens are stored as uint16)",
+        )
+        _require(self.seq_len >= 2, "data.seq_len", self.seq_len, "use at least 2 tokens")
+        _require(
+            0.0 < self.eval_fraction < 0.5,
+            "data.eval_fraction",
+            self.eval_fraction,
+            "use a fraction in (0, 0.5)",
+        )
+        _require(self.eval_batches >= 1, "data.eval_batches", self.eval_batches, "use >= 1")
+        _require(
+            self.max_corpus_mb > 0, "data.max_corpus_mb", self.max_corpus_mb, "use a positive size"
+        )
+        if self.source != "builtin":
+            # Globs are resolved by the data layer; a plain path must exist now.
+            if not any(ch in self.source for ch in "*?["):
+                _require(
+                    Path(self.source).expanduser().exists(),
+                    "data.source",
+                    self.source,
+                    "the path does not exist; point to an existing file or directory, or use 'builtin'",
+                )
+        if self.tokenizer != "builtin":
+            _require(
+                Path(self.tokenizer).expanduser().is_file(),
+                "data.tokenizer",
+                self.tokenizer,
+                "the file does not exist; point to a tokenizer.json or use 'builtin'",
+            )
+
+    def resolved_cache_dir(self) -> Path:
+        """The cache directory for tokenizers and token files."""
+        if self.cache_dir:
+            return Path(self.cache_dir).expanduser()
+        env = os.environ.get("STAGETUNE_CACHE")
+        if env:
+            return Path(env).expanduser()
+        return Path.home() / ".cache" / "stagetune"
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """Optimisation settings shared by every phase (the paper: AdamW, betas 0.9/0.95, wd 0.1)."""
+
+    batch_size: int = 16
+    """Global sequences per optimizer step (across workers and accumulation micro-steps)."""
+    grad_accum: int = 1
+    """Micro-steps per optimizer step on each worker."""
+    lr: float = 3e-3
+    """Peak learning rate."""
+    lr_schedule: str = "constant"
+    """``constant`` (the paper), ``cosine`` (warmup + cosine) or ``wsd`` (warmup-stable-decay)."""
+    warmup_steps: int = 0
+    """Linear warm-up steps (counted over the whole run)."""
+    min_lr_ratio: float = 0.1
+    """Final LR as a fraction of the peak, for cosine and WSD."""
+    decay_fraction: float = 0.2
+    """WSD: share of the run spent decaying."""
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0 disables clipping)."""
+    eval_points: int = 16
+    """Evaluations evenly spaced in compute over the budget, the same FLOPs for every schedule."""
+    checkpoint_every: int = 0
+    """Also checkpoint every N optimizer steps (0: only at phase boundaries)."""
+    seed: int = 0
+    """Seed of the data order and of the initialisation."""
+    device: str = "auto"
+    """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
+    dtype: str = "auto"
+    """``auto`` (bf16 autocast on GPU, fp32 on CPU), ``float32`` or ``bfloat16``."""
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, "train.batch_size", self.batch_size, "use >= 1")
+        _require(self.grad_accum >= 1, "train.grad_accum", self.grad_accum, "use >= 1")
+        _require(
+            self.batch_size % self.grad_accum == 0,
+            "train.grad_accum",
+            self.grad_accum,
+            f"must divide train.batch_size={self.batch_size}",
+        )
+        _require(self.lr > 0, "train.lr", self.lr, "use a positive learning rate")
+        _choice(self.lr_schedule, ("constant", "cosine", "wsd"), "train.lr_schedule")
+        _require(self.warmup_steps >= 0, "train.warmup_steps", self.warmup_steps, "use >= 0")
+        _require(
+            0.0 <= self.min_lr_ratio <= 1.0, "train.min_lr_ratio", self.min_lr_ratio, "use [0, 1]"
+        )
+        _require(
+            0.0 < self.decay_fraction <= 1.0,
+            "train.decay_fraction",
+            self.decay_fraction,
+            "use (0, 1]",
+        )
+        _require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "use >= 0")
+        _require(0 <= self.beta1 < 1, "train.beta1", self.beta1, "use [0, 1)")
+        _require(0 <= self.beta2 < 1, "train.beta2", self.beta2, "use [0, 1)")
+        _require(self.grad_clip >= 0, "train.grad_clip", self.grad_clip, "use >= 0 (0 = off)")
+        _require(self.eval_points >= 2, "train.eval_points", self.eval_points, "use >= 2")
+        _require(
+            self.checkpoint_every >= 0, "train.checkpoint_every", self.checkpoint_every, "use >= 0"
+        )
+        _choice(self.device, ("auto", "cpu", "cuda"), "train.device")
+        _choice(self.dtype, ("auto", "float32", "bfloat16"), "train.dtype")
+
+
+@dataclass(kw_only=True)
+class ScheduleConfig:
+    """The schedule trained by ``stagetune train`` (the search samples its own)."""
+
+    baseline_steps: int = 120
+    """T: optimizer steps of the full-depth baseline; stages share T steps between them."""
+    num_stages: int = 1
+    """S: number of stages (1 is the baseline). Ignored when ``increments`` is given."""
+    increments: list[int] | None = None
+    """Explicit layer increments Δ_i (must sum to model.n_layer), e.g. [2, 2, 4, 4]."""
+    phase1_fraction: float = 0.5
+    """Share of each stage's steps spent in phase 1 (the first stage has no older blocks,
+    so it trains all its blocks throughout)."""
+    step_spread: str = "uniform"
+    """How the T stage steps are spread across stages: ``uniform`` or ``depth`` (∝ d_i)."""
+    continual_steps: int | None = None
+    """Continual training steps at full depth; ``None`` derives them from the budget."""
+    continual_multiple: float = 1.0
+    """Multiple of the budget-matched continual length (when ``continual_steps`` is None)."""
+    growth: str = "random"
+    """Growth operator for new blocks: random, copy_top, stack, copy_middle, zero."""
+    freeze_policy: str = "new_only"
+    """Phase-1 freeze policy: new_only, paper, none."""
+    optimizer_policy: str = "reset"
+    """At growth and at the start of continual training: ``reset`` or ``carry`` optimizer state."""
+
+    def __post_init__(self) -> None:
+        _require(
+            self.baseline_steps >= 1,
+            "schedule.baseline_steps",
+            self.baseline_steps,
+            "use a positive number of steps",
+        )
+        _require(self.num_stages >= 1, "schedule.num_stages", self.num_stages, "use >= 1")
+        if self.increments is not None:
+            _require(
+                len(self.increments) >= 1 and all(int(d) >= 1 for d in self.increments),
+                "schedule.increments",
+                self.increments,
+                "list positive layer counts, e.g. [2, 2]",
+            )
+        _require(
+            0.0 <= self.phase1_fraction < 1.0,
+            "schedule.phase1_fraction",
+            self.phase1_fraction,
+            "use a fraction in [0, 1)",
+        )
+        _choice(self.step_spread, ("uniform", "depth"), "schedule.step_spread")
+        if self.continual_steps is not None:
+            _require(
+                self.continual_steps >= 0,
+                "schedule.continual_steps",
+                self.continual_steps,
+                "use >= 0, or null to derive it from the budget",
+            )
+        _require(
+            self.continual_multiple >= 0,
+            "schedule.continual_multiple",
+            self.continual_multiple,
+            "use >= 0",
+        )
+        _choice(self.growth, GROWTH_OPERATORS, "schedule.growth")
+        _choice(self.freeze_policy, FREEZE_POLICIES, "schedule.freeze_policy")
+        _choice(self.optimizer_policy, ("reset", "carry"), "schedule.optimizer_policy")
+
+
+@dataclass(kw_only=True)
+class BudgetConfig:
+    """The compute budget: the baseline's training FLOPs × ``factor``."""
+
+    factor: float = 1.0
+    """Budget as a multiple of the baseline's training FLOPs (1.0 = equal compute)."""
+    convention: str = "standard"
+    """FLOPs convention used for matching: ``standard`` or ``paper``."""
+
+    def __post_init__(self) -> None:
+        _require(
+            self.factor > 0,
+            "budget.factor",
+            self.factor,
+            "use a positive multiple of the baseline's compute, e.g. 1.0",
+        )
+        _choice(self.convention, CONVENTIONS, "budget.convention")
+
+
+@dataclass(kw_only=True)
+class SearchConfig:
+    """The schedule search (Ray Tune + Optuna)."""
+
+    space: str = "wide"
+    """Search space name: ``paper`` or ``wide``."""
+    num_trials: int = 8
+    """Trials including the baseline."""
+    seeds: int = 1
+    """Seeds for the repeat phase: the baseline and the best schedules rerun on N seeds."""
+    repeat_top_k: int = 2
+    """How many of the best schedules are repeated when ``seeds`` > 1."""
+    multi_objective: bool = False
+    """Optimise (eval loss, compute) jointly with NSGA-II and report the Pareto set."""
+    early_stopping: bool = True
+    """ASHA on cumulative training FLOPs."""
+    grace_fraction: float = 0.34
+    """ASHA grace period as a fraction of the budget's FLOPs."""
+    reduction_factor: int = 2
+    """ASHA reduction factor."""
+    max_concurrent: int | None = None
+    """Concurrent trials; ``None`` derives it from the cluster's resources."""
+
+    def __post_init__(self) -> None:
+        _choice(self.space, SEARCH_SPACES, "search.space")
+        _require(self.num_trials >= 1, "search.num_trials", self.num_trials, "use >= 1")
+        _require(self.seeds >= 1, "search.seeds", self.seeds, "use >= 1")
+        _require(self.repeat_top_k >= 1, "search.repeat_top_k", self.repeat_top_k, "use >= 1")
+        _require(
+            0.0 < self.grace_fraction <= 1.0,
+            "search.grace_fraction",
+            self.grace_fraction,
+            "use (0, 1]",
+        )
+        _require(
+            self.reduction_factor >= 2,
+            "search.reduction_factor",
+            self.reduction_factor,
+            "use >= 2",
+        )
+        if self.max_concurrent is not None:
+            _require(
+                self.max_concurrent >= 1, "search.max_concurrent", self.max_concurrent, "use >= 1"
+            )
+
+
+@dataclass(kw_only=True)
+class ResourcesConfig:
+    """Where and how each trial runs."""
+
+    workers_per_trial: int = 1
+    """Ray Train workers per trial (1 runs the loop in-process inside the Tune trial)."""
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    strategy: str = "ddp"
+    """Multi-worker strategy: ``ddp`` or ``fsdp`` (FSDP2 ``fully_shard``)."""
+    address: str | None = None
+    """Ray cluster address; ``None`` uses ``$RAY_ADDRESS`` or starts a local instance."""
+    max_failures: int = 2
+    """Trial restarts from its latest checkpoint after a worker or node failure."""
+    storage_path: str | None = None
+    """Ray Tune storage (local path or a pyarrow URI); default ``<workdir>/ray_results``."""
+
+    def __post_init__(self) -> None:
+        _require(
+            self.workers_per_trial >= 1,
+            "resources.workers_per_trial",
+            self.workers_per_trial,
+            "use >= 1",
+        )
+        _require(
+            self.cpus_per_worker > 0, "resources.cpus_per_worker", self.cpus_per_worker, "use > 0"
+        )
+        _require(
+            self.gpus_per_worker >= 0, "resources.gpus_per_worker", self.gpus_per_worker, "use >= 0"
+        )
+        _choice(self.strategy, ("ddp", "fsdp"), "resources.strategy")
+        _require(self.max_failures >= 0, "resources.max_failures", self.max_failures, "use >= 0")
+
+
+@dataclass(kw_only=True)
+class TrackingConfig:
+    """MLflow tracking."""
+
+    tracking_uri: str | None = None
+    """MLflow tracking URI; ``None`` is ``sqlite:///<workdir>/mlflow.db``."""
+    experiment: str | None = None
+    """MLflow experiment name; ``None`` uses the experiment config's ``name``."""
+
+
+@dataclass(kw_only=True)
+class ExperimentConfig:
+    """Everything one study needs."""
+
+    name: str = "stagetune-default"
+    """Study name (also the MLflow experiment and the Optuna study); letters, digits, -_. only."""
+    workdir: str = "stagetune-work"
+    """Work directory: MLflow store, Optuna storage, Ray results, reports."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        validate_name(self.name, "name")
+        if self.tracking.experiment is not None:
+            validate_name(self.tracking.experiment, "tracking.experiment")
+        _require(
+            self.data.seq_len <= self.model.context_length,
+            "data.seq_len",
+            self.data.seq_len,
+            f"must not exceed model.context_length={self.model.context_length}; "
+            "shorten the sequences or raise the context length",
+        )
+        if self.schedule.increments is not None:
+            total = sum(self.schedule.increments)
+            _require(
+                total == self.model.n_layer,
+                "schedule.increments",
+                self.schedule.increments,
+                f"increments sum to {total} but model.n_layer={self.model.n_layer}; "
+                "make them add up to the model depth",
+            )
+        else:
+            _require(
+                self.schedule.num_stages <= self.model.n_layer,
+                "schedule.num_stages",
+                self.schedule.num_stages,
+                f"use at most model.n_layer={self.model.n_layer} stages",
+            )
+        world = self.resources.workers_per_trial
+        _require(
+            self.train.batch_size % (world * self.train.grad_accum) == 0,
+            "train.batch_size",
+            self.train.batch_size,
+            f"must be divisible by workers_per_trial × grad_accum = {world * self.train.grad_accum}",
+        )
+
+    @property
+    def experiment_name(self) -> str:
+        """The MLflow experiment name."""
+        return self.tracking.experiment or self.name
+
+    @property
+    def workdir_path(self) -> Path:
+        return Path(self.workdir).expanduser().resolve()
+
+    def resolved_tracking_uri(self) -> str:
+        """The MLflow tracking URI (SQLite in the work directory by default)."""
+        if self.tracking.tracking_uri:
+            return self.tracking.tracking_uri
+        return f"sqlite:///{self.workdir_path / 'mlflow.db'}"
+
+
+def validate_name(name: str, field_name: str) -> None:
+    """Names become file and study names: refuse separators, traversal and odd characters."""
+    ok = (
+        bool(name)
+        and len(name) <= 128
+        and name not in {".", ".."}
+        and all(ch.isalnum() or ch in "-_." for ch in name)
+        and not name.startswith(".")
+    )
+    _require(
+        ok,
+        field_name,
+        name,
+        "use 1-128 letters, digits, '-', '_' or '.', not starting with '.' (no path separators)",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# dict <-> dataclass conversion with helpful errors
+
+T = TypeVar("T")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors: list[ConfigError] = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, path)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0] if errors else ConfigError(path, value, "unsupported type")
+    if origin is list:
+        (item_tp,) = get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(path, value, f"expected a list of {_type_name(item_tp)}")
+        return [_coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(path, value, suggest(str(value), map(str, get_args(tp))))
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(path, value, "expected a mapping of fields")
+        return _from_dict(tp, value, path)  # type: ignore[arg-type]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(path, value, "expected true or false")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(path, value, "expected an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(path, value, "expected a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(path, value, "expected a string")
+        return value
+    return value
+
+
+def _from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise ConfigError(path, value, f"unknown key; {suggest(str(key), names)}")
+        kwargs[key] = _coerce(value, hints[key], path)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # pragma: no cover - dataclass signature mismatch
+        raise ConfigError(prefix or cls.__name__, data, str(exc)) from exc
+
+
+def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
+    """Build a validated :class:`ExperimentConfig` from a plain (YAML/JSON) dict."""
+    if not isinstance(data, dict):
+        raise ConfigError("config", data, "the config file must hold a mapping at top level")
+    return _from_dict(ExperimentConfig, data)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain-dict form of any config dataclass (JSON/YAML serialisable)."""
+    return dataclasses.asdict(cfg)
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# presets
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The embedded default: trains in minutes on 2 CPU cores.
+    "tiny": {},
+    "llama-tiny": {
+        "name": "stagetune-llama-tiny",
+        "model": {"family": "llama", "n_layer": 4, "n_embd": 64, "n_head": 4, "n_kv_head": 2},
+    },
+    # The paper's study shape at laptop scale (issue: paper study at small scale).
+    "paper-tiny": {
+        "name": "stagetune-paper-tiny",
+        "train": {"lr": 3e-3, "lr_schedule": "constant"},
+        "schedule": {"growth": "random", "freeze_policy": "paper", "phase1_fraction": 0.5},
+        "search": {"space": "paper", "num_trials": 6, "early_stopping": False},
+    },
+    # arXiv 2411.18700's setting: GPT-2 124M, 524,288 tokens/step, AdamW 6e-4 constant.
+    "paper-gpt2-124m": {
+        "name": "stagetune-paper-gpt2-124m",
+        "model": {
+            "family": "gpt2",
+            "n_layer": 12,
+            "n_embd": 768,
+            "n_head": 12,
+            "context_length": 1024,
+            "vocab_size": 50304,
+        },
+        "data": {"seq_len": 1024, "vocab_size": 50304},
+        "train": {
+            "batch_size": 512,
+            "lr": 6e-4,
+            "lr_schedule": "constant",
+            "weight_decay": 0.1,
+            "beta1": 0.9,
+            "beta2": 0.95,
+            "device": "auto",
+        },
+        "schedule": {
+            "baseline_steps": 9536,
+            "num_stages": 4,
+            "phase1_fraction": 0.5,
+            "growth": "random",
+            "freeze_policy": "paper",
+        },
+        "search": {"space": "paper"},
+        "resources": {"workers_per_trial": 8, "gpus_per_worker": 1, "cpus_per_worker": 4},
+    },
+}
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    preset: str | None = None,
+    overrides: list[str] | None = None,
+) -> ExperimentConfig:
+    """Load a config: preset (default ``tiny``), then the YAML file, then ``key=value`` overrides."""
+    preset_name = preset or "tiny"
+    if preset_name not in PRESETS:
+        raise ConfigError("preset", preset_name, suggest(preset_name, PRESETS))
+    data: dict[str, Any] = copy.deepcopy(PRESETS[preset_name])
+    if path is not None:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise ConfigError("config", str(path), "the file does not exist; pass a YAML file path")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError("config", str(path), f"not valid YAML{where}; fix the syntax") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError("config", str(path), "the file must hold a mapping at top level")
+        data = _deep_merge(data, loaded)
+    if overrides:
+        data = apply_overrides(data, overrides)
+    return config_from_dict(data)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides; values are parsed as YAML scalars (safe_load)."""
+    out = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError("--set", item, "use key=value, e.g. --set train.lr=1e-3")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError("--set", item, "use a dotted key, e.g. --set train.lr=1e-3")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        # YAML reads '1e-3' as a string; numbers in scientific notation are common here.
+        if isinstance(value, str):
+            try:
+                value = float(value) if any(c in value for c in ".eE") else int(value)
+            except ValueError:
+                pass
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = {}
+                node[part] = child
+            if not isinstance(child, dict):
+                raise ConfigError(key, raw, f"{part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return out

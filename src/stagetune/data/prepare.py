@@ -1,0 +1,341 @@
+"""Turning a data source into a memmap-able token stream on disk: :func:`prepare_data`.
+
+Text sources are tokenised once into a cached uint16 ``.bin`` (documents each preceded by the
+end-of-text token, the nanoGPT/llm.c FineWeb layout). Token shards are validated (ids within
+the vocabulary) and used in place, never copied. Every cache entry is built under a file lock
+and published with an atomic rename, so concurrent Ray workers share one build.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from stagetune.config import DataConfig
+from stagetune.data.base import DataSource, TextSource, TokenSource
+from stagetune.data.cache import atomic_path, file_lock, stable_hash, write_json_atomic
+from stagetune.data.sources import source_from_config
+from stagetune.data.tokenizer import MAX_VOCAB, TokenizerInfo, load_tokenizer, resolve_tokenizer
+from stagetune.data.tokens import TokenArray, TokenSegment, scan_token_range
+from stagetune.errors import ConfigError
+
+__all__ = ["PreparedData", "min_tokens_needed", "prepare_data"]
+
+# Bump when the on-disk token layout changes, so stale cache files are not reused.
+_FORMAT_VERSION = 1
+# Documents are encoded in batches of about this much text (bounded memory, parallel encode).
+_BATCH_CHARS = 4 * 1024 * 1024
+_BATCH_DOCS = 1024
+# Longer documents are encoded in pieces of about this size (see _pieces).
+_PIECE_CHARS = 1024 * 1024
+# A newline between two non-space characters: splitting right after it leaves the byte-level
+# pre-tokenisation (GPT-2 regex) unchanged, so piecewise encoding equals whole encoding.
+_SAFE_SPLIT = re.compile(r"(?<=\S\n)(?=\S)")
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Tokens ready for :class:`~stagetune.data.TokenStream`.
+
+    Attributes:
+        tokens_path: the token file (the cached ``.bin``, or the first shard).
+        num_tokens: tokens over all segments.
+        vocab_size: number of token ids the model must embed (the tokenizer's size, or
+            ``data.vocab_size`` for shards without a tokenizer.json).
+        eot_id: the end-of-text id, or ``None`` when unknown (shards without a tokenizer.json).
+        tokenizer_path: the ``tokenizer.json`` (to decode samples), or ``None``.
+        fingerprint: digest of the source and tokenizer: equal fingerprints, equal tokens.
+        source: the ``data.source`` value the tokens came from (for error messages).
+        description: one-line description of the source (for logs and the CLI).
+        segments: the memmap-able token runs, in stream order (one for tokenised text, one per
+            shard for token shards).
+    """
+
+    tokens_path: Path
+    num_tokens: int
+    vocab_size: int
+    eot_id: int | None
+    tokenizer_path: Path | None
+    fingerprint: str
+    source: str
+    description: str
+    segments: tuple[TokenSegment, ...]
+
+    def open(self) -> TokenArray:
+        """The tokens as a lazily read :class:`~stagetune.data.tokens.TokenArray`."""
+        return TokenArray(self.segments)
+
+    def describe(self) -> str:
+        """One line for the CLI."""
+        eot = "unknown" if self.eot_id is None else str(self.eot_id)
+        return (
+            f"{self.num_tokens:,} tokens, vocab {self.vocab_size}, eot {eot}, "
+            f"{len(self.segments)} file(s) [{self.fingerprint}] - {self.description}"
+        )
+
+
+def min_tokens_needed(
+    *, seq_len: int, batch_size: int, eval_fraction: float, eval_batches: int
+) -> int:
+    """The fewest tokens for which a :class:`TokenStream` with these settings can be built.
+
+    The train split (all but the last ``eval_fraction``) must hold ``batch_size`` distinct
+    windows of ``seq_len + 1`` tokens after a random shift of up to ``seq_len - 1`` tokens;
+    the eval split must hold ``eval_batches × batch_size`` non-overlapping windows.
+    """
+    eval_windows = eval_batches * batch_size
+    # Lower bounds from the two conditions (n·f ≥ eval need; n·(1−f) + 1 > train need), less
+    # a margin for float rounding; both conditions grow monotonically with n, so step up.
+    n = max(
+        1,
+        math.floor((eval_windows * seq_len + 1) / eval_fraction) - 2,
+        math.floor(((batch_size + 1) * seq_len - 1) / (1.0 - eval_fraction)) - 2,
+    )
+    while not _fits(n, seq_len, batch_size, eval_fraction, eval_windows):
+        n += 1
+    return n
+
+
+def _fits(n: int, seq_len: int, batch_size: int, eval_fraction: float, eval_windows: int) -> bool:
+    n_eval = int(n * eval_fraction)
+    n_train = n - n_eval
+    return (n_train - seq_len) // seq_len >= batch_size and (n_eval - 1) // seq_len >= eval_windows
+
+
+def prepare_data(cfg: DataConfig, source: DataSource | None = None) -> PreparedData:
+    """Prepare the tokens described by ``cfg`` (or by an explicit ``source``), using the cache.
+
+    Cheap when cached: a second call (any process on the machine) only checks the cache.
+
+    Raises:
+        ConfigError: missing path, no matching files, no tokens, too few tokens for one
+            sequence in each split, token ids outside the vocabulary or above uint16.
+    """
+    spec = cfg.source if source is None else source.name
+    if source is None:
+        source = source_from_config(cfg)
+    if isinstance(source, TokenSource):
+        prepared = _prepare_shards(cfg, source, spec)
+    elif isinstance(source, TextSource):
+        prepared = _prepare_text(cfg, source, spec)
+    else:
+        raise ConfigError(
+            "data.source",
+            spec,
+            f"{type(source).__name__} is neither a TextSource nor a "
+            "TokenSource; subclass one of them",
+        )
+    # The smallest sensible stream: one train and one eval sequence. TokenStream checks the
+    # real requirement, which depends on the batch size.
+    needed = min_tokens_needed(
+        seq_len=cfg.seq_len, batch_size=1, eval_fraction=cfg.eval_fraction, eval_batches=1
+    )
+    if prepared.num_tokens < needed:
+        raise ConfigError(
+            "data.source",
+            spec,
+            f"yields only {prepared.num_tokens} tokens, fewer than the {needed} needed for one "
+            f"sequence of data.seq_len={cfg.seq_len} in both the train and eval splits; add data",
+        )
+    return prepared
+
+
+# --------------------------------------------------------------------------------------------
+# text sources
+
+
+def _pieces(text: str) -> Iterator[str]:
+    """Split a long document at newlines where splitting cannot change its tokens."""
+    start = 0
+    while len(text) - start > _PIECE_CHARS:
+        match = _SAFE_SPLIT.search(text, start + _PIECE_CHARS)
+        if match is None:
+            break
+        yield text[start : match.start()]
+        start = match.start()
+    yield text[start:]
+
+
+def _encode_batch(tok: Tokenizer, docs: list[str], eot_id: int) -> np.ndarray:
+    """Encode documents as one uint16 run: ``[eot, doc0..., eot, doc1..., ...]``."""
+    owners: list[int] = []
+    pieces: list[str] = []
+    for index, doc in enumerate(docs):
+        for piece in _pieces(doc):
+            owners.append(index)
+            pieces.append(piece)
+    encodings = tok.encode_batch_fast(pieces, add_special_tokens=False)
+    chunks: list[list[int]] = []
+    last_owner = -1
+    for owner, encoding in zip(owners, encodings):
+        if owner != last_owner:
+            chunks.append([eot_id])
+            last_owner = owner
+        chunks.append(encoding.ids)
+    total = sum(len(c) for c in chunks)
+    out = np.empty(total, dtype=np.uint16)
+    pos = 0
+    for chunk in chunks:
+        out[pos : pos + len(chunk)] = chunk
+        pos += len(chunk)
+    return out
+
+
+def _tokenize_to(path: Path, source: TextSource, info: TokenizerInfo) -> int:
+    """Tokenise every document of ``source`` into ``path``; return the token count."""
+    tok = info.load()
+    num_tokens = 0
+    batch: list[str] = []
+    batch_chars = 0
+    with open(path, "wb") as handle:
+        for doc in source.iter_texts():
+            if not doc:
+                continue
+            batch.append(doc)
+            batch_chars += len(doc)
+            if batch_chars >= _BATCH_CHARS or len(batch) >= _BATCH_DOCS:
+                ids = _encode_batch(tok, batch, info.eot_id)
+                handle.write(ids.tobytes())
+                num_tokens += len(ids)
+                batch, batch_chars = [], 0
+        if batch:
+            ids = _encode_batch(tok, batch, info.eot_id)
+            handle.write(ids.tobytes())
+            num_tokens += len(ids)
+    return num_tokens
+
+
+def _prepare_text(cfg: DataConfig, source: TextSource, spec: str) -> PreparedData:
+    info = resolve_tokenizer(cfg, source)
+    key = stable_hash(_FORMAT_VERSION, source.fingerprint(), info.fingerprint)
+    target = cfg.resolved_cache_dir() / "tokens" / f"{source.name}-{key}.bin"
+    meta_path = target.with_suffix(".json")
+
+    def from_cache() -> PreparedData | None:
+        # The metadata file is written last, so its presence marks a complete entry.
+        if not meta_path.is_file() or not target.is_file():
+            return None
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        num_tokens = int(meta["num_tokens"])
+        if target.stat().st_size != 2 * num_tokens:
+            return None  # truncated by something outside stagetune: rebuild
+        return PreparedData(
+            tokens_path=target,
+            num_tokens=num_tokens,
+            vocab_size=info.vocab_size,
+            eot_id=info.eot_id,
+            tokenizer_path=info.path,
+            fingerprint=key,
+            source=spec,
+            description=source.describe(),
+            segments=(TokenSegment(target, 0, num_tokens, "uint16"),),
+        )
+
+    cached = from_cache()
+    if cached is not None:
+        return cached
+    with file_lock(target):
+        cached = from_cache()
+        if cached is not None:
+            return cached
+        with atomic_path(target) as tmp:
+            num_tokens = _tokenize_to(tmp, source, info)
+            if num_tokens == 0:
+                raise ConfigError(
+                    "data.source", spec, "yields no tokens (empty files?); add documents"
+                )
+        write_json_atomic(
+            meta_path,
+            {
+                "num_tokens": num_tokens,
+                "vocab_size": info.vocab_size,
+                "eot_id": info.eot_id,
+                "tokenizer": str(info.path),
+                "source": source.describe(),
+                "format": _FORMAT_VERSION,
+            },
+        )
+    result = from_cache()
+    assert result is not None
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# token shards
+
+
+def _token_range(cfg: DataConfig, segment: TokenSegment) -> tuple[int, int]:
+    """(min, max) id of a shard, cached: scanning 10B tokens per worker per trial is wasteful."""
+    stat = segment.path.stat()
+    key = stable_hash(
+        str(segment.path.resolve()), stat.st_size, stat.st_mtime_ns, segment.offset, segment.dtype
+    )
+    target = cfg.resolved_cache_dir() / "shards" / f"{key}.json"
+    if target.is_file():
+        data = json.loads(target.read_text(encoding="utf-8"))
+        return int(data["min"]), int(data["max"])
+    with file_lock(target):
+        if target.is_file():
+            data = json.loads(target.read_text(encoding="utf-8"))
+            return int(data["min"]), int(data["max"])
+        lo, hi = scan_token_range(segment)
+        write_json_atomic(target, {"min": lo, "max": hi, "path": str(segment.path)})
+    return lo, hi
+
+
+def _prepare_shards(cfg: DataConfig, source: TokenSource, spec: str) -> PreparedData:
+    segments = tuple(s for s in source.segments() if s.num_tokens > 0)
+    if not segments:
+        raise ConfigError("data.source", spec, "the token shards hold no tokens; add data")
+    tokenizer_path: Path | None = None
+    eot_id: int | None = None
+    if cfg.tokenizer == "builtin":
+        vocab_size, vocab_field = cfg.vocab_size, "data.vocab_size"
+    else:
+        info = load_tokenizer(cfg.tokenizer)
+        vocab_size, vocab_field = info.vocab_size, "data.tokenizer"
+        tokenizer_path, eot_id = info.path, info.eot_id
+    for segment in segments:
+        lo, hi = _token_range(cfg, segment)
+        if lo < 0:
+            raise ConfigError(
+                "data.source",
+                str(segment.path),
+                f"holds a negative token id ({lo}); ids must be >= 0",
+            )
+        if hi >= MAX_VOCAB:
+            raise ConfigError(
+                "data.source",
+                str(segment.path),
+                f"holds token id {hi} >= {MAX_VOCAB}; stagetune stores ids as uint16, so use a "
+                f"tokenizer with at most {MAX_VOCAB} tokens",
+            )
+        if hi >= vocab_size:
+            shown: object = cfg.vocab_size if vocab_field == "data.vocab_size" else cfg.tokenizer
+            padded = min(MAX_VOCAB - 1, 64 * math.ceil((hi + 1) / 64))
+            raise ConfigError(
+                vocab_field,
+                shown,
+                f"{segment.path.name} holds token id {hi} but the vocabulary has {vocab_size} ids; "
+                f"set data.vocab_size to at least {hi + 1} (e.g. {padded}) or data.tokenizer to "
+                "the tokenizer.json that made the shards",
+            )
+    fingerprint = stable_hash(_FORMAT_VERSION, source.fingerprint(), vocab_size)
+    return PreparedData(
+        tokens_path=segments[0].path,
+        num_tokens=sum(s.num_tokens for s in segments),
+        vocab_size=vocab_size,
+        eot_id=eot_id,
+        tokenizer_path=tokenizer_path,
+        fingerprint=fingerprint,
+        source=spec,
+        description=source.describe(),
+        segments=segments,
+    )

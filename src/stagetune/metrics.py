@@ -1,0 +1,47 @@
+"""The metric record every trial reports: one schema shared by the trainer, Tune and MLflow.
+
+A trial reports one record per evaluation point (evaluations sit at fixed compute intervals,
+the same FLOPs for every schedule of a study) and a last one when training ends.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "CONTINUAL",
+    "FLOPS",
+    "FLOPS_PAPER",
+    "METRIC_KEYS",
+    "PHASE_IDS",
+    "STATUS_DIVERGED",
+    "STATUSES",
+]
+
+FLOPS: Final = "flops"
+"""Cumulative training FLOPs, standard convention (Tune's ``time_attr`` for ASHA)."""
+FLOPS_PAPER: Final = "flops_paper"
+"""Cumulative training FLOPs, the paper's convention."""
+
+METRIC_KEYS: Final = (
+    "step",  # optimizer steps done
+    "tokens",  # cumulative training tokens (MLflow step axis)
+    FLOPS,
+    FLOPS_PAPER,
+    "seconds",  # cumulative training wall-clock seconds (eval excluded)
+    "train_loss",  # mean training loss since the previous record
+    "eval_loss",  # held-out loss at this compute point
+    "lr",
+    "stage",  # 1-based stage; continual training is num_stages + 1
+    "phase_id",  # see PHASE_IDS
+    "active_depth",
+)
+
+PHASE_IDS: Final = {"phase1": 1, "phase2": 2, "continual": 3}
+CONTINUAL: Final = "continual"
+
+STATUS_FINISHED: Final = "finished"
+STATUS_STOPPED: Final = "stopped"  # stopped early by ASHA
+STATUS_DIVERGED: Final = "diverged"
+STATUS_FAILED: Final = "failed"
+STATUSES: Final = (STATUS_FINISHED, STATUS_STOPPED, STATUS_DIVERGED, STATUS_FAILED)

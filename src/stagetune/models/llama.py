@@ -1,0 +1,86 @@
+"""Llama family adapter (``LlamaForCausalLM``: RoPE, RMSNorm, gated MLP, grouped-query attn)."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import torch
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM, PretrainedConfig, PreTrainedModel
+
+from stagetune.config import ModelConfig
+from stagetune.models.family import BlockContext, FamilyAdapter, register_family
+
+__all__ = ["LlamaAdapter"]
+
+
+def _base(hf: PreTrainedModel) -> Any:
+    # Any: HF declares submodules loosely (``Tensor | Module``) for type checkers.
+    return hf.model
+
+
+def _attn_kwargs(cfg: ModelConfig) -> dict[str, Any]:
+    return {"attn_implementation": cfg.attn_implementation}
+
+
+class LlamaAdapter(FamilyAdapter):
+    """Llama: ``model.{embed_tokens,layers,norm,rotary_emb}`` and ``lm_head``."""
+
+    name = "llama"
+
+    def build_hf_config(self, cfg: ModelConfig, *, vocab_size: int) -> PretrainedConfig:
+        return LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=cfg.n_embd,
+            intermediate_size=cfg.ffn_size,
+            num_hidden_layers=cfg.n_layer,
+            num_attention_heads=cfg.n_head,
+            num_key_value_heads=cfg.kv_heads,
+            max_position_embeddings=cfg.context_length,
+            attention_dropout=cfg.dropout,
+            tie_word_embeddings=cfg.tie_embeddings,
+            # Llama's default special ids may lie outside small vocabularies.
+            bos_token_id=None,
+            eos_token_id=None,
+            use_cache=False,
+            # Passed through **kwargs to PreTrainedConfig (not in the typed signature).
+            **_attn_kwargs(cfg),
+        )
+
+    def model_class(self) -> type[PreTrainedModel]:
+        return LlamaForCausalLM
+
+    def blocks(self, hf: PreTrainedModel) -> nn.ModuleList:
+        return cast(nn.ModuleList, _base(hf).layers)
+
+    def set_blocks(self, hf: PreTrainedModel, blocks: nn.ModuleList) -> None:
+        _base(hf).layers = blocks
+
+    def embedding_modules(self, hf: PreTrainedModel) -> list[nn.Module]:
+        return [cast(nn.Module, _base(hf).embed_tokens)]
+
+    def final_norm(self, hf: PreTrainedModel) -> nn.Module:
+        return cast(nn.Module, _base(hf).norm)
+
+    def embed(
+        self, hf: PreTrainedModel, input_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, BlockContext]:
+        base = _base(hf)
+        position_ids = self.position_ids(input_ids)
+        hidden = base.embed_tokens(input_ids)
+        mask = self.causal_mask(hf, hidden, position_ids)
+        # transformers 5.x blocks do not compute RoPE themselves: the model computes (cos, sin)
+        # once per forward and passes it to every block as ``position_embeddings``.
+        position_embeddings = base.rotary_emb(hidden, position_ids=position_ids)
+        return hidden, {
+            "attention_mask": mask,
+            "position_ids": position_ids,
+            "position_embeddings": position_embeddings,
+        }
+
+    def residual_output_projections(self, block: nn.Module) -> list[nn.Module]:
+        b: Any = block
+        return [cast(nn.Module, b.self_attn.o_proj), cast(nn.Module, b.mlp.down_proj)]
+
+
+register_family(LlamaAdapter())

@@ -1,0 +1,182 @@
+"""Driver-side Tune callbacks: MLflow tracking (one child run per trial) and live progress.
+
+Both run in the driver process only, so workers never talk to MLflow and a trial's metrics are
+logged exactly once, from the rank-0 record Tune received.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from ray.tune import Callback
+
+from stagetune.metrics import (
+    FLOPS,
+    METRIC_KEYS,
+    STATUS_DIVERGED,
+    STATUS_FAILED,
+    STATUS_FINISHED,
+    STATUS_STOPPED,
+)
+from stagetune.results import MlflowTracker
+
+__all__ = ["MlflowCallback", "ProgressCallback", "TrialLedger"]
+
+
+def _trial_params(trial: Any) -> dict[str, Any]:
+    return dict(trial.config.get("point", trial.config))
+
+
+class TrialLedger:
+    """What the driver knows of every trial: its curve, status and schedule."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.curves: dict[str, list[tuple[float, float]]] = {}
+        self.last: dict[str, dict[str, Any]] = {}
+        self.status: dict[str, str] = {}
+        self.baseline_ids: set[str] = set()
+
+    def add(self, trial_id: str, result: dict[str, Any]) -> None:
+        with self.lock:
+            self.last[trial_id] = result
+            if result.get("is_baseline"):
+                self.baseline_ids.add(trial_id)
+            ev = result.get("eval_loss")
+            if ev is not None and math.isfinite(float(ev)):
+                self.curves.setdefault(trial_id, []).append((float(result[FLOPS]), float(ev)))
+
+    def final_status(self, trial_id: str, *, errored: bool = False) -> str:
+        last = self.last.get(trial_id, {})
+        if last.get("status") == STATUS_DIVERGED:
+            return STATUS_DIVERGED
+        if errored:
+            return STATUS_FAILED
+        if last.get("status") == STATUS_FINISHED:
+            return STATUS_FINISHED
+        return STATUS_STOPPED
+
+    def best_matched(self) -> tuple[str, float, float] | None:
+        """(trial, eval loss at the baseline's compute, baseline's final loss) of the best trial."""
+        with self.lock:
+            bases = [
+                t for t in self.baseline_ids if self.status.get(t) == STATUS_FINISHED and self.curves.get(t)
+            ]
+            if not bases:
+                return None
+            b = bases[0]
+            b_flops, b_loss = self.curves[b][-1]
+            best: tuple[str, float, float] | None = None
+            for t, curve in self.curves.items():
+                if t == b or not curve or curve[-1][0] < b_flops * (1 - 1e-9):
+                    continue
+                xs = np.array([c[0] for c in curve])
+                ys = np.array([c[1] for c in curve])
+                at = float(np.interp(b_flops, xs, ys))
+                if best is None or at < best[1]:
+                    best = (t, at, b_loss)
+            return best
+
+
+class MlflowCallback(Callback):
+    """Logs every trial as an MLflow child run of the study's parent run."""
+
+    def __init__(
+        self,
+        tracker: MlflowTracker,
+        ledger: TrialLedger,
+        *,
+        describe: Callable[[dict[str, Any], str], dict[str, Any]],
+        on_complete: Callable[[str, str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.tracker = tracker
+        self.ledger = ledger
+        self._describe = describe
+        self._on_complete = on_complete
+        self._started: set[str] = set()
+
+    def _ensure_started(self, trial: Any) -> None:
+        if trial.trial_id in self._started:
+            return
+        info = self._describe(_trial_params(trial), trial.trial_id)
+        self.tracker.start_trial(trial_id=trial.trial_id, params=info["params"], tags=info["tags"])
+        self._started.add(trial.trial_id)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._ensure_started(trial)
+
+    def on_trial_restore(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._ensure_started(trial)
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        self._ensure_started(trial)
+        self.ledger.add(trial.trial_id, result)
+        record = {k: result[k] for k in METRIC_KEYS if k in result and result[k] is not None}
+        self.tracker.log_report(trial.trial_id, record)
+
+    def _finish(self, trial: Any, *, errored: bool) -> None:
+        self._ensure_started(trial)
+        status = self.ledger.final_status(trial.trial_id, errored=errored)
+        with self.ledger.lock:
+            self.ledger.status[trial.trial_id] = status
+        last = self.ledger.last.get(trial.trial_id, {})
+        tags = {}
+        if status == STATUS_STOPPED and FLOPS in last:
+            tags["stagetune.asha_rung"] = f"{float(last[FLOPS]):.6g}"
+        self.tracker.end_trial(trial.trial_id, status, tags=tags)
+        if self._on_complete is not None:
+            self._on_complete(trial.trial_id, status, last)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial, errored=False)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial, errored=True)
+
+
+class ProgressCallback(Callback):
+    """One live status line: trials done/running/stopped, compute spent vs planned, best so far."""
+
+    def __init__(self, ledger: TrialLedger, *, planned_flops: float, total_trials: int, quiet: bool = False):
+        self.ledger = ledger
+        self.planned = planned_flops
+        self.total = total_trials
+        self.quiet = quiet
+        self._last_print = 0.0
+
+    def line(self, trials: list) -> str:
+        states = [t.status for t in trials]
+        running = states.count("RUNNING")
+        with self.ledger.lock:
+            statuses = list(self.ledger.status.values())
+            spent = sum(float(r.get(FLOPS, 0.0)) for r in self.ledger.last.values())
+        done = statuses.count(STATUS_FINISHED)
+        stopped = statuses.count(STATUS_STOPPED)
+        bad = statuses.count(STATUS_DIVERGED) + statuses.count(STATUS_FAILED)
+        best = self.ledger.best_matched()
+        best_txt = (
+            f"best at baseline compute: {best[1]:.4f} (baseline {best[2]:.4f})" if best else "best: waiting for the baseline"
+        )
+        pct = 100.0 * spent / self.planned if self.planned else 0.0
+        return (
+            f"[stagetune] trials {done} done, {running} running, {stopped} stopped, {bad} diverged/failed "
+            f"of {self.total} | compute {spent:.3g}/{self.planned:.3g} FLOPs ({pct:.0f}%) | {best_txt}"
+        )
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        now = time.monotonic()
+        if self.quiet or now - self._last_print < 10.0:
+            return
+        self._last_print = now
+        print(self.line(trials), flush=True)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if not self.quiet:
+            print(self.line(trials), flush=True)

@@ -1,0 +1,116 @@
+"""Connecting to Ray: a local instance by default, or an existing cluster by address."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from stagetune.config import ResourcesConfig
+from stagetune.errors import ConfigError
+
+__all__ = ["ClusterInfo", "check_placeable", "connect", "max_concurrent_trials"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterInfo:
+    """What the cluster can ever offer (sum over alive nodes)."""
+
+    cpus: float
+    gpus: float
+    nodes: int
+    max_node_cpus: float
+    max_node_gpus: float
+
+
+def _check_address_reachable(address: str) -> None:
+    if address in ("auto", "local") or address.startswith("ray://"):
+        target = address[len("ray://") :] if address.startswith("ray://") else None
+        if target is None:
+            return
+    else:
+        target = address
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError("--address", address, "use host:port of a Ray head node, e.g. 127.0.0.1:6379")
+    try:
+        with socket.create_connection((host, int(port)), timeout=3):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            "--address",
+            address,
+            f"cannot reach a Ray head there ({exc.strerror or exc}); start one with "
+            "'ray start --head' or drop --address to run locally",
+        ) from None
+
+
+def connect(address: str | None, *, num_cpus: int | None = None) -> ClusterInfo:
+    """``ray.init`` once: join ``address`` (or ``$RAY_ADDRESS``), else start a local instance."""
+    import ray
+
+    addr = address or os.environ.get("RAY_ADDRESS") or None
+    if addr:
+        _check_address_reachable(addr)
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False}
+        if addr:
+            kwargs["address"] = addr
+        else:
+            kwargs["include_dashboard"] = False
+            if num_cpus is not None:
+                kwargs["num_cpus"] = num_cpus
+        # Workers must not re-run the project's runtime env; the package is installed.
+        ray.init(**kwargs)
+    return cluster_info()
+
+
+def cluster_info() -> ClusterInfo:
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    cpus = [float(n["Resources"].get("CPU", 0)) for n in nodes]
+    gpus = [float(n["Resources"].get("GPU", 0)) for n in nodes]
+    return ClusterInfo(
+        cpus=sum(cpus),
+        gpus=sum(gpus),
+        nodes=len(nodes),
+        max_node_cpus=max(cpus, default=0.0),
+        max_node_gpus=max(gpus, default=0.0),
+    )
+
+
+def check_placeable(res: ResourcesConfig, info: ClusterInfo) -> None:
+    """Refuse a trial shape the cluster can never place (before anything starts)."""
+    need_cpu = res.workers_per_trial * res.cpus_per_worker
+    if need_cpu > info.cpus:
+        raise ConfigError(
+            "resources.workers_per_trial",
+            res.workers_per_trial,
+            f"{res.workers_per_trial} workers × {res.cpus_per_worker} CPUs need {need_cpu:g} CPUs "
+            f"but the cluster has {info.cpus:g}; lower workers_per_trial or cpus_per_worker",
+        )
+    if res.cpus_per_worker > info.max_node_cpus:
+        raise ConfigError(
+            "resources.cpus_per_worker",
+            res.cpus_per_worker,
+            f"no node has that many CPUs (largest: {info.max_node_cpus:g}); lower it",
+        )
+    need_gpu = res.workers_per_trial * res.gpus_per_worker
+    if need_gpu > info.gpus:
+        raise ConfigError(
+            "resources.gpus_per_worker",
+            res.gpus_per_worker,
+            f"trials need {need_gpu:g} GPUs but the cluster has {info.gpus:g}; "
+            "set gpus_per_worker=0 to train on CPUs",
+        )
+
+
+def max_concurrent_trials(res: ResourcesConfig, info: ClusterInfo) -> int:
+    """How many trials fit side by side."""
+    by_cpu = int(info.cpus // (res.workers_per_trial * res.cpus_per_worker))
+    n = by_cpu
+    if res.gpus_per_worker > 0:
+        n = min(n, int(info.gpus // (res.workers_per_trial * res.gpus_per_worker)))
+    return max(1, n)

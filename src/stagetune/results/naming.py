@@ -1,0 +1,84 @@
+"""The MLflow vocabulary stagetune writes and reads: tag names, roles, statuses, schedule params.
+
+Tracking writes these names and analysis reads them back, so they live in one place: a study is
+found again (for ``--resume`` and for reports) only through them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Final
+
+from stagetune.metrics import STATUS_DIVERGED, STATUS_FAILED, STATUS_FINISHED, STATUS_STOPPED
+from stagetune.schedule import Schedule
+
+__all__ = [
+    "MLFLOW_STATUS",
+    "PARAM_SCHEDULE_KEY",
+    "PARAM_SCHEDULE_LABEL",
+    "ROLE_PARENT",
+    "ROLE_TRIAL",
+    "STATUS_RUNNING",
+    "TAG_ASHA_RUNG",
+    "TAG_IS_BASELINE",
+    "TAG_PARENT_RUN",
+    "TAG_ROLE",
+    "TAG_RUN_NAME",
+    "TAG_SEED",
+    "TAG_STATUS",
+    "TAG_STUDY",
+    "TAG_TRIAL_ID",
+    "schedule_key",
+    "schedule_params",
+]
+
+TAG_STUDY: Final = "stagetune.study"
+TAG_ROLE: Final = "stagetune.role"
+TAG_TRIAL_ID: Final = "stagetune.trial_id"
+TAG_IS_BASELINE: Final = "stagetune.is_baseline"
+"""``"true"`` on the full-depth baseline's runs, ``"false"`` on every other trial."""
+TAG_SEED: Final = "stagetune.seed"
+TAG_STATUS: Final = "stagetune.status"
+"""``running`` or one of :data:`stagetune.metrics.STATUSES`."""
+TAG_ASHA_RUNG: Final = "stagetune.asha_rung"
+"""The ASHA rung (0-based) at which a ``stopped`` trial was cut."""
+TAG_PARENT_RUN: Final = "mlflow.parentRunId"
+TAG_RUN_NAME: Final = "mlflow.runName"
+
+ROLE_PARENT: Final = "parent"
+ROLE_TRIAL: Final = "trial"
+STATUS_RUNNING: Final = "running"
+
+PARAM_SCHEDULE_KEY: Final = "schedule_key"
+"""Trials with equal keys ran the same schedule (with different seeds): analysis groups them."""
+PARAM_SCHEDULE_LABEL: Final = "schedule_label"
+
+MLFLOW_STATUS: Final = {
+    STATUS_FINISHED: "FINISHED",
+    STATUS_STOPPED: "KILLED",
+    STATUS_DIVERGED: "FAILED",
+    STATUS_FAILED: "FAILED",
+}
+"""stagetune trial status -> MLflow run status (the exact one is kept in :data:`TAG_STATUS`)."""
+
+
+def schedule_key(schedule: Schedule) -> str:
+    """A short stable digest of what a schedule trains (provenance ``meta`` excluded).
+
+    Two trials that differ only in their seed get the same key, so their outcomes can be
+    averaged; ``meta`` is left out because it records how the schedule was found, not what runs.
+    """
+    d = schedule.to_dict()
+    d.pop("meta", None)
+    digest = hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()
+    return digest[:12]
+
+
+def schedule_params(schedule: Schedule) -> dict[str, Any]:
+    """MLflow params for a trial: the flattened schedule plus its key and label."""
+    return {
+        **schedule.flat_params(),
+        PARAM_SCHEDULE_KEY: schedule_key(schedule),
+        PARAM_SCHEDULE_LABEL: schedule.label(),
+    }

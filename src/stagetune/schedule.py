@@ -1,0 +1,436 @@
+"""Schedules: stages of growing depth, their phases, the baseline, and budget matching.
+
+A :class:`Schedule` is an ordered tuple of :class:`Stage` (stage i ends at depth d_i, with
+``phase1_steps`` training the new blocks and ``phase2_steps`` training all active blocks) plus
+``continual_steps`` at full depth. The baseline is the one-stage schedule d_1 = L.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from stagetune.compute import ModelDims, step_flops, step_work
+from stagetune.config import FREEZE_POLICIES, GROWTH_OPERATORS, ExperimentConfig
+from stagetune.errors import ConfigError, suggest
+
+__all__ = [
+    "Phase",
+    "Schedule",
+    "Stage",
+    "baseline_schedule",
+    "build_schedule",
+    "even_increments",
+    "from_increments",
+    "matched_continual_steps",
+    "paper_schedule",
+    "split_steps",
+    "uniform_schedule",
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stage:
+    """One stage: grow to ``depth``, train new blocks, then all active blocks."""
+
+    depth: int
+    phase1_steps: int
+    phase2_steps: int
+
+    @property
+    def steps(self) -> int:
+        return self.phase1_steps + self.phase2_steps
+
+
+@dataclass(frozen=True, kw_only=True)
+class Phase:
+    """A contiguous run of optimizer steps with one active depth and one trainable set."""
+
+    kind: str
+    """``phase1``, ``phase2`` or ``continual``."""
+    stage: int
+    """1-based stage index; continual training is stage ``num_stages + 1``."""
+    depth: int
+    prev_depth: int
+    """Depth before this stage grew (phase 1 trains blocks [prev_depth, depth))."""
+    steps: int
+    start_step: int
+    """Global index of the phase's first optimizer step."""
+
+    @property
+    def end_step(self) -> int:
+        return self.start_step + self.steps
+
+    @property
+    def trainable_from(self) -> int:
+        """Lowest block that computes weight gradients in this phase."""
+        return self.prev_depth if self.kind == "phase1" else 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Schedule:
+    """A full training schedule (validated on construction)."""
+
+    num_layers: int
+    stages: tuple[Stage, ...]
+    continual_steps: int = 0
+    growth: str = "random"
+    freeze_policy: str = "new_only"
+    optimizer_policy: str = "reset"
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+    """Free-form provenance (e.g. the search parameters that produced it)."""
+
+    def __post_init__(self) -> None:
+        if not self.stages:
+            raise ConfigError("schedule.stages", [], "give at least one stage")
+        prev = 0
+        for i, st in enumerate(self.stages):
+            if st.depth <= prev:
+                raise ConfigError(
+                    f"schedule.stages[{i}].depth",
+                    st.depth,
+                    f"depths must rise strictly (previous depth {prev})",
+                )
+            if st.phase1_steps < 0 or st.phase2_steps < 0 or st.steps < 1:
+                raise ConfigError(
+                    f"schedule.stages[{i}]",
+                    (st.phase1_steps, st.phase2_steps),
+                    "phase steps must be >= 0 and each stage needs at least one step",
+                )
+            if self.freeze_policy == "none" and st.phase1_steps and prev:
+                raise ConfigError(
+                    f"schedule.stages[{i}].phase1_steps",
+                    st.phase1_steps,
+                    "freeze policy 'none' has no phase 1; set it to 0",
+                )
+            prev = st.depth
+        if prev != self.num_layers:
+            raise ConfigError(
+                "schedule.stages[-1].depth",
+                prev,
+                f"the last stage must reach the model depth {self.num_layers}",
+            )
+        if self.continual_steps < 0:
+            raise ConfigError("schedule.continual_steps", self.continual_steps, "use >= 0")
+        if self.growth not in GROWTH_OPERATORS:
+            raise ConfigError("schedule.growth", self.growth, suggest(self.growth, GROWTH_OPERATORS))
+        if self.freeze_policy not in FREEZE_POLICIES:
+            raise ConfigError(
+                "schedule.freeze_policy",
+                self.freeze_policy,
+                suggest(self.freeze_policy, FREEZE_POLICIES),
+            )
+        if self.optimizer_policy not in ("reset", "carry"):
+            raise ConfigError(
+                "schedule.optimizer_policy", self.optimizer_policy, "use 'reset' or 'carry'"
+            )
+
+    # -- derived views ----------------------------------------------------------------------
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
+    @property
+    def depths(self) -> list[int]:
+        return [s.depth for s in self.stages]
+
+    @property
+    def increments(self) -> list[int]:
+        out, prev = [], 0
+        for s in self.stages:
+            out.append(s.depth - prev)
+            prev = s.depth
+        return out
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.num_stages == 1 and self.continual_steps == 0
+
+    @property
+    def stage_steps(self) -> int:
+        return sum(s.steps for s in self.stages)
+
+    @property
+    def total_steps(self) -> int:
+        return self.stage_steps + self.continual_steps
+
+    def phases(self) -> list[Phase]:
+        """Non-empty phases in training order."""
+        out: list[Phase] = []
+        step, prev = 0, 0
+        for i, st in enumerate(self.stages, start=1):
+            for kind, n in (("phase1", st.phase1_steps), ("phase2", st.phase2_steps)):
+                if n:
+                    # Without older blocks, "phase 1" trains everything: same as phase 2.
+                    k = kind if prev else "phase2"
+                    out.append(
+                        Phase(kind=k, stage=i, depth=st.depth, prev_depth=prev, steps=n, start_step=step)
+                    )
+                    step += n
+            prev = st.depth
+        if self.continual_steps:
+            out.append(
+                Phase(
+                    kind="continual",
+                    stage=self.num_stages + 1,
+                    depth=self.num_layers,
+                    prev_depth=self.num_layers,
+                    steps=self.continual_steps,
+                    start_step=step,
+                )
+            )
+        return out
+
+    def phase_flops(
+        self, dims: ModelDims, *, tokens_per_step: int, convention: str = "standard"
+    ) -> list[tuple[Phase, float]]:
+        """Each phase with its total training FLOPs."""
+        out = []
+        for ph in self.phases():
+            work = step_work(
+                phase=ph.kind, depth=ph.depth, prev_depth=ph.prev_depth, freeze_policy=self.freeze_policy
+            )
+            out.append(
+                (ph, ph.steps * step_flops(dims, work, tokens=tokens_per_step, convention=convention))
+            )
+        return out
+
+    def flops(
+        self,
+        dims: ModelDims,
+        *,
+        tokens_per_step: int,
+        convention: str = "standard",
+        include_continual: bool = True,
+    ) -> float:
+        """Total training FLOPs of the schedule."""
+        return sum(
+            f
+            for ph, f in self.phase_flops(dims, tokens_per_step=tokens_per_step, convention=convention)
+            if include_continual or ph.kind != "continual"
+        )
+
+    def with_continual(self, steps: int) -> Schedule:
+        return replace(self, continual_steps=steps)
+
+    # -- serialisation --------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["stages"] = [asdict(s) for s in self.stages]
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Schedule:
+        d = dict(data)
+        d["stages"] = tuple(Stage(**s) for s in d["stages"])
+        d.setdefault("meta", {})
+        return cls(**d)
+
+    def flat_params(self) -> dict[str, Any]:
+        """A flat, human-readable view for MLflow params and tables."""
+        return {
+            "num_stages": self.num_stages,
+            "increments": "-".join(map(str, self.increments)),
+            "phase1_steps": "-".join(str(s.phase1_steps) for s in self.stages),
+            "phase2_steps": "-".join(str(s.phase2_steps) for s in self.stages),
+            "continual_steps": self.continual_steps,
+            "growth": self.growth,
+            "freeze_policy": self.freeze_policy,
+            "optimizer_policy": self.optimizer_policy,
+            "total_steps": self.total_steps,
+        }
+
+    def label(self) -> str:
+        """Short name, e.g. ``S2[2-2] copy_top/new_only +40c``."""
+        if self.is_baseline:
+            return "baseline"
+        inc = "-".join(map(str, self.increments))
+        return f"S{self.num_stages}[{inc}] {self.growth}/{self.freeze_policy} +{self.continual_steps}c"
+
+
+# -- builders -------------------------------------------------------------------------------
+
+
+def split_steps(total: int, weights: Sequence[float]) -> list[int]:
+    """Split ``total`` into integers proportional to ``weights`` (largest remainder, exact sum)."""
+    wsum = float(sum(weights))
+    raw = [total * w / wsum for w in weights]
+    out = [math.floor(r) for r in raw]
+    order = sorted(range(len(raw)), key=lambda i: (out[i] - raw[i], i))
+    for i in order[: total - sum(out)]:
+        out[i] += 1
+    return out
+
+
+def even_increments(num_layers: int, num_stages: int) -> list[int]:
+    """L/S layers per stage; when S does not divide L the extra layers go to the last stages."""
+    if not 1 <= num_stages <= num_layers:
+        raise ConfigError(
+            "schedule.num_stages", num_stages, f"use between 1 and model.n_layer={num_layers}"
+        )
+    base, extra = divmod(num_layers, num_stages)
+    return [base + (1 if i >= num_stages - extra else 0) for i in range(num_stages)]
+
+
+def from_increments(
+    increments: Sequence[int],
+    *,
+    stage_steps: int,
+    phase1_fraction: float = 0.5,
+    step_spread: str = "uniform",
+    continual_steps: int = 0,
+    growth: str = "random",
+    freeze_policy: str = "new_only",
+    optimizer_policy: str = "reset",
+    stage_step_weights: Sequence[float] | None = None,
+) -> Schedule:
+    """A schedule from layer increments, spreading ``stage_steps`` across the stages."""
+    incs = [int(x) for x in increments]
+    if not incs or any(x < 1 for x in incs):
+        raise ConfigError("schedule.increments", incs, "list positive layer counts, e.g. [2, 2]")
+    depths, d = [], 0
+    for x in incs:
+        d += x
+        depths.append(d)
+    if stage_steps < len(incs):
+        raise ConfigError(
+            "schedule.baseline_steps",
+            stage_steps,
+            f"need at least one step per stage ({len(incs)} stages)",
+        )
+    if stage_step_weights is not None:
+        weights = list(stage_step_weights)
+    elif step_spread == "depth":
+        weights = [float(x) for x in depths]
+    elif step_spread == "uniform":
+        weights = [1.0] * len(incs)
+    else:
+        raise ConfigError("schedule.step_spread", step_spread, "use 'uniform' or 'depth'")
+    per_stage = split_steps(stage_steps, weights)
+    if min(per_stage) < 1:
+        per_stage = split_steps(stage_steps - len(incs), weights)
+        per_stage = [n + 1 for n in per_stage]
+    stages = []
+    for i, n in enumerate(per_stage):
+        has_phase1 = i > 0 and freeze_policy != "none"
+        p1 = min(n - 1, round(n * phase1_fraction)) if has_phase1 else 0
+        stages.append(Stage(depth=depths[i], phase1_steps=max(p1, 0), phase2_steps=n - max(p1, 0)))
+    return Schedule(
+        num_layers=depths[-1],
+        stages=tuple(stages),
+        continual_steps=continual_steps,
+        growth=growth,
+        freeze_policy=freeze_policy,
+        optimizer_policy=optimizer_policy,
+    )
+
+
+def uniform_schedule(
+    num_layers: int, num_stages: int, *, stage_steps: int, **kwargs: Any
+) -> Schedule:
+    """S stages of L/S layers each (uneven remainders go to the top stages)."""
+    return from_increments(even_increments(num_layers, num_stages), stage_steps=stage_steps, **kwargs)
+
+
+def baseline_schedule(num_layers: int, steps: int) -> Schedule:
+    """Full-depth training for ``steps`` steps: the reference of every comparison."""
+    return Schedule(
+        num_layers=num_layers,
+        stages=(Stage(depth=num_layers, phase1_steps=0, phase2_steps=steps),),
+        growth="random",
+        freeze_policy="none",
+    )
+
+
+def paper_schedule(
+    num_layers: int, num_stages: int, *, baseline_steps: int, continual_steps: int = 0
+) -> Schedule:
+    """arXiv 2411.18700: L/S layers a stage, each phase T/(2S) steps, paper freeze, random growth."""
+
+    phase = baseline_steps // (2 * num_stages)
+    if phase < 1:
+        raise ConfigError(
+            "schedule.baseline_steps",
+            baseline_steps,
+            f"need at least 2·S={2 * num_stages} steps for the paper's phases",
+        )
+    # L/S layers a stage; when S does not divide L the top stages take one layer more.
+    depths = [sum(even_increments(num_layers, num_stages)[: i + 1]) for i in range(num_stages)]
+    # Stage 1 has no older blocks: its "phase 1" trains everything, i.e. it is phase 2.
+    stages = tuple(
+        Stage(depth=d, phase1_steps=0 if i == 0 else phase, phase2_steps=2 * phase if i == 0 else phase)
+        for i, d in enumerate(depths)
+    )
+    return Schedule(
+        num_layers=num_layers,
+        stages=stages,
+        continual_steps=continual_steps,
+        growth="random",
+        freeze_policy="paper",
+        optimizer_policy="reset",
+    )
+
+
+def matched_continual_steps(
+    schedule: Schedule,
+    *,
+    baseline_steps: int,
+    dims: ModelDims,
+    tokens_per_step: int,
+    convention: str = "standard",
+    budget_factor: float = 1.0,
+) -> int:
+    """Continual steps that bring the schedule's compute up to baseline × ``budget_factor``.
+
+    Floors, so the schedule never spends more than the budget; 0 when the stages alone
+    already spend it.
+    """
+    base = baseline_schedule(schedule.num_layers, baseline_steps)
+    budget = budget_factor * base.flops(dims, tokens_per_step=tokens_per_step, convention=convention)
+    spent = schedule.flops(
+        dims, tokens_per_step=tokens_per_step, convention=convention, include_continual=False
+    )
+    full = step_flops(
+        dims,
+        step_work(phase="continual", depth=schedule.num_layers, prev_depth=schedule.num_layers, freeze_policy=schedule.freeze_policy),
+        tokens=tokens_per_step,
+        convention=convention,
+    )
+    # Tiny epsilon: the exact-equality case must not lose a step to float rounding.
+    return max(0, math.floor((budget - spent) / full + 1e-9))
+
+
+def build_schedule(cfg: ExperimentConfig, *, vocab_size: int) -> Schedule:
+    """The schedule described by ``cfg.schedule``, with the continual length from the budget."""
+    sc = cfg.schedule
+    L = cfg.model.n_layer
+    incs = sc.increments if sc.increments is not None else even_increments(L, sc.num_stages)
+    if len(incs) == 1 and sc.continual_steps in (None, 0):
+        return baseline_schedule(L, sc.baseline_steps)
+    sched = from_increments(
+        incs,
+        stage_steps=sc.baseline_steps,
+        phase1_fraction=sc.phase1_fraction,
+        step_spread=sc.step_spread,
+        growth=sc.growth,
+        freeze_policy=sc.freeze_policy,
+        optimizer_policy=sc.optimizer_policy,
+    )
+    if sc.continual_steps is not None:
+        return sched.with_continual(sc.continual_steps)
+    dims = ModelDims.from_model_config(cfg.model, vocab_size=vocab_size, seq_len=cfg.data.seq_len)
+    matched = matched_continual_steps(
+        sched,
+        baseline_steps=sc.baseline_steps,
+        dims=dims,
+        tokens_per_step=cfg.train.batch_size * cfg.data.seq_len,
+        convention=cfg.budget.convention,
+        budget_factor=cfg.budget.factor,
+    )
+    return sched.with_continual(round(matched * sc.continual_multiple))

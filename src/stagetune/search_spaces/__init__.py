@@ -1,0 +1,33 @@
+"""Schedule search spaces for Optuna (define-by-run), including the paper's.
+
+A :class:`SearchSpace` samples params on an Optuna trial (:meth:`SearchSpace.define`, or
+:meth:`SearchSpace.as_define_by_run` for ``ray.tune.search.optuna.OptunaSearch``) and turns
+params into a :class:`TrialPlan` (:meth:`SearchSpace.build`) given the study's
+:class:`SpaceContext`. Spaces are looked up by name in :data:`SEARCH_SPACES`.
+"""
+
+from stagetune.search_spaces.base import DefineByRun, SearchSpace, suggest_increments
+from stagetune.search_spaces.compact import CompactSpace
+from stagetune.search_spaces.context import SpaceContext
+from stagetune.search_spaces.paper import PaperSpace
+from stagetune.search_spaces.plan import TrialPlan, recipe_key
+from stagetune.search_spaces.registry import SEARCH_SPACES, get_search_space
+from stagetune.search_spaces.trial import ParamsTrial, RecordingTrial, TrialLike
+from stagetune.search_spaces.wide import WideSpace
+
+__all__ = [
+    "SEARCH_SPACES",
+    "CompactSpace",
+    "DefineByRun",
+    "PaperSpace",
+    "ParamsTrial",
+    "RecordingTrial",
+    "SearchSpace",
+    "SpaceContext",
+    "TrialLike",
+    "TrialPlan",
+    "WideSpace",
+    "get_search_space",
+    "recipe_key",
+    "suggest_increments",
+]

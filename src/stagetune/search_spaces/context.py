@@ -1,0 +1,121 @@
+"""The study-wide facts every search space needs: depth, step budget, FLOPs model, defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from stagetune.compute import ModelDims, step_flops, step_work
+from stagetune.config import CONVENTIONS, FREEZE_POLICIES, GROWTH_OPERATORS, ExperimentConfig
+from stagetune.errors import ConfigError, suggest
+from stagetune.schedule import baseline_schedule
+
+__all__ = ["SpaceContext"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpaceContext:
+    """Everything a :class:`~stagetune.search_spaces.SearchSpace` reads besides the params.
+
+    One context per study: spaces are stateless, so the same space object serves studies of
+    different models. The ``growth`` … ``optimizer_policy`` fields are the config's schedule
+    knobs, used wherever a space does not search that knob itself.
+    """
+
+    num_layers: int
+    """Target depth L."""
+    baseline_steps: int
+    """T: steps of the full-depth baseline; the stages of every schedule share them."""
+    dims: ModelDims
+    tokens_per_step: int
+    convention: str = "standard"
+    """FLOPs convention used for budget matching (``standard`` or ``paper``)."""
+    budget_factor: float = 1.0
+    base_lr: float
+    base_warmup: int = 0
+    growth: str = "random"
+    freeze_policy: str = "new_only"
+    phase1_fraction: float = 0.5
+    step_spread: str = "uniform"
+    optimizer_policy: str = "reset"
+
+    def __post_init__(self) -> None:
+        # Contexts are also built by hand (tests, notebooks): check what the config would.
+        checks: list[tuple[bool, str, object, str]] = [
+            (self.num_layers >= 1, "model.n_layer", self.num_layers, "use a depth of at least 1"),
+            (
+                self.dims.n_layer == self.num_layers,
+                "model.n_layer",
+                self.dims.n_layer,
+                f"dims.n_layer must equal num_layers={self.num_layers}",
+            ),
+            (self.baseline_steps >= 1, "schedule.baseline_steps", self.baseline_steps, "use >= 1"),
+            (self.tokens_per_step >= 1, "train.batch_size", self.tokens_per_step, "use >= 1"),
+            (self.budget_factor > 0, "budget.factor", self.budget_factor, "use > 0"),
+            (self.base_lr > 0, "train.lr", self.base_lr, "use a positive learning rate"),
+            (self.base_warmup >= 0, "train.warmup_steps", self.base_warmup, "use >= 0"),
+            (
+                0.0 <= self.phase1_fraction < 1.0,
+                "schedule.phase1_fraction",
+                self.phase1_fraction,
+                "use a fraction in [0, 1)",
+            ),
+        ]
+        for ok, field_name, value, fix in checks:
+            if not ok:
+                raise ConfigError(field_name, value, fix)
+        choices: list[tuple[str, str, tuple[str, ...]]] = [
+            ("budget.convention", self.convention, CONVENTIONS),
+            ("schedule.growth", self.growth, GROWTH_OPERATORS),
+            ("schedule.freeze_policy", self.freeze_policy, FREEZE_POLICIES),
+            ("schedule.step_spread", self.step_spread, ("uniform", "depth")),
+            ("schedule.optimizer_policy", self.optimizer_policy, ("reset", "carry")),
+        ]
+        for field_name, value, options in choices:
+            if value not in options:
+                raise ConfigError(field_name, value, suggest(value, options))
+
+    @classmethod
+    def from_config(cls, cfg: ExperimentConfig, *, vocab_size: int) -> SpaceContext:
+        """The context of the study ``cfg`` describes (``vocab_size``: the tokenizer's)."""
+        sc = cfg.schedule
+        return cls(
+            num_layers=cfg.model.n_layer,
+            baseline_steps=sc.baseline_steps,
+            dims=ModelDims.from_model_config(
+                cfg.model, vocab_size=vocab_size, seq_len=cfg.data.seq_len
+            ),
+            # Same token count as schedule.build_schedule, so budgets agree with `train`.
+            tokens_per_step=cfg.train.batch_size * cfg.data.seq_len,
+            convention=cfg.budget.convention,
+            budget_factor=cfg.budget.factor,
+            base_lr=cfg.train.lr,
+            base_warmup=cfg.train.warmup_steps,
+            growth=sc.growth,
+            freeze_policy=sc.freeze_policy,
+            phase1_fraction=sc.phase1_fraction,
+            step_spread=sc.step_spread,
+            optimizer_policy=sc.optimizer_policy,
+        )
+
+    @property
+    def baseline_flops(self) -> float:
+        """Training FLOPs of the full-depth baseline (T steps at depth L)."""
+        return baseline_schedule(self.num_layers, self.baseline_steps).flops(
+            self.dims, tokens_per_step=self.tokens_per_step, convention=self.convention
+        )
+
+    @property
+    def budget_flops(self) -> float:
+        """The compute budget every schedule is matched to: baseline × budget factor."""
+        return self.baseline_flops * self.budget_factor
+
+    @property
+    def full_step_flops(self) -> float:
+        """FLOPs of one full-depth, all-trainable step (a continual step)."""
+        work = step_work(
+            phase="continual",
+            depth=self.num_layers,
+            prev_depth=self.num_layers,
+            freeze_policy="new_only",
+        )
+        return step_flops(self.dims, work, tokens=self.tokens_per_step, convention=self.convention)

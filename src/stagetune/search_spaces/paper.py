@@ -1,0 +1,67 @@
+"""The paper's search space (arXiv 2411.18700): how many uniform stages, how long to continue."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from stagetune.search_spaces.base import SearchSpace
+from stagetune.search_spaces.context import SpaceContext
+from stagetune.search_spaces.plan import TrialPlan
+from stagetune.search_spaces.trial import TrialLike
+
+__all__ = ["PaperSpace"]
+
+CONTINUAL_MULTIPLES = (0.0, 0.5, 1.0, 1.5, 2.0)
+"""Continual length as multiples of the budget-matched length: the paper studied continual
+training well past equal compute, so the space reaches 2×."""
+
+
+class PaperSpace(SearchSpace):
+    """S over the divisors of L, L/S layers a stage, the paper's recipe for everything else.
+
+    Random growth, the ``paper`` freeze policy (embeddings and head stay trainable in
+    phase 1), each phase T/(2S) steps, optimizer reset, the config's lr and warmup. Steps
+    are spread by largest remainder, so the stages always spend exactly T steps; when 2S
+    divides T this is exactly :func:`~stagetune.schedule.paper_schedule`.
+    """
+
+    name: ClassVar[str] = "paper"
+    max_continual_multiple: ClassVar[float] = max(CONTINUAL_MULTIPLES)
+
+    def stage_choices(self, ctx: SpaceContext) -> list[int]:
+        """Divisors S of L with both paper phases at least one step long (2S ≤ T)."""
+        return [
+            s
+            for s in range(1, ctx.num_layers + 1)
+            if ctx.num_layers % s == 0 and (s == 1 or 2 * s <= ctx.baseline_steps)
+        ]
+
+    def sample(self, trial: TrialLike, ctx: SpaceContext) -> None:
+        if trial.suggest_categorical("num_stages", self.stage_choices(ctx)) > 1:
+            trial.suggest_categorical("continual_multiple", CONTINUAL_MULTIPLES)
+
+    def baseline_point(self, ctx: SpaceContext) -> dict[str, Any]:
+        return {"num_stages": 1}
+
+    def grid(self, ctx: SpaceContext) -> list[dict[str, Any]] | None:
+        staged = [s for s in self.stage_choices(ctx) if s > 1]
+        return [self.baseline_point(ctx)] + [
+            {"num_stages": s, "continual_multiple": m}
+            for s, m in itertools.product(staged, CONTINUAL_MULTIPLES)
+        ]
+
+    def plan_from(self, params: Mapping[str, Any], ctx: SpaceContext) -> TrialPlan:
+        num_stages = int(params["num_stages"])
+        return self.staged_plan(
+            params,
+            ctx,
+            increments=[ctx.num_layers // num_stages] * num_stages,
+            continual_multiple=float(params.get("continual_multiple", 0.0)),
+            growth="random",
+            freeze_policy="paper",
+            phase1_fraction=0.5,
+            step_spread="uniform",
+            optimizer_policy="reset",
+        )

@@ -1,0 +1,132 @@
+"""Where a training loop reports to: a local directory, a Ray Tune trial, or a Ray Train worker.
+
+The loop itself is the same everywhere; only reporting and checkpoint discovery differ.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Protocol
+
+__all__ = ["LocalSession", "Session", "TrainWorkerSession", "TuneSession"]
+
+
+class Session(Protocol):
+    """What the training loop needs from its environment."""
+
+    rank: int
+    world_size: int
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        """Publish one metric record (all ranks call this with identical, reduced metrics)."""
+
+    def checkpoint_root(self) -> Path:
+        """Directory where this worker writes its local checkpoint history."""
+
+    def restore_candidates(self) -> list[Path]:
+        """Checkpoints to resume from, newest first (the loop takes the first that verifies)."""
+
+
+def _local_history(root: Path) -> list[Path]:
+    return sorted((p for p in root.glob("step_*") if p.is_dir()), reverse=True)
+
+
+class LocalSession:
+    """Writes ``metrics.jsonl`` and checkpoints under ``out_dir`` (``stagetune train``, tests)."""
+
+    rank = 0
+    world_size = 1
+
+    def __init__(self, out_dir: Path, *, echo: Any = None) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.out_dir / "metrics.jsonl"
+        self.records: list[dict[str, Any]] = []
+        self._echo = echo
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        self.records.append(dict(metrics))
+        with self.metrics_path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(metrics) + "\n")
+        if self._echo is not None:
+            self._echo(metrics)
+
+    def checkpoint_root(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+    def restore_candidates(self) -> list[Path]:
+        return _local_history(self.checkpoint_root())
+
+
+class TuneSession:
+    """Inside a Ray Tune function trainable (one-worker trials run the loop in-process)."""
+
+    rank = 0
+    world_size = 1
+
+    def __init__(self) -> None:
+        from ray import tune
+
+        self._tune = tune
+        trial_dir = Path(tune.get_context().get_trial_dir())
+        self._root = trial_dir / "stagetune_checkpoints"
+        self._restored: Path | None = None
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        ckpt = self._tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        self._tune.report(metrics, checkpoint=ckpt)
+
+    def checkpoint_root(self) -> Path:
+        return self._root
+
+    def restore_candidates(self) -> list[Path]:
+        out: list[Path] = []
+        ckpt = self._tune.get_checkpoint()
+        if ckpt is not None:
+            # Tune's copy lives in storage (maybe remote): bring it local first.
+            local = Path(tempfile.mkdtemp(prefix="stagetune-restore-"))
+            ckpt.to_directory(str(local))
+            self._restored = local
+            out.append(local)
+        out.extend(p for p in _local_history(self._root) if p not in out)
+        return out
+
+
+class TrainWorkerSession:
+    """Inside a Ray Train worker (``TorchTrainer``); Tune hears rank 0 via TuneReportCallback."""
+
+    def __init__(self, local_root: Path) -> None:
+        import ray.train
+
+        self._train = ray.train
+        ctx = ray.train.get_context()
+        self.rank = ctx.get_world_rank()
+        self.world_size = ctx.get_world_size()
+        self._root = Path(local_root) / f"rank{self.rank}"
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        ckpt = None
+        if checkpoint_dir is not None and self.rank == 0:
+            ckpt = self._train.Checkpoint.from_directory(str(checkpoint_dir))
+        self._train.report(metrics, checkpoint=ckpt)
+
+    def checkpoint_root(self) -> Path:
+        return self._root
+
+    def restore_candidates(self) -> list[Path]:
+        out: list[Path] = []
+        ckpt = self._train.get_checkpoint()
+        if ckpt is not None:
+            local = Path(tempfile.mkdtemp(prefix="stagetune-restore-"))
+            ckpt.to_directory(str(local))
+            out.append(local)
+        out.extend(_local_history(self._root))
+        return out
+
+
+def cleanup(path: Path | None) -> None:
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)

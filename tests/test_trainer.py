@@ -1,0 +1,150 @@
+"""The staged training loop, in-process: phases, resume, divergence, the CLI's train command."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from stagetune.cli import main
+from stagetune.data import prepare_data
+from stagetune.schedule import build_schedule
+from stagetune.trainables.loop import StagedTrainer
+from stagetune.trainables.lr import lr_at
+from stagetune.trainables.session import LocalSession
+from stagetune.trainables.spec import TrialSpec
+
+
+def _spec(cfg: Any, *, lr: float | None = None) -> TrialSpec:
+    prepared = prepare_data(cfg.data)
+    schedule = build_schedule(cfg, vocab_size=prepared.vocab_size)
+    return TrialSpec(
+        config=cfg,
+        schedule=schedule,
+        lr=lr or cfg.train.lr,
+        warmup_steps=cfg.train.warmup_steps,
+        seed=cfg.train.seed,
+        vocab_size=prepared.vocab_size,
+        is_baseline=schedule.is_baseline,
+    )
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _DyingSession(LocalSession):
+    """Stops the run (like a killed process) after ``n`` reports."""
+
+    def __init__(self, out: Path, n: int) -> None:
+        super().__init__(out)
+        self.n = n
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        super().report(metrics, checkpoint_dir)
+        if len(self.records) >= self.n:
+            raise _Interrupt
+
+
+def test_resume_mid_stage_gives_identical_losses(fast_config, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    cfg = fast_config(
+        "schedule.increments=[2, 2]",
+        "model.n_layer=4",
+        "schedule.growth=copy_top",
+        "train.checkpoint_every=5",
+        "schedule.optimizer_policy=carry",
+    )
+    spec = _spec(cfg)
+    full = LocalSession(tmp_path / "full")
+    StagedTrainer(spec, full).run()
+
+    dying = _DyingSession(tmp_path / "cut", n=4)
+    with pytest.raises(_Interrupt):
+        StagedTrainer(spec, dying).run()
+    cut_step = dying.records[-1]["step"]
+    # The run died after its 4th report; resume from the latest checkpoint in the same dir.
+    resumed = LocalSession(tmp_path / "cut")
+    trainer = StagedTrainer(spec, resumed)
+    result = trainer.run()
+    assert trainer.resumed_from_step is not None and 0 < trainer.resumed_from_step <= cut_step
+    # Mid-stage: the checkpoint we resumed from is not on a phase boundary.
+    boundaries = {ph.end_step for ph in spec.schedule.phases()}
+    assert any(r["step"] not in boundaries for r in resumed.records)
+    by_step = {r["step"]: r for r in full.records}
+    assert resumed.records, "the resumed run reported nothing"
+    for rec in resumed.records:
+        ref = by_step[rec["step"]]
+        assert rec["eval_loss"] == pytest.approx(ref["eval_loss"], abs=1e-6)
+        assert rec["flops"] == ref["flops"] and rec["tokens"] == ref["tokens"]
+    assert result.final_eval_loss == pytest.approx(full.records[-1]["eval_loss"], abs=1e-6)
+
+
+def test_divergence_stops_the_run_with_status(fast_config, tmp_path: Path) -> None:
+    cfg = fast_config("train.grad_clip=0", "schedule.baseline_steps=40")
+    spec = _spec(cfg, lr=1e6)
+    session = LocalSession(tmp_path / "div")
+    result = StagedTrainer(spec, session).run()
+    assert result.status == "diverged"
+    assert result.steps < spec.schedule.total_steps
+    last = session.records[-1]
+    assert last["status"] == "diverged" and not math.isfinite(last["train_loss"])
+
+
+def test_phase_boundaries_grow_and_account_compute(fast_config, tmp_path: Path) -> None:
+    cfg = fast_config("schedule.increments=[1, 3]", "model.n_layer=4", "schedule.continual_steps=4")
+    spec = _spec(cfg)
+    session = LocalSession(tmp_path / "run")
+    trainer = StagedTrainer(spec, session)
+    trainer.run()
+    # Blocks added by growth are in the optimizer and actually took optimizer steps.
+    for p in trainer.model.blocks[3].parameters():
+        assert trainer.optimizer.state[p]["step"] > 0
+    depths = [r["active_depth"] for r in session.records]
+    assert depths[0] == 1 and depths[-1] == 4 and depths == sorted(depths)
+    # Cumulative FLOPs equal the schedule's analytic total, in both conventions.
+    total = spec.schedule.flops(spec.dims, tokens_per_step=spec.tokens_per_step)
+    paper = spec.schedule.flops(spec.dims, tokens_per_step=spec.tokens_per_step, convention="paper")
+    assert session.records[-1]["flops"] == pytest.approx(total, rel=1e-12)
+    assert session.records[-1]["flops_paper"] == pytest.approx(paper, rel=1e-12)
+    # Evaluations sit at the study's fixed compute intervals (plus phase boundaries).
+    interval = spec.eval_interval_flops
+    step_flops = max(b["flops"] - a["flops"] for a, b in zip(session.records, session.records[1:]))
+    for k in range(1, int(total // interval) + 1):
+        assert any(0 <= r["flops"] - k * interval < step_flops + 1 for r in session.records)
+
+
+def test_lr_schedules() -> None:
+    assert lr_at(0, peak=1.0, total_steps=10) == 1.0
+    assert lr_at(0, peak=1.0, total_steps=10, warmup_steps=4) == pytest.approx(0.25)
+    cos = [lr_at(s, peak=1.0, total_steps=100, schedule="cosine", min_lr_ratio=0.1) for s in range(100)]
+    assert cos[0] == pytest.approx(1.0) and cos[-1] == pytest.approx(0.1, abs=1e-3)
+    assert all(a >= b for a, b in zip(cos, cos[1:]))
+    wsd = [lr_at(s, peak=1.0, total_steps=100, schedule="wsd", decay_fraction=0.2) for s in range(100)]
+    assert wsd[50] == 1.0 and wsd[99] < 0.2
+
+
+def test_train_command_writes_metrics_and_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.conftest import FAST
+
+    out = tmp_path / "out"
+    args = ["train", "--out", str(out), "--json", "--set", "schedule.num_stages=2"]
+    for o in FAST:
+        args += ["--set", o]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["flops"] > 0
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["eval_loss"] == pytest.approx(summary["final_eval_loss"])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["final_eval_loss"] == summary["final_eval_loss"]
+    # The final checkpoint loads with from_pretrained at full depth.
+    from transformers import AutoModelForCausalLM
+
+    ckpt = sorted((out / "checkpoints").glob("step_*"))[-1] / "hf"
+    model = AutoModelForCausalLM.from_pretrained(ckpt)
+    assert model.config.n_layer == 4
