@@ -34,7 +34,9 @@ FAST = [
 @pytest.fixture(scope="session", autouse=True)
 def token_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One cache of tokenizers and token files for the whole session (shared by Ray workers)."""
-    cache = Path(os.environ.get("STAGETUNE_TEST_CACHE") or tmp_path_factory.mktemp("stagetune-cache"))
+    cache = Path(
+        os.environ.get("STAGETUNE_TEST_CACHE") or tmp_path_factory.mktemp("stagetune-cache")
+    )
     old = os.environ.get("STAGETUNE_CACHE")
     os.environ["STAGETUNE_CACHE"] = str(cache)
     yield cache
@@ -66,6 +68,8 @@ def fast_config(tmp_path: Path):  # type: ignore[no-untyped-def]
     from stagetune.config import load_config
 
     def make(*overrides: str, preset: str | None = None):  # type: ignore[no-untyped-def]
-        return load_config(preset=preset, overrides=[*FAST, f"workdir={tmp_path / 'work'}", *overrides])
+        return load_config(
+            preset=preset, overrides=[*FAST, f"workdir={tmp_path / 'work'}", *overrides]
+        )
 
     return make

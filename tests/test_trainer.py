@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -121,14 +122,20 @@ def test_phase_boundaries_grow_and_account_compute(fast_config, tmp_path: Path) 
 def test_lr_schedules() -> None:
     assert lr_at(0, peak=1.0, total_steps=10) == 1.0
     assert lr_at(0, peak=1.0, total_steps=10, warmup_steps=4) == pytest.approx(0.25)
-    cos = [lr_at(s, peak=1.0, total_steps=100, schedule="cosine", min_lr_ratio=0.1) for s in range(100)]
+    cos = [
+        lr_at(s, peak=1.0, total_steps=100, schedule="cosine", min_lr_ratio=0.1) for s in range(100)
+    ]
     assert cos[0] == pytest.approx(1.0) and cos[-1] == pytest.approx(0.1, abs=1e-3)
-    assert all(a >= b for a, b in zip(cos, cos[1:]))
-    wsd = [lr_at(s, peak=1.0, total_steps=100, schedule="wsd", decay_fraction=0.2) for s in range(100)]
+    assert all(a >= b for a, b in itertools.pairwise(cos))
+    wsd = [
+        lr_at(s, peak=1.0, total_steps=100, schedule="wsd", decay_fraction=0.2) for s in range(100)
+    ]
     assert wsd[50] == 1.0 and wsd[99] < 0.2
 
 
-def test_train_command_writes_metrics_and_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_command_writes_metrics_and_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from tests.conftest import FAST
 
     out = tmp_path / "out"

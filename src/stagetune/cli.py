@@ -29,7 +29,9 @@ class _Parser(argparse.ArgumentParser):
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (merged over the preset)")
-    p.add_argument("--preset", help="named preset: tiny (default), llama-tiny, paper-tiny, paper-gpt2-124m")
+    p.add_argument(
+        "--preset", help="named preset: tiny (default), llama-tiny, paper-tiny, paper-gpt2-124m"
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -46,14 +48,20 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="stagetune", description=__doc__)
     sub = parser.add_subparsers(dest="command", parser_class=_Parser, required=True)
 
-    run = sub.add_parser("run", help="search schedules (Ray Tune + Optuna) and compare at equal compute")
+    run = sub.add_parser(
+        "run", help="search schedules (Ray Tune + Optuna) and compare at equal compute"
+    )
     _config_args(run)
     run.add_argument("--trials", type=int, help="number of trials including the baseline")
     run.add_argument("--space", help="search space: wide (default), paper, compact")
-    run.add_argument("--budget-factor", type=float, help="budget as a multiple of the baseline's compute")
+    run.add_argument(
+        "--budget-factor", type=float, help="budget as a multiple of the baseline's compute"
+    )
     run.add_argument("--workers-per-trial", type=int, help="Ray Train workers per trial")
     run.add_argument("--seeds", type=int, help="repeat the baseline and best schedules on N seeds")
-    run.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a local instance)")
+    run.add_argument(
+        "--address", help="Ray cluster address (default: $RAY_ADDRESS or a local instance)"
+    )
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite in the workdir)")
     run.add_argument("--resume", action="store_true", help="continue the study in --workdir")
     run.add_argument("--quiet", action="store_true", help="no live progress line")
@@ -62,20 +70,30 @@ def _build_parser() -> argparse.ArgumentParser:
     _config_args(train)
     train.add_argument("--out", help="output directory (default: <workdir>/train/<name>)")
     train.add_argument("--workers", type=int, help="Ray Train workers (default 1: in-process)")
-    train.add_argument("--resume", action="store_true", help="resume from the latest checkpoint in --out")
+    train.add_argument(
+        "--resume", action="store_true", help="resume from the latest checkpoint in --out"
+    )
 
     est = sub.add_parser("estimate", help="FLOPs of a schedule vs the baseline, without training")
     _config_args(est)
     est.add_argument("--stages", type=int, help="number of stages S (uniform increments)")
     est.add_argument("--increments", help="explicit increments, e.g. 2,2,4,4")
-    est.add_argument("--convention", choices=["standard", "paper"], help="FLOPs convention for matching")
+    est.add_argument(
+        "--convention", choices=["standard", "paper"], help="FLOPs convention for matching"
+    )
 
     rep = sub.add_parser("report", help="rebuild the compute-matched comparison from MLflow")
-    rep.add_argument("--experiment", help="MLflow experiment (default: the study name in --workdir)")
+    rep.add_argument(
+        "--experiment", help="MLflow experiment (default: the study name in --workdir)"
+    )
     rep.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite in --workdir)")
     rep.add_argument("--workdir", default="stagetune-work", help="work directory of the study")
-    rep.add_argument("--output", help="directory for report.md/html and plots (default <workdir>/report)")
-    rep.add_argument("--sync", action="store_true", help="first deliver metrics spooled while MLflow was away")
+    rep.add_argument(
+        "--output", help="directory for report.md/html and plots (default <workdir>/report)"
+    )
+    rep.add_argument(
+        "--sync", action="store_true", help="first deliver metrics spooled while MLflow was away"
+    )
     rep.add_argument("--json", action="store_true")
 
     ui = sub.add_parser("ui", help="start the MLflow UI on the study's store (127.0.0.1)")
@@ -118,7 +136,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         try:
             incs = [int(x) for x in args.increments.split(",")]
         except ValueError:
-            raise ConfigError("--increments", args.increments, "use comma-separated integers, e.g. 2,2,4,4") from None
+            raise ConfigError(
+                "--increments", args.increments, "use comma-separated integers, e.g. 2,2,4,4"
+            ) from None
         extra.append(f"schedule.increments={json.dumps(incs)}")
     if args.convention:
         extra.append(f"budget.convention={args.convention}")
@@ -144,11 +164,18 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         b = base.flops(dims, tokens_per_step=tps, convention=conv)
         inc = stages_only.flops(dims, tokens_per_step=tps, convention=conv)
         matched = matched_continual_steps(
-            stages_only, baseline_steps=T, dims=dims, tokens_per_step=tps, convention=conv, budget_factor=cfg.budget.factor
+            stages_only,
+            baseline_steps=T,
+            dims=dims,
+            tokens_per_step=tps,
+            convention=conv,
+            budget_factor=cfg.budget.factor,
         )
         phases = [
             {"stage": ph.stage, "phase": ph.kind, "depth": ph.depth, "steps": ph.steps, "flops": f}
-            for ph, f in stages_only.with_continual(matched).phase_flops(dims, tokens_per_step=tps, convention=conv)
+            for ph, f in stages_only.with_continual(matched).phase_flops(
+                dims, tokens_per_step=tps, convention=conv
+            )
         ]
         out["conventions"][conv] = {
             "baseline_flops": b,
@@ -174,7 +201,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         print(f"\n[{conv} convention]")
         print(f"  {'stage':>5} {'phase':>9} {'depth':>5} {'steps':>7} {'FLOPs':>12}")
         for ph in c["phases"]:
-            print(f"  {ph['stage']:>5} {ph['phase']:>9} {ph['depth']:>5} {ph['steps']:>7} {ph['flops']:>12.4g}")
+            print(
+                f"  {ph['stage']:>5} {ph['phase']:>9} {ph['depth']:>5} {ph['steps']:>7} {ph['flops']:>12.4g}"
+            )
         print(
             f"  stages total {c['incremental_flops']:.4g} vs baseline {c['baseline_flops']:.4g} "
             f"(ratio {c['ratio']:.4f}); continual steps to match the budget: {c['continual_steps_matched']}"
@@ -200,7 +229,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser() if args.out else cfg.workdir_path / "train" / cfg.name
     check_writable(out, "--out")
     if out.exists() and any(out.iterdir()) and not args.resume:
-        raise ConfigError("--out", str(out), "the directory is not empty; pass --resume or another --out")
+        raise ConfigError(
+            "--out", str(out), "the directory is not empty; pass --resume or another --out"
+        )
     prepared = prepare_data(cfg.data)
     vocab = cfg.model.vocab_size or prepared.vocab_size
     schedule = build_schedule(cfg, vocab_size=vocab)
@@ -217,6 +248,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if cfg.resources.workers_per_trial > 1:
         result = _train_distributed(spec, out)
     else:
+
         def echo(rec: dict[str, Any]) -> None:
             if not args.json:
                 print(
@@ -277,8 +309,24 @@ def _train_distributed(spec: Any, out: Path) -> dict[str, Any]:
         ),
     )
     result = trainer.fit()
-    records = [dict(r) for r in result.metrics_dataframe.to_dict("records")] if result.metrics_dataframe is not None else []
-    keep = ("step", "tokens", "flops", "flops_paper", "seconds", "train_loss", "eval_loss", "stage", "phase", "active_depth", "status")
+    records = (
+        [dict(r) for r in result.metrics_dataframe.to_dict("records")]
+        if result.metrics_dataframe is not None
+        else []
+    )
+    keep = (
+        "step",
+        "tokens",
+        "flops",
+        "flops_paper",
+        "seconds",
+        "train_loss",
+        "eval_loss",
+        "stage",
+        "phase",
+        "active_depth",
+        "status",
+    )
     with (out / "metrics.jsonl").open("w") as f:
         for r in records:
             f.write(json.dumps({k: r[k] for k in keep if k in r}) + "\n")
@@ -343,11 +391,12 @@ def _print_report(
     elapsed: float | None = None,
     pareto: list[dict[str, Any]] | None = None,
 ) -> int:
-    from stagetune.results import build_report, format_table
+    from stagetune.results import build_report, format_table, to_json
 
     report = build_report(tracking_uri, experiment, output, log_to_mlflow=True)
     if as_json:
-        data = report.to_json()
+        data = json.loads(to_json(report))
+        data["outcomes"] = data.get("rows", [])
         if pareto:
             data["optuna_pareto"] = pareto
         print(json.dumps(data, indent=1, default=str))
@@ -384,14 +433,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     name, uri = _study_name_from_workdir(workdir)
     experiment = args.experiment or name
     if not experiment:
-        raise ConfigError("--experiment", None, f"no study in {workdir}; pass --experiment NAME or --workdir")
+        raise ConfigError(
+            "--experiment", None, f"no study in {workdir}; pass --experiment NAME or --workdir"
+        )
     validate_name(experiment, "--experiment")
     tracking_uri = args.tracking_uri or uri or f"sqlite:///{workdir / 'mlflow.db'}"
     if args.sync:
         tracker = MlflowTracker(tracking_uri, experiment, spool_dir=workdir / "mlflow_spool")
-        n = tracker.sync_spool()
+        synced = tracker.sync_spool()
         if not args.json:
-            print(f"delivered {n} spooled records")
+            print(f"spooled metrics: {synced}")
     output = Path(args.output).expanduser() if args.output else workdir / "report"
     return _print_report(tracking_uri, experiment, output, as_json=args.json)
 
@@ -402,12 +453,15 @@ def cmd_ui(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir).expanduser().resolve()
     name, uri = _study_name_from_workdir(workdir)
     tracking_uri = args.tracking_uri or uri or f"sqlite:///{workdir / 'mlflow.db'}"
-    proc, url = start_ui(tracking_uri, host=args.host, port=args.port, wait=True)
-    print(f"MLflow UI: {url}  (experiment: {name or 'see the list'}); Ctrl-C stops it", flush=True)
+    server = start_ui(tracking_uri, host=args.host, port=args.port, wait=True)
+    print(f"MLflow UI: {server.url}  (experiment: {name or 'see the list'}); Ctrl-C stops it", flush=True)
     try:
-        proc.wait()
+        if server.process is not None:
+            server.process.wait()
     except KeyboardInterrupt:
-        proc.terminate()
+        pass
+    finally:
+        server.stop()
     return 0
 
 
@@ -415,7 +469,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``stagetune`` console script."""
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     parser = _build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed as one line
+        return int(exc.code or 0)
     handlers = {
         "run": cmd_run,
         "train": cmd_train,

@@ -80,9 +80,10 @@ class StepWork:
 
     def __post_init__(self) -> None:
         parts = self.forward_only_blocks + self.activation_grad_blocks + self.trainable_blocks
-        if parts != self.active_depth or min(
-            self.forward_only_blocks, self.activation_grad_blocks, self.trainable_blocks
-        ) < 0:
+        if (
+            parts != self.active_depth
+            or min(self.forward_only_blocks, self.activation_grad_blocks, self.trainable_blocks) < 0
+        ):
             raise ValueError(f"inconsistent StepWork: {self}")
 
 
@@ -92,7 +93,10 @@ def step_work(*, phase: str, depth: int, prev_depth: int, freeze_policy: str) ->
         raise ValueError(f"unknown phase {phase!r}; expected one of {PHASES}")
     if phase != "phase1" or prev_depth == 0:
         return StepWork(
-            active_depth=depth, forward_only_blocks=0, activation_grad_blocks=0, trainable_blocks=depth
+            active_depth=depth,
+            forward_only_blocks=0,
+            activation_grad_blocks=0,
+            trainable_blocks=depth,
         )
     new = depth - prev_depth
     if freeze_policy == "new_only":

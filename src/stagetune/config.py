@@ -7,6 +7,7 @@ the dotted field, the value and the fix.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import os
@@ -41,7 +42,8 @@ GROWTH_OPERATORS = ("random", "copy_top", "stack", "copy_middle", "zero")
 FREEZE_POLICIES = ("new_only", "paper", "none")
 MODEL_FAMILIES = ("gpt2", "llama")
 CONVENTIONS = ("standard", "paper")
-SEARCH_SPACES = ("paper", "wide")
+SEARCH_SPACES = ("paper", "wide", "compact")
+SAMPLERS = ("auto", "tpe", "nsga2", "bruteforce", "random")
 
 
 def _require(cond: bool, field_name: str, value: Any, fix: str) -> None:
@@ -119,9 +121,7 @@ class ModelConfig:
                 self.vocab_size,
                 "use at least 2 tokens or null to take the tokenizer's size",
             )
-        _require(
-            0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "use a value in [0, 1)"
-        )
+        _require(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "use a value in [0, 1)")
         _choice(self.attn_implementation, ("sdpa", "eager"), "model.attn_implementation")
 
     @property
@@ -184,15 +184,14 @@ class DataConfig:
         _require(
             self.max_corpus_mb > 0, "data.max_corpus_mb", self.max_corpus_mb, "use a positive size"
         )
-        if self.source != "builtin":
-            # Globs are resolved by the data layer; a plain path must exist now.
-            if not any(ch in self.source for ch in "*?["):
-                _require(
-                    Path(self.source).expanduser().exists(),
-                    "data.source",
-                    self.source,
-                    "the path does not exist; point to an existing file or directory, or use 'builtin'",
-                )
+        # Globs are resolved by the data layer; a plain path must exist now.
+        if self.source != "builtin" and not any(ch in self.source for ch in "*?["):
+            _require(
+                Path(self.source).expanduser().exists(),
+                "data.source",
+                self.source,
+                "the path does not exist; point to an existing file or directory, or use 'builtin'",
+            )
         if self.tokenizer != "builtin":
             _require(
                 Path(self.tokenizer).expanduser().is_file(),
@@ -368,7 +367,11 @@ class SearchConfig:
     """The schedule search (Ray Tune + Optuna)."""
 
     space: str = "wide"
-    """Search space name: ``paper`` or ``wide``."""
+    """Search space name: ``wide`` (everything), ``paper`` (the paper's knobs) or ``compact``
+    (a small finite space)."""
+    sampler: str = "auto"
+    """Optuna sampler: ``auto`` (TPE; NSGA-II when multi-objective; brute force over the
+    ``paper`` space's finite grid), ``tpe``, ``nsga2``, ``bruteforce`` or ``random``."""
     num_trials: int = 8
     """Trials including the baseline."""
     seeds: int = 1
@@ -388,6 +391,7 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         _choice(self.space, SEARCH_SPACES, "search.space")
+        _choice(self.sampler, SAMPLERS, "search.sampler")
         _require(self.num_trials >= 1, "search.num_trials", self.num_trials, "use >= 1")
         _require(self.seeds >= 1, "search.seeds", self.seeds, "use >= 1")
         _require(self.repeat_top_k >= 1, "search.repeat_top_k", self.repeat_top_k, "use >= 1")
@@ -573,7 +577,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             raise ConfigError(path, value, suggest(str(value), map(str, get_args(tp))))
         return value
     if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
+        if isinstance(value, tp):  # type: ignore[arg-type]
             return value
         if not isinstance(value, dict):
             raise ConfigError(path, value, "expected a mapping of fields")
@@ -707,7 +711,9 @@ def load_config(
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError("config", str(path), f"not valid YAML{where}; fix the syntax") from None
+            raise ConfigError(
+                "config", str(path), f"not valid YAML{where}; fix the syntax"
+            ) from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -734,10 +740,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             value = raw
         # YAML reads '1e-3' as a string; numbers in scientific notation are common here.
         if isinstance(value, str):
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(value) if any(c in value for c in ".eE") else int(value)
-            except ValueError:
-                pass
         node = out
         parts = key.split(".")
         for part in parts[:-1]:

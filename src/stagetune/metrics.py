@@ -14,8 +14,8 @@ __all__ = [
     "FLOPS_PAPER",
     "METRIC_KEYS",
     "PHASE_IDS",
-    "STATUS_DIVERGED",
     "STATUSES",
+    "STATUS_DIVERGED",
 ]
 
 FLOPS: Final = "flops"

@@ -116,7 +116,9 @@ class Schedule:
         if self.continual_steps < 0:
             raise ConfigError("schedule.continual_steps", self.continual_steps, "use >= 0")
         if self.growth not in GROWTH_OPERATORS:
-            raise ConfigError("schedule.growth", self.growth, suggest(self.growth, GROWTH_OPERATORS))
+            raise ConfigError(
+                "schedule.growth", self.growth, suggest(self.growth, GROWTH_OPERATORS)
+            )
         if self.freeze_policy not in FREEZE_POLICIES:
             raise ConfigError(
                 "schedule.freeze_policy",
@@ -167,7 +169,14 @@ class Schedule:
                     # Without older blocks, "phase 1" trains everything: same as phase 2.
                     k = kind if prev else "phase2"
                     out.append(
-                        Phase(kind=k, stage=i, depth=st.depth, prev_depth=prev, steps=n, start_step=step)
+                        Phase(
+                            kind=k,
+                            stage=i,
+                            depth=st.depth,
+                            prev_depth=prev,
+                            steps=n,
+                            start_step=step,
+                        )
                     )
                     step += n
             prev = st.depth
@@ -191,10 +200,17 @@ class Schedule:
         out = []
         for ph in self.phases():
             work = step_work(
-                phase=ph.kind, depth=ph.depth, prev_depth=ph.prev_depth, freeze_policy=self.freeze_policy
+                phase=ph.kind,
+                depth=ph.depth,
+                prev_depth=ph.prev_depth,
+                freeze_policy=self.freeze_policy,
             )
             out.append(
-                (ph, ph.steps * step_flops(dims, work, tokens=tokens_per_step, convention=convention))
+                (
+                    ph,
+                    ph.steps
+                    * step_flops(dims, work, tokens=tokens_per_step, convention=convention),
+                )
             )
         return out
 
@@ -209,7 +225,9 @@ class Schedule:
         """Total training FLOPs of the schedule."""
         return sum(
             f
-            for ph, f in self.phase_flops(dims, tokens_per_step=tokens_per_step, convention=convention)
+            for ph, f in self.phase_flops(
+                dims, tokens_per_step=tokens_per_step, convention=convention
+            )
             if include_continual or ph.kind != "continual"
         )
 
@@ -251,7 +269,9 @@ class Schedule:
         if self.is_baseline:
             return "baseline"
         inc = "-".join(map(str, self.increments))
-        return f"S{self.num_stages}[{inc}] {self.growth}/{self.freeze_policy} +{self.continual_steps}c"
+        return (
+            f"S{self.num_stages}[{inc}] {self.growth}/{self.freeze_policy} +{self.continual_steps}c"
+        )
 
 
 # -- builders -------------------------------------------------------------------------------
@@ -335,7 +355,9 @@ def uniform_schedule(
     num_layers: int, num_stages: int, *, stage_steps: int, **kwargs: Any
 ) -> Schedule:
     """S stages of L/S layers each (uneven remainders go to the top stages)."""
-    return from_increments(even_increments(num_layers, num_stages), stage_steps=stage_steps, **kwargs)
+    return from_increments(
+        even_increments(num_layers, num_stages), stage_steps=stage_steps, **kwargs
+    )
 
 
 def baseline_schedule(num_layers: int, steps: int) -> Schedule:
@@ -364,7 +386,11 @@ def paper_schedule(
     depths = [sum(even_increments(num_layers, num_stages)[: i + 1]) for i in range(num_stages)]
     # Stage 1 has no older blocks: its "phase 1" trains everything, i.e. it is phase 2.
     stages = tuple(
-        Stage(depth=d, phase1_steps=0 if i == 0 else phase, phase2_steps=2 * phase if i == 0 else phase)
+        Stage(
+            depth=d,
+            phase1_steps=0 if i == 0 else phase,
+            phase2_steps=2 * phase if i == 0 else phase,
+        )
         for i, d in enumerate(depths)
     )
     return Schedule(
@@ -392,13 +418,20 @@ def matched_continual_steps(
     already spend it.
     """
     base = baseline_schedule(schedule.num_layers, baseline_steps)
-    budget = budget_factor * base.flops(dims, tokens_per_step=tokens_per_step, convention=convention)
+    budget = budget_factor * base.flops(
+        dims, tokens_per_step=tokens_per_step, convention=convention
+    )
     spent = schedule.flops(
         dims, tokens_per_step=tokens_per_step, convention=convention, include_continual=False
     )
     full = step_flops(
         dims,
-        step_work(phase="continual", depth=schedule.num_layers, prev_depth=schedule.num_layers, freeze_policy=schedule.freeze_policy),
+        step_work(
+            phase="continual",
+            depth=schedule.num_layers,
+            prev_depth=schedule.num_layers,
+            freeze_policy=schedule.freeze_policy,
+        ),
         tokens=tokens_per_step,
         convention=convention,
     )

@@ -42,6 +42,15 @@ class TrialLedger:
         self.status: dict[str, str] = {}
         self.baseline_ids: set[str] = set()
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("lock")
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.lock = threading.Lock()
+
     def add(self, trial_id: str, result: dict[str, Any]) -> None:
         with self.lock:
             self.last[trial_id] = result
@@ -65,7 +74,9 @@ class TrialLedger:
         """(trial, eval loss at the baseline's compute, baseline's final loss) of the best trial."""
         with self.lock:
             bases = [
-                t for t in self.baseline_ids if self.status.get(t) == STATUS_FINISHED and self.curves.get(t)
+                t
+                for t in self.baseline_ids
+                if self.status.get(t) == STATUS_FINISHED and self.curves.get(t)
             ]
             if not bases:
                 return None
@@ -99,6 +110,11 @@ class MlflowCallback(Callback):
         self._describe = describe
         self._on_complete = on_complete
         self._started: set[str] = set()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its RunConfig (with the callbacks) into the experiment directory; live
+        # clients and closures stay behind, and --resume installs fresh callbacks.
+        return {"tracker": self.tracker, "ledger": self.ledger, "_describe": None, "_on_complete": None, "_started": set()}
 
     def _ensure_started(self, trial: Any) -> None:
         if trial.trial_id in self._started:
@@ -144,7 +160,9 @@ class MlflowCallback(Callback):
 class ProgressCallback(Callback):
     """One live status line: trials done/running/stopped, compute spent vs planned, best so far."""
 
-    def __init__(self, ledger: TrialLedger, *, planned_flops: float, total_trials: int, quiet: bool = False):
+    def __init__(
+        self, ledger: TrialLedger, *, planned_flops: float, total_trials: int, quiet: bool = False
+    ):
         self.ledger = ledger
         self.planned = planned_flops
         self.total = total_trials
@@ -162,7 +180,9 @@ class ProgressCallback(Callback):
         bad = statuses.count(STATUS_DIVERGED) + statuses.count(STATUS_FAILED)
         best = self.ledger.best_matched()
         best_txt = (
-            f"best at baseline compute: {best[1]:.4f} (baseline {best[2]:.4f})" if best else "best: waiting for the baseline"
+            f"best at baseline compute: {best[1]:.4f} (baseline {best[2]:.4f})"
+            if best
+            else "best: waiting for the baseline"
         )
         pct = 100.0 * spent / self.planned if self.planned else 0.0
         return (

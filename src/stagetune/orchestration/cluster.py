@@ -33,7 +33,9 @@ def _check_address_reachable(address: str) -> None:
         target = address
     host, _, port = target.rpartition(":")
     if not host or not port.isdigit():
-        raise ConfigError("--address", address, "use host:port of a Ray head node, e.g. 127.0.0.1:6379")
+        raise ConfigError(
+            "--address", address, "use host:port of a Ray head node, e.g. 127.0.0.1:6379"
+        )
     try:
         with socket.create_connection((host, int(port)), timeout=3):
             pass

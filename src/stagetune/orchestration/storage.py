@@ -86,7 +86,9 @@ def check_writable(path: Path, field: str, *, min_free: int = MIN_FREE_BYTES) ->
     directory with room; creates nothing."""
     base = _nearest_existing(path)
     if not base.is_dir():
-        raise ConfigError(field, str(path), f"{base} is a file, not a directory; choose another path")
+        raise ConfigError(
+            field, str(path), f"{base} is a file, not a directory; choose another path"
+        )
     if not os.access(base, os.W_OK | os.X_OK):
         raise ConfigError(field, str(path), f"{base} is not writable; choose a writable directory")
     # os.access can lie (root, read-only mounts): prove it with a probe file.
@@ -95,8 +97,12 @@ def check_writable(path: Path, field: str, *, min_free: int = MIN_FREE_BYTES) ->
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        reason = "the file system is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-        raise ConfigError(field, str(path), f"cannot write in {base} ({reason}); choose another path") from None
+        reason = (
+            "the file system is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        )
+        raise ConfigError(
+            field, str(path), f"cannot write in {base} ({reason}); choose another path"
+        ) from None
     free = shutil.disk_usage(base).free
     if free < min_free:
         raise ConfigError(

@@ -6,6 +6,7 @@ data, work directory, cluster shape) is checked before the first file or run is 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from dataclasses import dataclass, field
@@ -64,7 +65,9 @@ def prepare_study(
         cfg = config_from_dict(paths.load_study())
         if not paths.optuna_db.is_file():
             raise ConfigError(
-                "--resume", str(base), "the study has no Optuna storage; start it again without --resume"
+                "--resume",
+                str(base),
+                "the study has no Optuna storage; start it again without --resume",
             )
     else:
         assert cfg is not None
@@ -84,13 +87,45 @@ def prepare_study(
         )
     space = get_search_space(cfg.search.space)
     ctx = SpaceContext.from_config(cfg, vocab_size=vocab)
-    return PreparedStudy(config=cfg, paths=paths, vocab_size=vocab, space=space, ctx=ctx, resume=resume)
+    return PreparedStudy(
+        config=cfg, paths=paths, vocab_size=vocab, space=space, ctx=ctx, resume=resume
+    )
+
+
+def make_sampler(cfg: ExperimentConfig, space: SearchSpace, ctx: SpaceContext) -> Any:
+    """The seeded Optuna sampler for ``cfg.search.sampler`` (``auto`` picks by space/objectives)."""
+    import optuna
+
+    seed = cfg.train.seed
+    choice = cfg.search.sampler
+    if choice == "auto":
+        if cfg.search.multi_objective:
+            choice = "nsga2"
+        elif cfg.search.space == "paper":
+            # The paper's space is a small finite grid: TPE would resample the same points.
+            choice = "bruteforce"
+        else:
+            choice = "tpe"
+    if choice == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if choice == "bruteforce":
+        return optuna.samplers.BruteForceSampler(seed=seed)
+    if choice == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=max(2, cfg.search.num_trials // 3)
+    )
 
 
 def _describe_factory(study: StudyContext) -> Any:
     def describe(params: dict[str, Any], trial_id: str) -> dict[str, Any]:
         spec = make_trial_spec(params, study, trial_name=trial_id)
-        flat = {**spec.schedule.flat_params(), **spec.params, "lr": spec.lr, "warmup_steps": spec.warmup_steps}
+        flat = {
+            **spec.schedule.flat_params(),
+            **spec.params,
+            "lr": spec.lr,
+            "warmup_steps": spec.warmup_steps,
+        }
         flat["schedule_json"] = spec.schedule.to_json()
         return {
             "params": flat,
@@ -110,10 +145,9 @@ def _mark_optuna(searcher: Any, trial_id: str, status: str) -> None:
     ot_trial = getattr(searcher, "_ot_trials", {}).get(trial_id)
     if ot_trial is None:
         return
-    try:
+    # The trial may already be finished in storage; the tag is best-effort.
+    with contextlib.suppress(Exception):
         ot_trial.set_user_attr("stagetune_status", status)
-    except Exception:  # the trial may already be finished in storage; the tag is best-effort
-        pass
 
 
 def _trainable(study: StudyContext, cfg: ExperimentConfig) -> Any:
@@ -173,16 +207,14 @@ def run_study(prep: PreparedStudy, *, quiet: bool = False, address: str | None =
         },
     )
 
-    study = StudyContext.create(cfg, vocab_size=prep.vocab_size, train_storage=str(paths.train_storage))
+    study = StudyContext.create(
+        cfg, vocab_size=prep.vocab_size, train_storage=str(paths.train_storage)
+    )
     ledger = TrialLedger()
     multi = cfg.search.multi_objective
     metric: str | list[str] = [METRIC, FLOPS] if multi else METRIC
     mode: str | list[str] = ["min", "min"] if multi else "min"
-    sampler = (
-        optuna.samplers.NSGAIISampler(seed=cfg.train.seed)
-        if multi
-        else optuna.samplers.TPESampler(seed=cfg.train.seed, n_startup_trials=max(2, cfg.search.num_trials // 3))
-    )
+    sampler = make_sampler(cfg, prep.space, prep.ctx)
     storage = optuna.storages.RDBStorage(paths.optuna_url)
     searcher = OptunaSearch(
         space=prep.space.as_define_by_run(prep.ctx),
@@ -213,7 +245,9 @@ def run_study(prep: PreparedStudy, *, quiet: bool = False, address: str | None =
 
     callbacks = [
         MlflowCallback(tracker, ledger, describe=_describe_factory(study), on_complete=on_complete),
-        ProgressCallback(ledger, planned_flops=planned, total_trials=cfg.search.num_trials, quiet=quiet),
+        ProgressCallback(
+            ledger, planned_flops=planned, total_trials=cfg.search.num_trials, quiet=quiet
+        ),
     ]
     trainable = _trainable(study, cfg)
     run_config = tune.RunConfig(
@@ -249,7 +283,9 @@ def run_study(prep: PreparedStudy, *, quiet: bool = False, address: str | None =
     trial_status = dict(ledger.status)
     if cfg.search.seeds > 1:
         trial_status.update(
-            _run_seed_repeats(prep, study, grid, tracker, ledger, concurrency, callbacks, storage_root)
+            _run_seed_repeats(
+                prep, study, grid, tracker, ledger, concurrency, callbacks, storage_root
+            )
         )
     pareto = _pareto_from_optuna(cfg.name, paths.optuna_url) if multi else []
     tracker.sync_spool()
@@ -282,7 +318,13 @@ def _run_seed_repeats(
     for res in grid:
         if res.metrics and res.metrics.get("status") == STATUS_FINISHED:
             point = dict(res.config.get("point", res.config))
-            finished.append((float(res.metrics.get(METRIC, math.inf)), point, bool(res.metrics.get("is_baseline"))))
+            finished.append(
+                (
+                    float(res.metrics.get(METRIC, math.inf)),
+                    point,
+                    bool(res.metrics.get("is_baseline")),
+                )
+            )
     finished.sort(key=lambda r: r[0])
     points = [prep.space.baseline_point(prep.ctx)]
     for _, point, is_base in finished:

@@ -42,7 +42,7 @@ TAG_SEED: Final = "stagetune.seed"
 TAG_STATUS: Final = "stagetune.status"
 """``running`` or one of :data:`stagetune.metrics.STATUSES`."""
 TAG_ASHA_RUNG: Final = "stagetune.asha_rung"
-"""The ASHA rung (0-based) at which a ``stopped`` trial was cut."""
+"""Where ASHA cut a ``stopped`` trial, as the caller identifies the rung (e.g. its FLOPs milestone)."""
 TAG_PARENT_RUN: Final = "mlflow.parentRunId"
 TAG_RUN_NAME: Final = "mlflow.runName"
 

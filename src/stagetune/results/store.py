@@ -1,8 +1,9 @@
 """Access to an MLflow tracking store: URI kinds, client construction, error classification.
 
 MLflow's HTTP client retries a dead server for minutes by default (7 retries, exponential
-backoff, 120 s timeouts). stagetune retries on its own terms (bounded, then spool), so it asks
-MLflow for a single attempt with a short timeout; a user who sets the variables keeps theirs.
+backoff, 120 s timeouts). stagetune retries on its own terms (bounded, then spool), so for HTTP
+stores it asks MLflow, through its environment variables, for a single attempt with a short
+timeout; a user who sets those variables keeps theirs. They are process-wide.
 """
 
 from __future__ import annotations
@@ -26,16 +27,19 @@ __all__ = [
 
 HTTP_RETRIES_ENV: Final = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
 HTTP_TIMEOUT_ENV: Final = "MLFLOW_HTTP_REQUEST_TIMEOUT"
+SUPPRESS_URL_ENV: Final = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 DEFAULT_HTTP_TIMEOUT_S: Final = 10
 
 # Errors that say the request itself is wrong: retrying or spooling cannot make them succeed.
-_PERMANENT_CODES: Final = frozenset({
-    "INVALID_PARAMETER_VALUE",
-    "BAD_REQUEST",
-    "INVALID_STATE",
-    "RESOURCE_ALREADY_EXISTS",
-    "RESOURCE_DOES_NOT_EXIST",
-})
+_PERMANENT_CODES: Final = frozenset(
+    {
+        "INVALID_PARAMETER_VALUE",
+        "BAD_REQUEST",
+        "INVALID_STATE",
+        "RESOURCE_ALREADY_EXISTS",
+        "RESOURCE_DOES_NOT_EXIST",
+    }
+)
 
 
 def is_http(uri: str) -> bool:
@@ -67,6 +71,9 @@ def artifact_location(uri: str) -> str | None:
 def _bound_http_retries() -> None:
     os.environ.setdefault(HTTP_RETRIES_ENV, "0")
     os.environ.setdefault(HTTP_TIMEOUT_ENV, str(DEFAULT_HTTP_TIMEOUT_S))
+    # Otherwise every finished trial prints two "View run ... at" lines into the driver's stdout
+    # (and costs an extra GET): the UI link belongs in stagetune's own output.
+    os.environ.setdefault(SUPPRESS_URL_ENV, "true")
 
 
 def make_client(uri: str, *, must_exist: bool = False) -> MlflowClient:

@@ -57,20 +57,22 @@ STEP_KEY: Final = "tokens"
 """The record key that becomes MLflow's step; its metric history also tells which steps exist."""
 
 # Keys Ray Tune adds to every result: bookkeeping, not measurements.
-_TUNE_BOOKKEEPING: Final = frozenset({
-    "done",
-    "pid",
-    "timestamp",
-    "training_iteration",
-    "time_this_iter_s",
-    "time_total_s",
-    "time_since_restore",
-    "iterations_since_restore",
-    "timesteps_since_restore",
-    "timesteps_total",
-    "episodes_total",
-    "should_checkpoint",
-})
+_TUNE_BOOKKEEPING: Final = frozenset(
+    {
+        "done",
+        "pid",
+        "timestamp",
+        "training_iteration",
+        "time_this_iter_s",
+        "time_total_s",
+        "time_since_restore",
+        "iterations_since_restore",
+        "timesteps_since_restore",
+        "timesteps_total",
+        "episodes_total",
+        "should_checkpoint",
+    }
+)
 _STUDY_KEY: Final = "_study"  # spool name of study-level events (trial ids never start with "_")
 _MAX_PARAM_LEN: Final = 6000  # MLflow's limit on a param value
 _BATCH_PARAMS: Final = 100  # MLflow's limits per log_batch call
@@ -181,6 +183,8 @@ class MlflowTracker:
         self._warned_no_flops: set[str] = set()
         self._offline_until = 0.0
         self._state_lock = threading.Lock()
+        # Lock order: a key lock, then the I/O lock, then the parent lock; never the reverse.
+        self._parent_lock = threading.Lock()
         self._key_locks: dict[str, threading.RLock] = {}
         # A local SQL store is one file: serialising our writes avoids "database is locked"
         # between driver threads. A server handles concurrency itself.
@@ -188,16 +192,20 @@ class MlflowTracker:
             contextlib.nullcontext() if is_http(self.tracking_uri) else threading.Lock()
         )
 
+    _PICKLED: Final = ("tracking_uri", "experiment", "spool_dir", "retry_seconds",
+                       "offline_cooldown", "_study")  # fmt: skip
+    _PICKLED_CACHES: Final = ("_parents", "_runs", "_trial_study")
+
     def __getstate__(self) -> dict[str, Any]:
-        keep = ("tracking_uri", "experiment", "spool_dir", "retry_seconds", "offline_cooldown")
-        state = {k: self.__dict__[k] for k in keep}
-        state["_study"] = self._study
+        state = {k: self.__dict__[k] for k in (*self._PICKLED, *self._PICKLED_CACHES)}
         state["stats"] = TrackerStats()
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        caches: dict[str, Any] = {k: state.pop(k) for k in self._PICKLED_CACHES if k in state}
         self.__dict__.update(state)
         self._init_runtime()
+        self.__dict__.update(caches)  # run ids stay valid: saves searching for them again
 
     # -- public API ------------------------------------------------------------------------------
     @property
@@ -306,7 +314,9 @@ class MlflowTracker:
             self._warned_no_flops.add(trial_id)
             _log.warning(
                 "trial %s reported a record without %r/%r: its compute axis has gaps",
-                trial_id, FLOPS, FLOPS_PAPER,
+                trial_id,
+                FLOPS,
+                FLOPS_PAPER,
             )
         self._submit(trial_id, event)
 
@@ -371,16 +381,26 @@ class MlflowTracker:
         Safe to repeat and safe against steps MLflow already holds. Works from any process
         that points at the same ``spool_dir`` (e.g. ``stagetune report`` after the driver died).
         """
-        delivered, pending = self._sync_key(_STUDY_KEY)
-        if self.spool_dir.is_dir():
-            for path in sorted(self.spool_dir.glob("*.jsonl")):
-                key = path.name[: -len(".jsonl")]
-                if key == _STUDY_KEY or key.endswith(".rejected"):
+        try:
+            delivered, pending, ok = self._sync_key(_STUDY_KEY)
+            for key in self._spooled_trials():
+                if not ok:
+                    # MLflow is down: one failed wait is enough, count the rest as pending.
+                    pending += len(self._read_spool(self._spool_path(key)))
                     continue
-                d, p = self._sync_key(key)
+                d, p, ok = self._sync_key(key)
                 delivered += d
                 pending += p
+        except Exception:  # never let a tracking bug reach training
+            _log.exception("stagetune tracking: unexpected error while syncing the spool")
+            return SyncResult(delivered=0, pending=self.pending())
         return SyncResult(delivered=delivered, pending=pending)
+
+    def _spooled_trials(self) -> list[str]:
+        if not self.spool_dir.is_dir():
+            return []
+        keys = (p.name[: -len(".jsonl")] for p in sorted(self.spool_dir.glob("*.jsonl")))
+        return [k for k in keys if k != _STUDY_KEY and not k.endswith(".rejected")]
 
     def pending(self) -> int:
         """Number of spooled events waiting for delivery."""
@@ -430,7 +450,9 @@ class MlflowTracker:
         if first:
             _log.warning(
                 "MLflow at %s is unreachable (%s); spooling to %s until it answers",
-                self.tracking_uri, str(exc).splitlines()[0][:200], self.spool_dir,
+                self.tracking_uri,
+                str(exc).splitlines()[0][:200],
+                self.spool_dir,
             )
 
     def _mark_online(self) -> None:
@@ -451,10 +473,9 @@ class MlflowTracker:
                     self._spool(key, event)
                     return None
                 if pending:
-                    # Earlier events wait in the spool: keep the order, then try to catch up.
+                    # Earlier events wait in the spool: keep the order, then try to catch up
+                    # (the study's spool first: trial runs need the parent run).
                     self._spool(key, event)
-                    if key != _STUDY_KEY:
-                        self._sync_key(_STUDY_KEY)
                     self._sync_key(key)
                     return self._known_run(event)
                 return self._deliver_or_spool(key, event)
@@ -478,14 +499,14 @@ class MlflowTracker:
         self._mark_online()
         return run_id
 
-    def _deliver_with_retry(self, event: dict[str, Any]) -> str | None:
+    def _deliver_with_retry(self, event: dict[str, Any], *, refresh: bool = False) -> str | None:
         deadline = time.monotonic() + self.retry_seconds
         delay = 0.1
         attempt = 0
         while True:
             try:
                 with self._io_lock:
-                    run_id = self._deliver(event, attempt)
+                    run_id = self._deliver(event, refresh=refresh or attempt > 0)
                 with self._state_lock:
                     self.stats.delivered += 1
                 return run_id
@@ -503,7 +524,8 @@ class MlflowTracker:
                 delay = min(delay * 2, 2.0)
                 attempt += 1
 
-    def _deliver(self, event: dict[str, Any], attempt: int) -> str | None:
+    def _deliver(self, event: dict[str, Any], *, refresh: bool) -> str | None:
+        """One delivery attempt; ``refresh`` re-reads the steps MLflow holds before a report."""
         op = event["op"]
         if op == "start_study":
             return self._do_start_study(event)
@@ -516,12 +538,14 @@ class MlflowTracker:
         if op == "start_trial":
             return self._do_start_trial(event)
         if op == "report":
-            # After a failed attempt the batch may have landed anyway: ask MLflow again.
-            return self._do_report(event, refresh=attempt > 0)
+            # After a failed attempt the batch may have landed anyway: hence the refresh.
+            return self._do_report(event, refresh=refresh)
         if op == "end_trial":
             run_id = self._trial_run(event["study"], event["trial_id"])
             self._log_params_tags(run_id, {}, event["tags"])
-            self._get_client().set_terminated(run_id, status=event["mlflow_status"], end_time=event["time"])
+            self._get_client().set_terminated(
+                run_id, status=event["mlflow_status"], end_time=event["time"]
+            )
             return run_id
         if op == "artifacts":
             return self._do_artifacts(event)
@@ -574,7 +598,7 @@ class MlflowTracker:
 
     def _parent(self, study: str) -> str:
         """The study's parent run id, found by tags or (if the start was lost) created bare."""
-        with self._key_lock(_STUDY_KEY):  # two trials must not both create it
+        with self._parent_lock:  # two trials must not both create it
             run_id = self._parents.get(study)
             if run_id is None:
                 run_id = self._search_one({TAG_STUDY: study, TAG_ROLE: ROLE_PARENT})
@@ -601,8 +625,11 @@ class MlflowTracker:
         changed = sorted(k for k, v in params.items() if k in held and held[k] != v)
         if changed:
             # MLflow params are immutable; the resumed run keeps the first values.
-            _log.warning("run %s: params %s changed on resume; keeping the logged values",
-                         run_id, ", ".join(changed))
+            _log.warning(
+                "run %s: params %s changed on resume; keeping the logged values",
+                run_id,
+                ", ".join(changed),
+            )
         self._log_params_tags(run_id, {k: v for k, v in params.items() if k not in held}, tags)
 
     def _log_params_tags(self, run_id: str, params: dict[str, str], tags: dict[str, str]) -> None:
@@ -649,7 +676,9 @@ class MlflowTracker:
     def _find_trial(self, study: str, trial_id: str) -> str | None:
         run_id = self._runs.get((study, trial_id))
         if run_id is None:
-            run_id = self._search_one({TAG_STUDY: study, TAG_ROLE: ROLE_TRIAL, TAG_TRIAL_ID: trial_id})
+            run_id = self._search_one(
+                {TAG_STUDY: study, TAG_ROLE: ROLE_TRIAL, TAG_TRIAL_ID: trial_id}
+            )
             if run_id is not None:
                 self._runs[(study, trial_id)] = run_id
         return run_id
@@ -703,8 +732,10 @@ class MlflowTracker:
 
     def _do_artifacts(self, ev: dict[str, Any]) -> str:
         study = ev["study"]
-        run_id = self._parent(study) if ev["trial_id"] is None else self._trial_run(
-            study, ev["trial_id"]
+        run_id = (
+            self._parent(study)
+            if ev["trial_id"] is None
+            else self._trial_run(study, ev["trial_id"])
         )
         client = self._get_client()
         base = ev.get("artifact_path")
@@ -761,8 +792,13 @@ class MlflowTracker:
             self.stats.spooled += 1
 
     def _reject(self, key: str, event: dict[str, Any], reason: str) -> None:
-        _log.warning("MLflow refused a %s event of %s (%s); kept in %s",
-                     event.get("op"), key, reason, self.spool_dir)
+        _log.warning(
+            "MLflow refused a %s event of %s (%s); kept in %s",
+            event.get("op"),
+            key,
+            reason,
+            self.spool_dir,
+        )
         with contextlib.suppress(Exception):
             self._append(self.spool_dir / f"{key}.rejected.jsonl", {**event, "error": reason})
         with self._state_lock:
@@ -786,42 +822,39 @@ class MlflowTracker:
                 _log.warning("skipping a corrupt line in %s", path)
         return events
 
-    def _sync_key(self, key: str) -> tuple[int, int]:
-        """Deliver one spool file in order; (delivered, still pending)."""
+    def _sync_key(self, key: str) -> tuple[int, int, bool]:
+        """Deliver one spool file in order: (delivered, still pending, MLflow answered)."""
         with self._key_lock(key):
             path = self._spool_path(key)
             events = self._read_spool(path)
             if not events:
                 path.unlink(missing_ok=True)
-                return 0, 0
+                return 0, 0, True
             if key != _STUDY_KEY and self._spool_path(_STUDY_KEY).exists():
-                self._sync_key(_STUDY_KEY)
-                if self._spool_path(_STUDY_KEY).exists():
-                    return 0, len(events)  # the parent run must exist first
+                _, _, ok = self._sync_key(_STUDY_KEY)
+                if not ok or self._spool_path(_STUDY_KEY).exists():
+                    return 0, len(events), ok  # the parent run must exist first
             delivered = 0
             refreshed: set[str] = set()
             for i, ev in enumerate(events):
+                # Another process may have logged this trial meanwhile: re-read its steps once.
+                refresh = ev["op"] == "report" and ev["trial_id"] not in refreshed
+                if refresh:
+                    refreshed.add(ev["trial_id"])
                 try:
-                    if ev["op"] == "report" and ev["trial_id"] not in refreshed:
-                        # Another process may have logged meanwhile: re-read held steps once.
-                        refreshed.add(ev["trial_id"])
-                        run_id = self._find_trial(ev["study"], ev["trial_id"])
-                        if run_id is not None:
-                            self._steps.pop(run_id, None)
-                    self._deliver_with_retry(ev)
+                    self._deliver_with_retry(ev, refresh=refresh)
                     delivered += 1
                 except _Rejected as exc:
                     self._reject(key, ev, str(exc))
-                except (_Unreachable, Exception) as exc:
+                except _Unreachable as exc:
                     self._mark_offline(exc)
                     rest = events[i:]
                     tmp = path.with_suffix(".jsonl.tmp")
                     tmp.write_text("".join(json.dumps(e) + "\n" for e in rest), encoding="utf-8")
                     os.replace(tmp, path)
-                    return delivered, len(rest)
+                    return delivered, len(rest), False
             path.unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 (self.spool_dir / f"{key}.files").rmdir()  # only if empty
             self._mark_online()
-            return delivered, 0
-
+            return delivered, 0, True

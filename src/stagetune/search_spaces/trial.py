@@ -13,7 +13,7 @@ import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from stagetune.errors import ConfigError, suggest
+from stagetune.errors import ConfigError
 
 __all__ = ["ParamsTrial", "RecordingTrial", "TrialLike"]
 
@@ -56,9 +56,8 @@ class ParamsTrial:
 
     def _value(self, name: str) -> Any:
         if name not in self._given:
-            raise ConfigError(
-                _field(name), None, f"missing; this point needs it ({suggest(name, self._given)})"
-            )
+            given = ", ".join(sorted(self._given)) or "nothing"
+            raise ConfigError(_field(name), None, f"missing; this point needs it (given: {given})")
         return self._given[name]
 
     def suggest_int(

@@ -63,7 +63,9 @@ def verify_checkpoint(directory: Path) -> None:
     try:
         manifest = json.loads(man.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise CorruptCheckpointError(f"checkpoint {directory}: unreadable manifest ({exc})") from None
+        raise CorruptCheckpointError(
+            f"checkpoint {directory}: unreadable manifest ({exc})"
+        ) from None
     for rel, digest in manifest.items():
         p = directory / rel
         if not p.is_file():

@@ -251,7 +251,7 @@ class StagedTrainer:
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
             sync = micro == self.grad_accum - 1 or self._ddp is None
-            ctx = contextlib.nullcontext() if sync else self._ddp.no_sync()  # type: ignore[union-attr]
+            ctx = contextlib.nullcontext() if sync else self._ddp.no_sync()  # type: ignore[union-attr,operator]
             with ctx, self._autocast:
                 loss = module(x, y).loss / self.grad_accum
             with ctx:
@@ -333,7 +333,7 @@ class StagedTrainer:
                 get_model_state_dict,
             )
 
-            return get_model_state_dict(
+            return get_model_state_dict(  # type: ignore[return-value]
                 self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
             )
         return self.model.state_dict()
@@ -423,9 +423,7 @@ class StagedTrainer:
     # ------------------------------------------------------------------ the run
     def _record(self, *, eval_loss: float, status: str | None = None) -> dict[str, Any]:
         ph = self.phases[self._phase_index]
-        train_loss = (
-            float(self._loss_sum) / self._loss_count if self._loss_count else float("nan")
-        )
+        train_loss = float(self._loss_sum) / self._loss_count if self._loss_count else float("nan")
         self._loss_sum.zero_()
         self._loss_count = 0
         rec: dict[str, Any] = {

@@ -116,7 +116,7 @@ def _run_torch_trainer(spec: TrialSpec, study: StudyContext, *, trial_id: str) -
             name=f"train_{trial_id}",
             storage_path=study.train_storage,
             failure_config=FailureConfig(max_failures=res.max_failures),
-            callbacks=[TuneReportCallback()],
+            callbacks=[TuneReportCallback()],  # type: ignore[list-item]
         ),
     )
     trainer.fit()

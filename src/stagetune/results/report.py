@@ -1,0 +1,487 @@
+"""The study report: outcome table, verdict and plots as Markdown, HTML and JSON.
+
+``build_report`` reads everything from MLflow (so it works after the fact, from any machine
+that reaches the tracking store), writes ``report.md`` / ``report.html`` / ``report.json`` and
+the plots to a directory, and logs them to the study's parent run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import io
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from stagetune.errors import ConfigError
+from stagetune.results.analysis import (
+    Outcome,
+    Stat,
+    StudyResults,
+    compute_matched,
+    load_study,
+    pareto_front,
+)
+from stagetune.results.plots import PLOT_NAMES, PLOT_TITLES, plotly_figures, write_plots
+from stagetune.results.store import make_client
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+__all__ = [
+    "TABLE_COLUMNS",
+    "Report",
+    "build_report",
+    "format_table",
+    "outcome_rows",
+    "outcome_table",
+    "to_json",
+    "verdict",
+]
+
+_log = logging.getLogger(__name__)
+
+NO_SCHEDULE_REACHED: Final = "No schedule reached the baseline's eval loss within the budget."
+TABLE_COLUMNS: Final = (
+    "Schedule",
+    "Seeds",
+    "Final eval loss",
+    "Loss @ baseline compute",
+    "Δ vs baseline",
+    "Compute to baseline loss",
+    "Speedup",
+    "Total compute",
+    "Status",
+)
+REPORT_ARTIFACT_DIR: Final = "report"
+
+
+@dataclass(frozen=True)
+class Report:
+    """A built report: its rows (JSON-ready), verdict and the files written."""
+
+    study: StudyResults
+    outcomes: list[Outcome]
+    rows: list[dict[str, Any]]
+    verdict: str
+    paths: dict[str, Path]
+    """``report_md``, ``report_html``, ``report_json``, then ``<plot>_png`` / ``<plot>_html``."""
+    convention: str
+
+
+# -- numbers to text ----------------------------------------------------------------------------
+
+
+def _num(v: float | None, spec: str) -> str:
+    if v is None:
+        return "—"
+    if math.isinf(v):
+        return "∞" if v > 0 else "-∞"
+    return format(v, spec)
+
+
+def _stat_text(st: Stat, spec: str, *, scale: float = 1.0, suffix: str = "") -> str:
+    if st.mean is None:
+        return "—"
+    text = _num(st.mean * scale, spec) + suffix
+    hw = st.half_width
+    if hw is not None and math.isfinite(hw) and hw > 0:  # all seeds equal: no ± 0 noise
+        text += f" ± {_num(hw * scale, spec)}{suffix}"
+    return text
+
+
+def _signed(st: Stat) -> str:
+    if st.mean is None:
+        return "—"
+    text = f"{st.mean:+.4f}"
+    if st.half_width is not None and st.half_width > 0:
+        text += f" ± {st.half_width:.4f}"
+    return text
+
+
+def _status_text(o: Outcome) -> str:
+    counts: dict[str, int] = {}
+    for t in o.trials:
+        counts[t.status] = counts.get(t.status, 0) + 1
+    return ", ".join(f"{s}×{n}" if n > 1 else s for s, n in counts.items())
+
+
+def _cells(o: Outcome) -> list[str]:
+    n = o.n_seeds
+    seeds = ", ".join(str(t.seed) for t in o.trials)
+    loss_at = _stat_text(o.loss_at_baseline_compute, ".4f")
+    delta = _signed(o.loss_delta)
+    got_there = o.loss_at_baseline_compute.n
+    if 0 < got_there < n:
+        # The other seeds stopped before the baseline's compute.
+        loss_at += f" ({got_there}/{n} seeds)"
+        delta += f" ({got_there}/{n} seeds)"
+    elif got_there == 0:
+        loss_at = "stopped short"
+    if o.is_baseline:
+        to_loss, speed = "100% (reference)", "1.00×"
+    elif o.n_reached == 0:
+        to_loss, speed = "not reached", "—"
+    else:
+        to_loss = _stat_text(o.compute_fraction, ".1f", scale=100, suffix="%")
+        speed = _stat_text(o.speedup, ".2f", suffix="×")
+        if o.n_reached < n:
+            to_loss += f" ({o.n_reached}/{n} seeds; rest not reached)"
+    return [
+        o.label,
+        seeds,
+        _stat_text(o.final_eval_loss, ".4f"),
+        loss_at,
+        "0 (reference)" if o.is_baseline else delta,
+        to_loss,
+        speed,
+        _stat_text(o.total_compute, ".3e"),
+        _status_text(o),
+    ]
+
+
+def verdict(outcomes: Sequence[Outcome]) -> str:
+    """One paragraph: the best schedule that reached the baseline's loss in every seed."""
+    scheds = [o for o in outcomes if not o.is_baseline]
+    winners = [o for o in scheds if o.reached and o.compute_fraction.mean is not None]
+    if not winners:
+        text = NO_SCHEDULE_REACHED
+        partial = [o for o in scheds if o.n_reached > 0]
+        if partial:
+            best = max(partial, key=lambda o: o.n_reached / o.n_seeds)
+            text += (
+                f" Schedule {best.label} reached it in {best.n_reached} of {best.n_seeds} seeds."
+            )
+        return text
+    best = min(winners, key=lambda o: o.compute_fraction.mean or math.inf)
+    st = best.compute_fraction
+    assert st.mean is not None
+    if st.low is not None and st.high is not None:
+        ci = f"95% CI {st.low * 100:.1f}–{st.high * 100:.1f}%"
+    else:
+        ci = "no CI from a single seed"
+    seeds = f"{best.n_seeds} seed" + ("s" if best.n_seeds != 1 else "")
+    text = (
+        f"Schedule {best.label} reached the baseline's eval loss with {st.mean * 100:.1f}% "
+        f"of its compute ({ci}, {seeds}"
+    )
+    if best.speedup.mean is not None:
+        text += f"; speedup {best.speedup.mean:.2f}×"
+    text += ")."
+    if st.mean > 1:
+        text += " That is more compute than the baseline needed: no schedule saved compute."
+    return text
+
+
+# -- rows, table, JSON --------------------------------------------------------------------------
+
+
+def _clean(v: Any) -> Any:
+    """JSON-safe: non-finite floats become None (JSON has no NaN/Infinity)."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    return v
+
+
+def _stat_dict(st: Stat) -> dict[str, Any]:
+    return {"mean": st.mean, "ci95_low": st.low, "ci95_high": st.high, "n": st.n,
+            "values": list(st.values)}  # fmt: skip
+
+
+def outcome_rows(outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
+    """JSON-ready rows, one per schedule, with per-seed details."""
+    on_front = {o.schedule_key for o in pareto_front(outcomes)}
+    rows = []
+    for o in outcomes:
+        row: dict[str, Any] = {
+            "schedule": o.label,
+            "schedule_key": o.schedule_key,
+            "is_baseline": o.is_baseline,
+            "seeds": [t.seed for t in o.trials],
+            "n_reached": o.n_reached,
+            "reached": o.reached,
+            "pareto": o.schedule_key in on_front,
+            "notes": list(o.notes),
+        }
+        for f in (
+            "final_eval_loss",
+            "total_compute",
+            "loss_at_baseline_compute",
+            "loss_delta",
+            "compute_to_baseline_loss",
+            "compute_fraction",
+            "speedup",
+            "baseline_final_loss",
+            "baseline_compute",
+        ):
+            row[f] = _stat_dict(getattr(o, f))
+        row["params"] = dict(o.params)
+        row["trials"] = [dataclasses.asdict(t) for t in o.trials]
+        rows.append(_clean(row))
+    return rows
+
+
+def outcome_table(outcomes: Sequence[Outcome]) -> Table:
+    """The outcome table as a rich Table (for coloured terminal output)."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD)
+    for i, col in enumerate(TABLE_COLUMNS):
+        table.add_column(col, justify="left" if i in (0, 1, 8) else "right")
+    for o in outcomes:
+        table.add_row(*_cells(o), style="bold" if o.is_baseline else None)
+    return table
+
+
+def format_table(outcomes: Sequence[Outcome], *, width: int = 160) -> str:
+    """The outcome table as plain text for the terminal."""
+    from rich.console import Console
+
+    buf = io.StringIO()
+    Console(file=buf, width=width, color_system=None, force_terminal=False).print(
+        outcome_table(outcomes)
+    )
+    return buf.getvalue()
+
+
+def to_json(obj: Report | Sequence[Outcome]) -> str:
+    """JSON for ``--json``: a whole report, or just rows for a list of outcomes."""
+    if isinstance(obj, Report):
+        data: Any = {
+            "study": obj.study.study_name,
+            "experiment": obj.study.experiment,
+            "experiment_id": obj.study.experiment_id,
+            "tracking_uri": obj.study.tracking_uri,
+            "parent_run_id": obj.study.parent_run_id,
+            "convention": obj.convention,
+            "verdict": obj.verdict,
+            "rows": obj.rows,
+            "paths": {k: str(v) for k, v in obj.paths.items()},
+        }
+    else:
+        data = {"rows": outcome_rows(obj), "verdict": verdict(obj)}
+    return json.dumps(_clean(data), indent=2, sort_keys=False)
+
+
+# -- the documents -------------------------------------------------------------------------------
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _markdown_table(outcomes: Sequence[Outcome]) -> str:
+    lines = [
+        "| " + " | ".join(TABLE_COLUMNS) + " |",
+        "|"
+        + "|".join("---" if i in (0, 1, 8) else "---:" for i in range(len(TABLE_COLUMNS)))
+        + "|",
+    ]
+    for o in outcomes:
+        cells = [_md_escape(c) for c in _cells(o)]
+        if o.is_baseline:
+            cells[0] = f"**{cells[0]}**"
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _baseline_line(outcomes: Sequence[Outcome], convention: str) -> str:
+    base = next((o for o in outcomes if o.is_baseline), None)
+    if base is None:
+        return ""
+    st = base.final_eval_loss
+    spread = f"{_num(st.mean, '.4f')}"
+    if st.low is not None and st.high is not None:
+        spread += f" (95% CI {st.low:.4f}–{st.high:.4f}, seed spread)"
+    return (
+        f"Baseline: final eval loss {spread} over {base.n_seeds} seed(s), at "
+        f"{_num(base.baseline_compute.mean, '.3e')} {convention} FLOPs."
+    )
+
+
+_COLUMN_NOTES: Final = (
+    "Every schedule is compared with the full-depth baseline of the same seed on the compute "
+    "axis. *Loss @ baseline compute*: eval loss (interpolated) at the FLOPs the baseline spent. "
+    "*Compute to baseline loss*: share of the baseline's FLOPs needed to first reach its final "
+    "eval loss. *Speedup*: baseline FLOPs / that compute. ± is the half-width of a 95% "
+    "Student-t interval over seeds."
+)
+
+
+def _intro(study: StudyResults, convention: str) -> str:
+    seeds = sorted({str(t.seed) for t in study.trials})
+    return (
+        f"Experiment `{study.experiment}` · study `{study.study_name}` · "
+        f"{len(study.trials)} trials · seeds {', '.join(seeds)} · compute axis: {convention} FLOPs"
+    )
+
+
+def _write_markdown(
+    path: Path, study: StudyResults, outcomes: Sequence[Outcome], text: str,
+    plots: dict[str, Path], convention: str,
+) -> None:  # fmt: skip
+    parts = [
+        f"# stagetune report: {study.study_name}",
+        "",
+        _intro(study, convention),
+        "",
+        "## Verdict",
+        "",
+        text,
+        "",
+        _baseline_line(outcomes, convention),
+        "",
+        "## Outcomes at equal compute",
+        "",
+        _markdown_table(outcomes),
+        "",
+        _COLUMN_NOTES,
+        "",
+        "## Plots",
+        "",
+    ]
+    for name in PLOT_NAMES:
+        png = plots.get(f"{name}_png")
+        if png is not None:
+            parts += [f"![{PLOT_TITLES[name]}]({png.relative_to(path.parent).as_posix()})", ""]
+    links = [
+        f"[{name}]({p.relative_to(path.parent).as_posix()})"
+        for name in PLOT_NAMES
+        if (p := plots.get(f"{name}_html")) is not None
+    ]
+    if links:
+        parts += ["Interactive: " + " · ".join(links), ""]
+    path.write_text("\n".join(parts), encoding="utf-8")
+
+
+_CSS: Final = """
+body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;font-size:0.9em}th,td{padding:4px 8px;border-bottom:1px solid #ddd}
+th{text-align:left;background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
+tr.baseline td{font-weight:bold}.verdict{font-size:1.1em;padding:0.8em;background:#f0f6ff}
+.notes{color:#555;font-size:0.9em}
+"""
+
+
+def _write_html(
+    path: Path, study: StudyResults, outcomes: Sequence[Outcome], text: str, convention: str
+) -> None:
+    esc = html.escape
+    head = "".join(f"<th>{esc(c)}</th>" for c in TABLE_COLUMNS)
+    body = []
+    for o in outcomes:
+        cells = _cells(o)
+        tds = "".join(
+            f"<td{'' if i in (0, 1, 8) else ' class=num'}>{esc(c)}</td>"
+            for i, c in enumerate(cells)
+        )
+        body.append(f"<tr{' class=baseline' if o.is_baseline else ''}>{tds}</tr>")
+    figs = plotly_figures(study, outcomes, convention=convention)
+    # plotly.js once, inline: the page must render without network access.
+    divs = [
+        fig.to_html(full_html=False, include_plotlyjs=(i == 0), default_width="100%")
+        for i, fig in enumerate(figs[name] for name in PLOT_NAMES)
+    ]
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>stagetune report: {esc(study.study_name)}</title><style>{_CSS}</style></head>
+<body>
+<h1>stagetune report: {esc(study.study_name)}</h1>
+<p>{esc(_intro(study, convention)).replace("`", "")}</p>
+<h2>Verdict</h2>
+<p class="verdict">{esc(text)}</p>
+<p>{esc(_baseline_line(outcomes, convention))}</p>
+<h2>Outcomes at equal compute</h2>
+<table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>
+<p class="notes">{esc(_COLUMN_NOTES).replace("*", "")}</p>
+<h2>Plots</h2>
+{"".join(f"<div>{d}</div>" for d in divs)}
+</body></html>
+"""
+    path.write_text(page, encoding="utf-8")
+
+
+def _log_to_parent(report: Report) -> None:
+    run_id = report.study.parent_run_id
+    if run_id is None:
+        _log.warning("study %s has no parent run; report not logged to MLflow",
+                     report.study.study_name)  # fmt: skip
+        return
+    client = make_client(report.study.tracking_uri)
+    try:
+        for key in ("report_md", "report_html", "report_json"):
+            client.log_artifact(run_id, str(report.paths[key]), artifact_path=REPORT_ARTIFACT_DIR)
+        plots_dir = report.paths["report_md"].parent / "plots"
+        if plots_dir.is_dir():
+            client.log_artifacts(
+                run_id, str(plots_dir), artifact_path=f"{REPORT_ARTIFACT_DIR}/plots"
+            )
+    except Exception as exc:
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise ConfigError(
+            "tracking_uri",
+            report.study.tracking_uri,
+            f"could not log the report to run {run_id} ({reason}); the files are in "
+            f"{report.paths['report_md'].parent}; rerun with log_to_mlflow off or fix MLflow",
+        ) from exc
+
+
+def build_report(
+    tracking_uri: str,
+    experiment: str,
+    output_dir: Path,
+    *,
+    log_to_mlflow: bool = True,
+    study: str | None = None,
+    convention: str = "standard",
+    html_plots: bool = True,
+) -> Report:
+    """Load the study from MLflow, compare at equal compute, write and log the report.
+
+    Writes ``report.md``, ``report.html`` (plots interactive, plotly.js inline),
+    ``report.json`` and ``plots/*.png`` (+ ``plots/*.html`` when ``html_plots``) under
+    ``output_dir``; with ``log_to_mlflow`` they go to the parent run under ``report/``.
+
+    Raises:
+        StagetuneError: see :func:`~stagetune.results.analysis.load_study`.
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = load_study(tracking_uri, experiment, study=study)
+    outcomes = compute_matched(results, convention=convention)
+    plot_files = write_plots(results, outcomes, out / "plots", convention=convention,
+                             html=html_plots)  # fmt: skip
+    paths: dict[str, Path] = {
+        "report_md": out / "report.md",
+        "report_html": out / "report.html",
+        "report_json": out / "report.json",
+    }
+    for name, p in plot_files.png.items():
+        paths[f"{name}_png"] = p
+    for name, p in plot_files.html.items():
+        paths[f"{name}_html"] = p
+    text = verdict(outcomes)
+    report = Report(
+        study=results,
+        outcomes=outcomes,
+        rows=outcome_rows(outcomes),
+        verdict=text,
+        paths=paths,
+        convention=convention,
+    )
+    _write_markdown(paths["report_md"], results, outcomes, text, paths, convention)
+    _write_html(paths["report_html"], results, outcomes, text, convention)
+    paths["report_json"].write_text(to_json(report), encoding="utf-8")
+    if log_to_mlflow:
+        _log_to_parent(report)
+    return report

@@ -1,0 +1,89 @@
+"""The search end to end on a real local Ray instance, Optuna RDB storage and MLflow SQLite."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from stagetune.cli import main
+from tests.conftest import FAST
+
+pytestmark = pytest.mark.slow
+
+
+def _run_args(workdir: Path, *extra: str) -> list[str]:
+    args = ["run", "--workdir", str(workdir), "--json", "--quiet"]
+    for o in FAST:
+        args += ["--set", o]
+    return [*args, *extra]
+
+
+def _children(workdir: Path, experiment: str) -> list:
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], "tags.`stagetune.role` = 'trial'")
+    return runs
+
+
+def test_search_with_asha_on_flops(ray_local: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    workdir = tmp_path / "work"
+    code = main(
+        _run_args(
+            workdir,
+            "--trials",
+            "6",
+            "--space",
+            "wide",
+            "--set",
+            "name=e2e",
+            "--set",
+            "search.grace_fraction=0.25",
+            "--set",
+            "search.reduction_factor=2",
+            "--set",
+            "train.eval_points=8",
+        )
+    )
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["outcomes"], report
+
+    runs = _children(workdir, "e2e")
+    assert len(runs) >= 6
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    baselines = [r for r in runs if r.data.tags.get("stagetune.is_baseline") == "true"]
+    assert baselines, "the baseline is the first point evaluated"
+    for r in runs:
+        hist = client.get_metric_history(r.info.run_id, "flops")
+        assert hist and all(b.value >= a.value for a, b in zip(hist, hist[1:]))
+        assert len(client.get_metric_history(r.info.run_id, "eval_loss")) == len(hist)
+    stopped = [r for r in runs if r.data.tags.get("stagetune.status") == "stopped"]
+    assert stopped, "ASHA stopped no trial"
+    assert all("stagetune.asha_rung" in r.data.tags for r in stopped)
+
+    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{workdir / 'optuna.db'}")
+    assert len(study.trials) >= 6
+    assert study.trials[0].params.get("num_stages") == 1
+
+
+def test_multi_objective_returns_pareto_set(ray_local: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    workdir = tmp_path / "work"
+    code = main(
+        _run_args(
+            workdir, "--trials", "4", "--space", "compact", "--set", "name=pareto", "--set", "search.multi_objective=true"
+        )
+    )
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    pareto = report["optuna_pareto"]
+    assert pareto
+    for p in pareto:
+        assert set(p) >= {"eval_loss", "flops", "params"}
+    # No member of the set is dominated by another.
+    for a in pareto:
+        for b in pareto:
+            assert not (b["eval_loss"] < a["eval_loss"] and b["flops"] < a["flops"])
