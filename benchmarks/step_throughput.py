@@ -39,11 +39,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
 import datetime as _dt
 import io
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -56,17 +59,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-from stagetune.compute import step_flops, step_work  # noqa: E402
-from stagetune.config import ExperimentConfig, load_config  # noqa: E402
-from stagetune.data import prepare_data  # noqa: E402
-from stagetune.schedule import Schedule, Stage, baseline_schedule  # noqa: E402
-from stagetune.trainables.loop import StagedTrainer  # noqa: E402
-from stagetune.trainables.session import LocalSession  # noqa: E402
-from stagetune.trainables.spec import TrialSpec  # noqa: E402
+from stagetune.compute import step_flops, step_work
+from stagetune.config import ExperimentConfig, load_config
+from stagetune.data import prepare_data
+from stagetune.schedule import Schedule, Stage, baseline_schedule
+from stagetune.trainables.loop import StagedTrainer
+from stagetune.trainables.session import LocalSession
+from stagetune.trainables.spec import TrialSpec
 
 FULL_TARGET = 0.95
 PHASE1_TARGET = (0.85, 1.15)
@@ -107,7 +110,7 @@ MODEL_OVERRIDES = [
 ]
 
 # (rounds, timed steps per variant per round, warm-up steps per variant)
-DEFAULT_PLAN = (5, 5, 2)
+DEFAULT_PLAN = (7, 5, 2)
 QUICK_PLAN = (3, 2, 1)
 
 
@@ -190,7 +193,10 @@ def _plain_optimizer(model: nn.Module, cfg: ExperimentConfig) -> torch.optim.Opt
     for p in model.parameters():  # each (tied) parameter once
         (no_decay if id(p) in embeddings or p.ndim < 2 else decay).append(p)
     return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {"params": decay, "weight_decay": t.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
         lr=t.lr,
         betas=(t.beta1, t.beta2),
         weight_decay=t.weight_decay,
@@ -198,14 +204,18 @@ def _plain_optimizer(model: nn.Module, cfg: ExperimentConfig) -> torch.optim.Opt
     )
 
 
-def build_variants(cfg: ExperimentConfig, *, first_depth: int, tmp: str) -> tuple[list[Variant], dict[str, Any]]:
+def build_variants(
+    cfg: ExperimentConfig, *, first_depth: int, tmp: str
+) -> tuple[list[Variant], dict[str, Any]]:
     prepared = prepare_data(cfg.data)
     vocab = prepared.vocab_size
     L = cfg.model.n_layer
 
     # stagetune, full depth (the baseline schedule).
     base_spec = _spec(cfg, baseline_schedule(L, 1_000_000), vocab)
-    full = StagedTrainer(base_spec, LocalSession(os.path.join(tmp, "full")), device=torch.device("cpu"))
+    full = StagedTrainer(
+        base_spec, LocalSession(os.path.join(tmp, "full")), device=torch.device("cpu")
+    )
     _enter(full, 0)
     stream = full.stream  # every variant reads its batches from this one stream
 
@@ -213,7 +223,9 @@ def build_variants(cfg: ExperimentConfig, *, first_depth: int, tmp: str) -> tupl
     phase1: dict[str, StagedTrainer] = {}
     for policy in ("new_only", "paper"):
         spec = _spec(cfg, _two_stage_schedule(L, first_depth, policy), vocab)
-        tr = StagedTrainer(spec, LocalSession(os.path.join(tmp, policy)), device=torch.device("cpu"))
+        tr = StagedTrainer(
+            spec, LocalSession(os.path.join(tmp, policy)), device=torch.device("cpu")
+        )
         index = next(i for i, ph in enumerate(tr.phases) if ph.kind == "phase1")
         _enter(tr, index)
         ph = tr.phases[index]
@@ -264,12 +276,17 @@ def build_variants(cfg: ExperimentConfig, *, first_depth: int, tmp: str) -> tupl
     works = {
         "full": step_work(phase="phase2", depth=L, prev_depth=0, freeze_policy="none"),
         **{
-            f"p1_{pol}": step_work(phase="phase1", depth=L, prev_depth=first_depth, freeze_policy=pol)
+            f"p1_{pol}": step_work(
+                phase="phase1", depth=L, prev_depth=first_depth, freeze_policy=pol
+            )
             for pol in phase1
         },
     }
     flops = {
-        name: {conv: step_flops(dims, w, tokens=tokens, convention=conv) for conv in ("standard", "paper")}
+        name: {
+            conv: step_flops(dims, w, tokens=tokens, convention=conv)
+            for conv in ("standard", "paper")
+        }
         for name, w in works.items()
     }
     # The trainer accounts exactly these FLOPs per step.
@@ -299,7 +316,10 @@ def build_variants(cfg: ExperimentConfig, *, first_depth: int, tmp: str) -> tupl
         "first_depth": first_depth,
         "trainable_params": {
             "full": sum(p.numel() for p in full.model.trainable_parameters()),
-            **{f"p1_{k}": sum(p.numel() for p in tr.model.trainable_parameters()) for k, tr in phase1.items()},
+            **{
+                f"p1_{k}": sum(p.numel() for p in tr.model.trainable_parameters())
+                for k, tr in phase1.items()
+            },
         },
     }
     return variants, info
@@ -311,41 +331,85 @@ def build_variants(cfg: ExperimentConfig, *, first_depth: int, tmp: str) -> tupl
 
 def measure(
     variants: list[Variant], *, rounds: int, steps: int, warmup: int, log: Callable[[str], None]
-) -> dict[str, list[float]]:
-    """Per variant, the per-step seconds of each round (interleaved, rotating order)."""
+) -> dict[str, dict[str, list[float]]]:
+    """Per variant and round: wall and CPU seconds per step, minor page faults per step.
+
+    Rounds are interleaved and the order rotates from round to round.
+    """
     for v in variants:
         for _ in range(warmup):
             v.step()
-    per_round: dict[str, list[float]] = {v.name: [] for v in variants}
+    out: dict[str, dict[str, list[float]]] = {
+        v.name: {"wall": [], "cpu": [], "faults": []} for v in variants
+    }
     n = len(variants)
     for r in range(rounds):
         order = variants[r % n :] + variants[: r % n]
         parts = []
         for v in order:
+            ru0 = resource.getrusage(resource.RUSAGE_SELF)
+            c0 = time.process_time()
             t0 = time.perf_counter()
             for _ in range(steps):
                 loss = v.step()
-            dt = (time.perf_counter() - t0) / steps
+            wall = (time.perf_counter() - t0) / steps
+            cpu = (time.process_time() - c0) / steps
+            faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - ru0.ru_minflt) / steps
             if loss != loss:  # NaN: something is broken, the timing would be meaningless
                 raise SystemExit(f"{v.name}: loss is NaN")
-            per_round[v.name].append(dt)
-            parts.append(f"{v.name} {dt * 1e3:.0f}")
+            rec = out[v.name]
+            rec["wall"].append(wall)
+            rec["cpu"].append(cpu)
+            rec["faults"].append(faults)
+            parts.append(f"{v.name} {wall * 1e3:.0f}")
         log(f"  round {r + 1}/{rounds}: " + ", ".join(parts) + " ms/step")
-    return per_round
+    return out
 
 
-def summarise(per_round: dict[str, list[float]], info: dict[str, Any]) -> dict[str, Any]:
-    med = {k: statistics.median(v) for k, v in per_round.items()}
+def pin_malloc() -> bool:
+    """Fix glibc's mmap and trim thresholds (mallopt), so freed tensors stay in the heap.
+
+    By default glibc serves large blocks (activations, gradients, logits: 1-8 MiB here) with
+    mmap below a *dynamic* threshold and trims the heap top on free; which step then pays for
+    fresh zero-filled pages depends on the allocation history of the whole process. Measured
+    here: 0 to 30k minor page faults and 0 to 60 ms of system time per step, landing on
+    whichever variant comes next, the plain loop included, so a 3-5 % "difference" between
+    two identical loops can be pure allocator luck. Pinning the thresholds (32 MiB, the
+    largest mmap threshold glibc accepts; trim at 1 GiB) removes that cross-variant
+    interference. ``--no-malloc-pin`` measures with glibc's defaults.
+    """
+    name = ctypes.util.find_library("c")
+    if not name or platform.system() != "Linux":
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024) == 1
+        ok = libc.mallopt(m_trim_threshold, 1 << 30) == 1 and ok
+    except (OSError, AttributeError):
+        return False
+    return ok
+
+
+def summarise(per_round: dict[str, dict[str, list[float]]], info: dict[str, Any]) -> dict[str, Any]:
+    wall = {k: v["wall"] for k, v in per_round.items()}
+    med = {k: statistics.median(v) for k, v in wall.items()}
+    cpu = {k: statistics.median(v["cpu"]) for k, v in per_round.items()}
+    faults = {k: statistics.median(v["faults"]) for k, v in per_round.items()}
     flops = info["flops"]
     full_ratio = med["plain"] / med["full"]
-    paired_full = [p / f for p, f in zip(per_round["plain"], per_round["full"])]
     out: dict[str, Any] = {
         "median_step_s": med,
+        "median_cpu_step_s": cpu,
+        "median_minor_faults_per_step": faults,
         "steps_per_s": {k: 1.0 / v for k, v in med.items()},
-        "gflop_per_s": {k: flops["full" if k == "plain" else k]["standard"] / v / 1e9 for k, v in med.items()},
+        "gflop_per_s": {
+            k: flops["full" if k == "plain" else k]["standard"] / v / 1e9 for k, v in med.items()
+        },
         "full_depth_ratio": {
             "value": full_ratio,
-            "paired_round_ratios": paired_full,
+            "paired_round_ratios": [p / f for p, f in zip(wall["plain"], wall["full"])],
+            "cpu_time_ratio": cpu["plain"] / cpu["full"],
             "target": f">= {FULL_TARGET}",
             "pass": full_ratio >= FULL_TARGET,
         },
@@ -355,13 +419,13 @@ def summarise(per_round: dict[str, list[float]], info: dict[str, Any]) -> dict[s
     for pol in ("new_only", "paper"):
         key = f"p1_{pol}"
         measured = med[key] / med["full"]
-        paired = [a / b for a, b in zip(per_round[key], per_round["full"])]
         analytic = flops[key]["standard"] / flops["full"]["standard"]
         paper_conv = flops[key]["paper"] / flops["full"]["paper"]
         cost = measured / analytic
         out["phase1"][pol] = {
             "measured_time_ratio": measured,
-            "paired_round_ratios": paired,
+            "paired_round_ratios": [a / b for a, b in zip(wall[key], wall["full"])],
+            "cpu_time_ratio": cpu[key] / cpu["full"],
             "analytic_flops_ratio_standard": analytic,
             "paper_convention_ratio": paper_conv,
             "cost_ratio": cost,
@@ -401,14 +465,17 @@ def render(result: dict[str, Any]) -> str:
     p = w.write
     p(
         f"\nstep throughput: {m['cpu']} ({m['cores']} cores), torch {m['torch']}, "
-        f"{m['threads']} thread(s); {result['plan']['rounds']} rounds x {result['plan']['steps']} steps "
+        f"{m['threads']} thread(s), malloc {'pinned' if result['plan']['malloc_pinned'] else 'default'}; {result['plan']['rounds']} rounds x {result['plan']['steps']} steps "
         f"(+{result['plan']['warmup']} warm-up) per variant, median of rounds\n"
     )
     p(
         f"model: {info['shape']}; {info['params'] / 1e6:.2f}M params; "
         f"{info['tokens_per_step']} tokens/step\n\n"
     )
-    head = f"{'variant':<62} {'ms/step':>8} {'steps/s':>8} {'GFLOP/step':>10} {'GFLOP/s':>8} {'train params':>12}\n"
+    head = (
+        f"{'variant':<62} {'ms/step':>8} {'steps/s':>8} {'GFLOP/step':>10} {'GFLOP/s':>8} "
+        f"{'train params':>12} {'cpu ms':>7} {'faults':>7}\n"
+    )
     p(head)
     p("-" * (len(head) - 1) + "\n")
     for v in result["variants"]:
@@ -417,14 +484,16 @@ def render(result: dict[str, Any]) -> str:
         tp = info["trainable_params"].get(k, info["params"])
         p(
             f"{v['label']:<62} {s['median_step_s'][k] * 1e3:8.1f} {s['steps_per_s'][k]:8.3f} "
-            f"{fl / 1e9:10.2f} {s['gflop_per_s'][k]:8.1f} {tp / 1e6:11.2f}M\n"
+            f"{fl / 1e9:10.2f} {s['gflop_per_s'][k]:8.1f} {tp / 1e6:11.2f}M "
+            f"{s['median_cpu_step_s'][k] * 1e3:7.1f} {s['median_minor_faults_per_step'][k]:7.0f}\n"
         )
     fr = s["full_depth_ratio"]
     p("\n")
     p(
         f"full-depth throughput ratio (stagetune / plain): {fr['value']:.3f}   "
         f"target {fr['target']}   {'PASS' if fr['pass'] else 'MISS'}"
-        f"   (per round: {', '.join(f'{x:.3f}' for x in fr['paired_round_ratios'])})\n"
+        f"   (per round: {', '.join(f'{x:.3f}' for x in fr['paired_round_ratios'])}; "
+        f"CPU time: {fr['cpu_time_ratio']:.3f})\n"
     )
     for pol, d in s["phase1"].items():
         p(
@@ -450,27 +519,42 @@ def render(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer rounds and steps (< 1 min)")
-    ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    ap.add_argument("--rounds", type=int, help="interleaved rounds (default 5; quick 3)")
-    ap.add_argument("--steps", type=int, help="timed steps per variant per round (default 5; quick 2)")
-    ap.add_argument("--warmup", type=int, help="untimed steps per variant first (default 2; quick 1)")
+    ap.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of the table"
+    )
+    ap.add_argument("--rounds", type=int, help="interleaved rounds (default 7; quick 3)")
+    ap.add_argument(
+        "--steps", type=int, help="timed steps per variant per round (default 5; quick 2)"
+    )
+    ap.add_argument(
+        "--warmup", type=int, help="untimed steps per variant first (default 2; quick 1)"
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     ap.add_argument(
         "--first-depth",
         type=int,
         help="depth of stage 1 (default L/2; e.g. 6 of 8 for increments [3L/4, L/4])",
     )
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    ap.add_argument(
+        "--no-malloc-pin",
+        action="store_true",
+        help="keep glibc's dynamic mmap/trim thresholds (see pin_malloc)",
+    )
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="config override"
+    )
     args = ap.parse_args(argv)
 
     rounds, steps, warmup = QUICK_PLAN if args.quick else DEFAULT_PLAN
     rounds = args.rounds or rounds
     steps = args.steps or steps
     warmup = args.warmup if args.warmup is not None else warmup
+    pinned = False if args.no_malloc_pin else pin_malloc()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    log: Callable[[str], None] = (lambda s: print(s, file=sys.stderr, flush=True))
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
 
     with tempfile.TemporaryDirectory(prefix="stagetune-bench-") as tmp:
         cfg = load_config(overrides=[*MODEL_OVERRIDES, f"workdir={tmp}", *args.set])
@@ -496,9 +580,21 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "step_throughput",
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": " ".join(["python", "benchmarks/step_throughput.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(
+            [
+                "python",
+                "benchmarks/step_throughput.py",
+                *(argv if argv is not None else sys.argv[1:]),
+            ]
+        ),
         "machine": machine_info(args.threads),
-        "plan": {"rounds": rounds, "steps": steps, "warmup": warmup, "measure_seconds": round(elapsed, 1)},
+        "plan": {
+            "rounds": rounds,
+            "steps": steps,
+            "warmup": warmup,
+            "malloc_pinned": pinned,
+            "measure_seconds": round(elapsed, 1),
+        },
         "model": info,
         "variants": [{"name": v.name, "label": v.label} for v in variants],
         "per_round_step_s": per_round,

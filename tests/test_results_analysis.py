@@ -31,6 +31,7 @@ def trial(
     baseline: bool = False,
     stage: list[float] | None = None,
     status: str = "finished",
+    label: str | None = None,
 ) -> TrialResult:
     n = len(flops)
     curve = Curve(
@@ -48,7 +49,7 @@ def trial(
         is_baseline=baseline,
         seed=seed,
         schedule_key=key,
-        label=key.upper(),
+        label=label or key.upper(),
         params={"schedule_key": key},
         tags={},
         curve=curve,
@@ -164,3 +165,10 @@ def test_pareto_front() -> None:
     outs = compute_matched(study(BASE0, a0, b0, c0))
     # baseline (100, 3.0) and b (105, 3.4) are dominated by a (100, 2.8); c is cheapest.
     assert [o.schedule_key for o in pareto_front(outs)] == ["c", "a"]
+
+
+def test_rows_with_the_same_label_stay_apart() -> None:
+    x = trial("x", "key-x-123456789", "0", [50, 100], [3.4, 2.9], label="S2[2-2]")
+    y = trial("y", "key-y-987654321", "0", [50, 100], [3.5, 3.1], label="S2[2-2]")
+    labels = [o.label for o in compute_matched(study(BASE0, x, y))]
+    assert labels == ["baseline", "S2[2-2] [key-x-12]", "S2[2-2] [key-y-98]"]

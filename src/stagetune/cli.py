@@ -7,6 +7,7 @@ anything is created.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -371,7 +372,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = _load(args, extra)
         prep = prepare_study(cfg)
     t0 = time.time()
-    run = run_study(prep, quiet=args.quiet or args.json, address=args.address)
+    # With --json, stdout carries only the JSON document; Ray's own chatter goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        run = run_study(prep, quiet=args.quiet or args.json, address=args.address)
     return _print_report(
         run.tracking_uri,
         run.experiment,
@@ -468,6 +471,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``stagetune`` console script."""
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # Tune's own progress tables at verbose=0 only in the legacy reporter; stagetune prints its
+    # own one-line progress instead.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     parser = _build_parser()
     try:
         args = parser.parse_args(argv)

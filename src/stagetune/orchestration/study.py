@@ -20,6 +20,7 @@ from stagetune.errors import ConfigError
 from stagetune.metrics import FLOPS, STATUS_DIVERGED, STATUS_FINISHED
 from stagetune.orchestration.callbacks import MlflowCallback, ProgressCallback, TrialLedger
 from stagetune.orchestration.cluster import check_placeable, connect, max_concurrent_trials
+from stagetune.orchestration.searcher import ResumableOptunaSearch
 from stagetune.orchestration.storage import StudyPaths, check_writable
 from stagetune.results import MlflowTracker
 from stagetune.search_spaces import SearchSpace, SpaceContext, get_search_space
@@ -117,6 +118,14 @@ def make_sampler(cfg: ExperimentConfig, space: SearchSpace, ctx: SpaceContext) -
     )
 
 
+def _label(spec: Any) -> str:
+    if spec.is_baseline:
+        return "baseline"
+    if spec.schedule.is_baseline:
+        return f"full-depth lr={spec.lr:.3g} wu={spec.warmup_steps}"
+    return f"{spec.schedule.label()} lr={spec.lr:.3g}"
+
+
 def _describe_factory(study: StudyContext) -> Any:
     def describe(params: dict[str, Any], trial_id: str) -> dict[str, Any]:
         spec = make_trial_spec(params, study, trial_name=trial_id)
@@ -127,13 +136,14 @@ def _describe_factory(study: StudyContext) -> Any:
             "warmup_steps": spec.warmup_steps,
         }
         flat["schedule_json"] = spec.schedule.to_json()
+        flat["schedule_label"] = _label(spec)
         return {
             "params": flat,
             "tags": {
                 "stagetune.is_baseline": str(spec.is_baseline).lower(),
                 "stagetune.seed": str(spec.seed),
                 "stagetune.schedule_key": str(spec.params.get("schedule_key", "")),
-                "stagetune.label": spec.schedule.label(),
+                "stagetune.label": _label(spec),
             },
         }
 
@@ -170,7 +180,6 @@ def run_study(prep: PreparedStudy, *, quiet: bool = False, address: str | None =
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     cfg, paths = prep.config, prep.paths
     info = connect(address or cfg.resources.address)
@@ -216,15 +225,24 @@ def run_study(prep: PreparedStudy, *, quiet: bool = False, address: str | None =
     mode: str | list[str] = ["min", "min"] if multi else "min"
     sampler = make_sampler(cfg, prep.space, prep.ctx)
     storage = optuna.storages.RDBStorage(paths.optuna_url)
-    searcher = OptunaSearch(
-        space=prep.space.as_define_by_run(prep.ctx),
-        metric=metric,
-        mode=mode,
-        points_to_evaluate=[prep.space.baseline_point(prep.ctx)],
-        sampler=sampler,
-        study_name=cfg.name,
-        storage=storage,
-    )
+
+    def make_searcher() -> ResumableOptunaSearch:
+        # Enqueue the baseline only into a fresh study: a resumed one already holds it.
+        try:
+            existing = optuna.load_study(study_name=cfg.name, storage=storage).trials
+        except KeyError:
+            existing = []
+        return ResumableOptunaSearch(
+            space=prep.space.as_define_by_run(prep.ctx),
+            metric=metric,
+            mode=mode,
+            points_to_evaluate=[] if existing else [prep.space.baseline_point(prep.ctx)],
+            sampler=sampler,
+            study_name=cfg.name,
+            storage=storage,
+        )
+
+    searcher: Any = None
     max_flops = prep.ctx.budget_flops * (1.0 + prep.space.max_continual_multiple) * 1.05 + 1.0
     scheduler = None
     if cfg.search.early_stopping and not multi:
@@ -268,6 +286,7 @@ def run_study(prep: PreparedStudy, *, quiet: bool = False, address: str | None =
         tuner._local_tuner.get_run_config().callbacks = callbacks  # type: ignore[union-attr]
         searcher = tuner._local_tuner._tune_config.search_alg  # type: ignore[union-attr]
     else:
+        searcher = make_searcher()
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -288,7 +307,7 @@ def run_study(prep: PreparedStudy, *, quiet: bool = False, address: str | None =
             )
         )
     pareto = _pareto_from_optuna(cfg.name, paths.optuna_url) if multi else []
-    tracker.sync_spool()
+    tracker.end_study("finished")
     return StudyRun(
         config=cfg,
         paths=paths,

@@ -34,7 +34,9 @@ from stagetune.results.naming import (
     ROLE_TRIAL,
     STATUS_RUNNING,
     TAG_IS_BASELINE,
+    TAG_LABEL,
     TAG_ROLE,
+    TAG_SCHEDULE_KEY,
     TAG_SEED,
     TAG_STATUS,
     TAG_STUDY,
@@ -251,9 +253,14 @@ def _trial_from_run(client: Any, run: Any) -> TrialResult:
     params = dict(run.data.params)
     status = tags.get(TAG_STATUS) or _MLFLOW_STATUS_NAMES.get(run.info.status, "failed")
     trial_id = tags.get(TAG_TRIAL_ID, run.info.run_id)
-    key = params.get(PARAM_SCHEDULE_KEY) or f"trial:{trial_id}"
+    # Without a schedule key a trial cannot be pooled with other seeds: it stands alone.
+    key = params.get(PARAM_SCHEDULE_KEY) or tags.get(TAG_SCHEDULE_KEY) or f"trial:{trial_id}"
     is_baseline = tags.get(TAG_IS_BASELINE, "false").lower() == "true"
-    label = params.get(PARAM_SCHEDULE_LABEL) or ("baseline" if is_baseline else key)
+    label = (
+        params.get(PARAM_SCHEDULE_LABEL)
+        or tags.get(TAG_LABEL)
+        or ("baseline" if is_baseline else key)
+    )
     return TrialResult(
         trial_id=trial_id,
         run_id=run.info.run_id,
@@ -568,11 +575,16 @@ def compute_matched(
         key = "baseline" if t.is_baseline else t.schedule_key
         firsts.setdefault(key, t)
         groups[key].append(_trial_outcome(t, base, convention, rel_tol))
+    labels = [firsts[k].label for k in groups if not firsts[k].is_baseline]
     outcomes = []
     for key, outs in groups.items():
         outs.sort(key=lambda o: _seed_order(o.seed))
         first = firsts[key]
-        outcomes.append(_group(key, "baseline" if first.is_baseline else first.label, first, outs))
+        label = "baseline" if first.is_baseline else first.label
+        if not first.is_baseline and (labels.count(label) > 1 or label == "baseline"):
+            # Two recipes may share a schedule label (e.g. differ only in lr): keep rows apart.
+            label = f"{label} [{key[:8]}]"
+        outcomes.append(_group(key, label, first, outs))
 
     def order(o: Outcome) -> tuple[int, float, str]:
         if o.is_baseline:

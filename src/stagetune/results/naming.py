@@ -22,9 +22,11 @@ __all__ = [
     "STATUS_RUNNING",
     "TAG_ASHA_RUNG",
     "TAG_IS_BASELINE",
+    "TAG_LABEL",
     "TAG_PARENT_RUN",
     "TAG_ROLE",
     "TAG_RUN_NAME",
+    "TAG_SCHEDULE_KEY",
     "TAG_SEED",
     "TAG_STATUS",
     "TAG_STUDY",
@@ -43,6 +45,10 @@ TAG_STATUS: Final = "stagetune.status"
 """``running`` or one of :data:`stagetune.metrics.STATUSES`."""
 TAG_ASHA_RUNG: Final = "stagetune.asha_rung"
 """Where ASHA cut a ``stopped`` trial, as the caller identifies the rung (e.g. its FLOPs milestone)."""
+TAG_LABEL: Final = "stagetune.label"
+"""Human-readable schedule name (fallback for param :data:`PARAM_SCHEDULE_LABEL`)."""
+TAG_SCHEDULE_KEY: Final = "stagetune.schedule_key"
+"""Fallback for param :data:`PARAM_SCHEDULE_KEY`."""
 TAG_PARENT_RUN: Final = "mlflow.parentRunId"
 TAG_RUN_NAME: Final = "mlflow.runName"
 

@@ -243,7 +243,7 @@ def outcome_table(outcomes: Sequence[Outcome]) -> Table:
     return table
 
 
-def format_table(outcomes: Sequence[Outcome], *, width: int = 160) -> str:
+def format_table(outcomes: Sequence[Outcome], *, width: int = 200) -> str:
     """The outcome table as plain text for the terminal."""
     from rich.console import Console
 

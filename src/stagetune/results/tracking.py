@@ -116,9 +116,14 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _is_number(v: Any) -> bool:
-    # bool is an int, but True/False flags are not measurements.
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+def _as_float(v: Any) -> float | None:
+    """The value as a metric, or None for non-numbers (bool is an int, but not a measurement)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        return float(v)
+    except OverflowError:  # an int beyond float range
+        return math.inf if v > 0 else -math.inf
 
 
 def _str_dict(d: Mapping[str, Any] | None) -> dict[str, str]:
@@ -291,9 +296,9 @@ class MlflowTracker:
         study = self._trial_study.get(trial_id) or self._require_study()
         self._check_trial_id(trial_id)
         metrics = {
-            str(k): float(v)
+            str(k): f
             for k, v in record.items()
-            if _is_number(v) and k not in _TUNE_BOOKKEEPING
+            if k not in _TUNE_BOOKKEEPING and (f := _as_float(v)) is not None
         }
         event: dict[str, Any] = {
             "op": "report",
@@ -451,7 +456,7 @@ class MlflowTracker:
             _log.warning(
                 "MLflow at %s is unreachable (%s); spooling to %s until it answers",
                 self.tracking_uri,
-                str(exc).splitlines()[0][:200],
+                (str(exc).splitlines() or [repr(exc)])[0][:200],
                 self.spool_dir,
             )
 
@@ -465,6 +470,7 @@ class MlflowTracker:
     def _submit(self, key: str, event: dict[str, Any]) -> str | None:
         """Deliver ``event`` now, or spool it; the run id it touched when delivered."""
         with self._key_lock(key):
+            spooled = False
             try:
                 pending = self._spool_path(key).exists() or (
                     key != _STUDY_KEY and self._spool_path(_STUDY_KEY).exists()
@@ -476,13 +482,15 @@ class MlflowTracker:
                     # Earlier events wait in the spool: keep the order, then try to catch up
                     # (the study's spool first: trial runs need the parent run).
                     self._spool(key, event)
+                    spooled = True
                     self._sync_key(key)
                     return self._known_run(event)
                 return self._deliver_or_spool(key, event)
             except Exception as exc:  # never let a tracking bug reach training
-                _log.exception("stagetune tracking: unexpected error; spooling the event")
-                with contextlib.suppress(Exception):
-                    self._spool(key, event)
+                _log.exception("stagetune tracking: unexpected error; the event stays spooled")
+                if not spooled:
+                    with contextlib.suppress(Exception):
+                        self._spool(key, event)
                 self.stats.last_error = repr(exc)
                 return None
 

@@ -471,6 +471,11 @@ class StagedTrainer:
         every = self.cfg.train.checkpoint_every
         status = STATUS_FINISHED
         self.model.train()
+        if self.step >= self.total_steps:
+            # Restored from the final checkpoint (e.g. the driver died before the trial's end
+            # was recorded): train nothing, report the final record again (same step, so the
+            # trackers de-duplicate it).
+            self._eval_and_report(checkpoint=False, status=STATUS_FINISHED)
         while self.step < self.total_steps:
             ph_index = self._phase_at(self.step)
             if ph_index != self._phase_index:
