@@ -2,8 +2,8 @@
 
 Run from the repository root (with stagetune installed, e.g. ``pip install -e .``)::
 
-    python benchmarks/step_throughput.py            # default: ~1.5-2 min on a 2-core CPU
-    python benchmarks/step_throughput.py --quick    # < 1 min, noisier
+    python benchmarks/step_throughput.py            # default: ~1.5 min on a 2-core CPU
+    python benchmarks/step_throughput.py --quick    # ~20 s, noisier
     python benchmarks/step_throughput.py --json     # one JSON object on stdout
 
 Everything runs in one process, on one model config and one ``TokenStream``:
@@ -23,7 +23,10 @@ rotates from round to round), after ``warmup`` untimed steps per variant. The pe
 a variant is the median over rounds of (round wall time / steps), so slow drifts and bursts of
 load from other processes on a shared machine hit every variant alike. The thread count is
 fixed (``--threads``, default 1: on a shared 2-core box one thread is much less exposed to a
-neighbour stealing a core mid-matmul than two).
+neighbour stealing a core mid-matmul than two). glibc's malloc thresholds are pinned first
+(see :func:`pin_malloc`), and each variant's CPU time and minor page faults per step are
+recorded beside the wall time; when the process got < 90 % of its threads' CPU time while
+measuring (a contended machine), the output says so and gives the CPU-time ratios too.
 
 Reported, with targets:
 
@@ -391,14 +394,26 @@ def pin_malloc() -> bool:
     return ok
 
 
-def summarise(per_round: dict[str, dict[str, list[float]]], info: dict[str, Any]) -> dict[str, Any]:
+CONTENDED_SHARE = 0.9
+"""Below this share of its threads' CPU time per wall second, the machine was contended."""
+
+
+def summarise(
+    per_round: dict[str, dict[str, list[float]]], info: dict[str, Any], *, threads: int
+) -> dict[str, Any]:
     wall = {k: v["wall"] for k, v in per_round.items()}
+    # How much CPU the process got while measuring: ~1.0 on an idle machine (per thread).
+    share = sum(sum(v["cpu"]) for v in per_round.values()) / (
+        threads * sum(sum(v["wall"]) for v in per_round.values())
+    )
     med = {k: statistics.median(v) for k, v in wall.items()}
     cpu = {k: statistics.median(v["cpu"]) for k, v in per_round.items()}
     faults = {k: statistics.median(v["faults"]) for k, v in per_round.items()}
     flops = info["flops"]
     full_ratio = med["plain"] / med["full"]
     out: dict[str, Any] = {
+        "cpu_share": share,
+        "contended": share < CONTENDED_SHARE,
         "median_step_s": med,
         "median_cpu_step_s": cpu,
         "median_minor_faults_per_step": faults,
@@ -426,6 +441,7 @@ def summarise(per_round: dict[str, dict[str, list[float]]], info: dict[str, Any]
             "measured_time_ratio": measured,
             "paired_round_ratios": [a / b for a, b in zip(wall[key], wall["full"])],
             "cpu_time_ratio": cpu[key] / cpu["full"],
+            "cpu_cost_ratio": cpu[key] / cpu["full"] / analytic,
             "analytic_flops_ratio_standard": analytic,
             "paper_convention_ratio": paper_conv,
             "cost_ratio": cost,
@@ -513,6 +529,16 @@ def render(result: dict[str, Any]) -> str:
         f"paper-convention ratio {d['paper_convention_ratio']:.3f} "
         f"({(d['measured_vs_paper_convention'] - 1) * 100:+.0f} %)\n"
     )
+    p(f"CPU share while measuring: {s['cpu_share']:.2f} of {m['threads']} thread(s)\n")
+    if s["contended"]:
+        fr = s["full_depth_ratio"]
+        p(
+            "WARNING: the machine was contended (other processes took CPU time); wall-clock "
+            "ratios are unreliable, rerun when it is quieter. CPU-time ratios: full depth "
+            f"{fr['cpu_time_ratio']:.3f}; phase-1 cost "
+            + ", ".join(f"{pol} {d['cpu_cost_ratio']:.3f}" for pol, d in s["phase1"].items())
+            + "\n"
+        )
     return w.getvalue()
 
 
@@ -598,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": info,
         "variants": [{"name": v.name, "label": v.label} for v in variants],
         "per_round_step_s": per_round,
-        "summary": summarise(per_round, info),
+        "summary": summarise(per_round, info, threads=args.threads),
     }
     if args.json:
         print(json.dumps(result, indent=1))

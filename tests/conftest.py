@@ -23,6 +23,7 @@ FAST = [
     "data.seq_len=32",
     "data.eval_batches=2",
     "model.context_length=64",
+    "model.n_layer=4",
     "model.n_embd=32",
     "model.n_head=4",
     "train.batch_size=8",

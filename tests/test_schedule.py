@@ -143,11 +143,13 @@ def test_step_work_per_freeze_policy() -> None:
 
 
 def test_build_schedule_from_config() -> None:
-    cfg = load_config(overrides=["schedule.increments=[1, 3]", "schedule.continual_multiple=0.5"])
+    cfg = load_config(
+        overrides=["model.n_layer=4", "schedule.increments=[1, 3]", "schedule.continual_multiple=0.5"]
+    )
     s = build_schedule(cfg, vocab_size=2048)
     assert s.increments == [1, 3]
     full = build_schedule(
-        load_config(overrides=["schedule.increments=[1, 3]"]), vocab_size=2048
+        load_config(overrides=["model.n_layer=4", "schedule.increments=[1, 3]"]), vocab_size=2048
     ).continual_steps
     assert s.continual_steps == round(0.5 * full)
     assert build_schedule(load_config(), vocab_size=2048).is_baseline

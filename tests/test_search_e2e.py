@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -29,7 +30,9 @@ def _children(workdir: Path, experiment: str) -> list:
     return runs
 
 
-def test_search_with_asha_on_flops(ray_local: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_search_with_asha_on_flops(
+    ray_local: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     workdir = tmp_path / "work"
     code = main(
         _run_args(
@@ -59,7 +62,7 @@ def test_search_with_asha_on_flops(ray_local: None, tmp_path: Path, capsys: pyte
     assert baselines, "the baseline is the first point evaluated"
     for r in runs:
         hist = client.get_metric_history(r.info.run_id, "flops")
-        assert hist and all(b.value >= a.value for a, b in zip(hist, hist[1:]))
+        assert hist and all(b.value >= a.value for a, b in itertools.pairwise(hist))
         assert len(client.get_metric_history(r.info.run_id, "eval_loss")) == len(hist)
     stopped = [r for r in runs if r.data.tags.get("stagetune.status") == "stopped"]
     assert stopped, "ASHA stopped no trial"
@@ -70,11 +73,21 @@ def test_search_with_asha_on_flops(ray_local: None, tmp_path: Path, capsys: pyte
     assert study.trials[0].params.get("num_stages") == 1
 
 
-def test_multi_objective_returns_pareto_set(ray_local: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_multi_objective_returns_pareto_set(
+    ray_local: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     workdir = tmp_path / "work"
     code = main(
         _run_args(
-            workdir, "--trials", "4", "--space", "compact", "--set", "name=pareto", "--set", "search.multi_objective=true"
+            workdir,
+            "--trials",
+            "4",
+            "--space",
+            "compact",
+            "--set",
+            "name=pareto",
+            "--set",
+            "search.multi_objective=true",
         )
     )
     assert code == 0
@@ -87,3 +100,39 @@ def test_multi_objective_returns_pareto_set(ray_local: None, tmp_path: Path, cap
     for a in pareto:
         for b in pareto:
             assert not (b["eval_loss"] < a["eval_loss"] and b["flops"] < a["flops"])
+
+
+def test_seed_repeats_give_confidence_intervals(
+    ray_local: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    workdir = tmp_path / "work"
+    code = main(
+        _run_args(
+            workdir,
+            "--trials",
+            "3",
+            "--space",
+            "compact",
+            "--seeds",
+            "2",
+            "--set",
+            "name=seeds",
+            "--set",
+            "search.repeat_top_k=1",
+            "--set",
+            "search.early_stopping=false",
+        )
+    )
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    runs = _children(workdir, "seeds")
+    seeds_by_key: dict[str, set[str]] = {}
+    for r in runs:
+        seeds_by_key.setdefault(r.data.params["schedule_key"], set()).add(
+            r.data.tags["stagetune.seed"]
+        )
+    baseline = next(r for r in runs if r.data.tags.get("stagetune.is_baseline") == "true")
+    assert seeds_by_key[baseline.data.params["schedule_key"]] == {"0", "1"}
+    # The best non-baseline schedule was repeated too.
+    assert sum(1 for s in seeds_by_key.values() if len(s) == 2) >= 2
+    assert any(len(str(row.get("seeds", ""))) > 1 for row in report["outcomes"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -62,9 +63,9 @@ class ModelConfig:
 
     family: str = "gpt2"
     """Model family: ``gpt2`` or ``llama``."""
-    n_layer: int = 4
+    n_layer: int = 6
     """Target depth L: the number of transformer blocks at the end of the schedule."""
-    n_embd: int = 64
+    n_embd: int = 128
     """Hidden size."""
     n_head: int = 4
     """Attention heads."""
@@ -149,7 +150,7 @@ class DataConfig:
     or uint16 token shards (.bin, .npy)."""
     tokenizer: str = "builtin"
     """``builtin`` (byte-level BPE trained on the corpus and cached) or a tokenizer.json path."""
-    vocab_size: int = 2048
+    vocab_size: int = 1024
     """Vocabulary size of the builtin tokenizer (ignored for a tokenizer.json)."""
     seq_len: int = 64
     """Tokens per training sequence."""
@@ -233,7 +234,7 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value (0 disables clipping)."""
-    eval_points: int = 16
+    eval_points: int = 12
     """Evaluations evenly spaced in compute over the budget, the same FLOPs for every schedule."""
     checkpoint_every: int = 0
     """Also checkpoint every N optimizer steps (0: only at phase boundaries)."""
@@ -281,7 +282,7 @@ class TrainConfig:
 class ScheduleConfig:
     """The schedule trained by ``stagetune train`` (the search samples its own)."""
 
-    baseline_steps: int = 120
+    baseline_steps: int = 150
     """T: optimizer steps of the full-depth baseline; stages share T steps between them."""
     num_stages: int = 1
     """S: number of stages (1 is the baseline). Ignored when ``increments`` is given."""
@@ -595,6 +596,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(path, value, "expected a number")
+        if not math.isfinite(value):
+            raise ConfigError(path, value, "expected a finite number")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -650,12 +653,24 @@ PRESETS: dict[str, dict[str, Any]] = {
         "name": "stagetune-llama-tiny",
         "model": {"family": "llama", "n_layer": 4, "n_embd": 64, "n_head": 4, "n_kv_head": 2},
     },
-    # The paper's study shape at laptop scale (issue: paper study at small scale).
+    # The paper's study shape at laptop scale (issue: paper study at small scale): on the
+    # embedded default (L = 4), the `paper` space's whole grid, enumerated once by brute
+    # force: the baseline, then S ∈ {2, 4} (L/S layers a stage, each phase T/(2S) steps,
+    # random growth, the paper's freeze policy) × continual {0, 0.5, 1, 1.5, 2} × the
+    # budget-matched length = 1 + 2 × 5 = 11 trials. Every trial runs to its end (no ASHA):
+    # the question is at what compute each schedule reaches the baseline's loss.
     "paper-tiny": {
         "name": "stagetune-paper-tiny",
-        "train": {"lr": 3e-3, "lr_schedule": "constant"},
+        "model": {"n_layer": 4},
+        "train": {"lr": 3e-3, "lr_schedule": "constant", "warmup_steps": 0},
         "schedule": {"growth": "random", "freeze_policy": "paper", "phase1_fraction": 0.5},
-        "search": {"space": "paper", "num_trials": 6, "early_stopping": False},
+        "search": {
+            "space": "paper",
+            "sampler": "bruteforce",
+            "num_trials": 11,
+            "seeds": 1,
+            "early_stopping": False,
+        },
     },
     # arXiv 2411.18700's setting: GPT-2 124M, 524,288 tokens/step, AdamW 6e-4 constant.
     "paper-gpt2-124m": {
@@ -708,6 +723,17 @@ def load_config(
             raise ConfigError("config", str(path), "the file does not exist; pass a YAML file path")
         try:
             loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise ConfigError("config", str(path), "not a UTF-8 text file; pass a YAML file") from None
+        except yaml.constructor.ConstructorError as exc:
+            # safe_load builds plain data only: tags such as !!python/object are refused.
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(
+                "config",
+                str(path),
+                f"unsupported YAML tag{where} ({exc.problem}); only plain YAML data is accepted",
+            ) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -130,17 +130,7 @@ class StagedModel(nn.Module):
 
     def dims(self, seq_len: int) -> ModelDims:
         """The shapes :mod:`stagetune.compute` needs, for sequences of ``seq_len`` tokens."""
-        cfg = self.config
-        return ModelDims(
-            family=cfg.family,
-            n_layer=self.num_layers,
-            n_embd=cfg.n_embd,
-            n_head=cfg.n_head,
-            n_kv_head=cfg.kv_heads,
-            ffn_size=cfg.ffn_size,
-            vocab_size=self.vocab_size,
-            seq_len=seq_len,
-        )
+        return ModelDims.from_model_config(self.config, vocab_size=self.vocab_size, seq_len=seq_len)
 
     # ---------------------------------------------------------------------------------------
     # depth

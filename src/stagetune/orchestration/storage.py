@@ -68,7 +68,21 @@ class StudyPaths:
                 "no study in this work directory; run 'stagetune run' without --resume first "
                 "or pass the --workdir of an earlier run",
             )
-        data: dict[str, Any] = json.loads(self.study_file.read_text())
+        try:
+            data = json.loads(self.study_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(
+                "--resume",
+                str(self.study_file),
+                f"the study file is unreadable ({exc}); restore it or start a new study "
+                "in another --workdir",
+            ) from None
+        if not isinstance(data, dict):
+            raise ConfigError(
+                "--resume",
+                str(self.study_file),
+                "the study file holds no config mapping; start a new study in another --workdir",
+            )
         return data
 
 
@@ -79,6 +93,15 @@ def _nearest_existing(path: Path) -> Path:
             break
         p = p.parent
     return p
+
+
+_REASONS = {
+    errno.ENOSPC: "the file system is full",
+    errno.EROFS: "the file system is read-only",
+    errno.EPERM: "writing is not permitted there (an immutable directory?)",
+    errno.EACCES: "permission denied",
+    errno.EDQUOT: "the disk quota is exhausted",
+}
 
 
 def check_writable(path: Path, field: str, *, min_free: int = MIN_FREE_BYTES) -> None:
@@ -97,9 +120,7 @@ def check_writable(path: Path, field: str, *, min_free: int = MIN_FREE_BYTES) ->
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        reason = (
-            "the file system is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-        )
+        reason = _REASONS.get(exc.errno or 0) or exc.strerror or str(exc)
         raise ConfigError(
             field, str(path), f"cannot write in {base} ({reason}); choose another path"
         ) from None

@@ -6,7 +6,7 @@ data, work directory, cluster shape) is checked before the first file or run is 
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import math
 import sys
 from dataclasses import dataclass, field
@@ -20,15 +20,25 @@ from stagetune.errors import ConfigError
 from stagetune.metrics import FLOPS, STATUS_DIVERGED, STATUS_FINISHED
 from stagetune.orchestration.callbacks import MlflowCallback, ProgressCallback, TrialLedger
 from stagetune.orchestration.cluster import check_placeable, connect, max_concurrent_trials
-from stagetune.orchestration.searcher import ResumableOptunaSearch
+from stagetune.orchestration.searcher import (
+    STATUS_INTERRUPTED,
+    ResumableOptunaSearch,
+    ensure_baseline,
+    reconcile_optuna,
+)
 from stagetune.orchestration.storage import StudyPaths, check_writable
 from stagetune.results import MlflowTracker
+from stagetune.results.store import sqlite_path
 from stagetune.search_spaces import SearchSpace, SpaceContext, get_search_space
 from stagetune.trainables.tune_trainable import StudyContext, make_trial_spec, train_trial
 
-__all__ = ["PreparedStudy", "StudyRun", "prepare_study", "run_study"]
+__all__ = ["TAG_INTERRUPTED", "PreparedStudy", "StudyRun", "prepare_study", "run_study"]
+
+log = logging.getLogger(__name__)
 
 METRIC = "eval_loss"
+TAG_INTERRUPTED = "stagetune.interrupted"
+"""MLflow tag on a trial run the driver's death left unfinished (status ``failed``)."""
 
 
 @dataclass(kw_only=True)
@@ -54,6 +64,10 @@ class StudyRun:
     parent_run_id: str
     trial_status: dict[str, str] = field(default_factory=dict)
     pareto: list[dict[str, Any]] = field(default_factory=list)
+    pending_events: int = 0
+    """Tracking events MLflow did not take (kept in the spool; ``report --sync`` delivers)."""
+    interrupted: list[str] = field(default_factory=list)
+    """Trials a resume found orphaned by the dead driver (Tune ids, or Optuna numbers)."""
 
 
 def prepare_study(
@@ -78,6 +92,9 @@ def prepare_study(
     check_writable(paths.workdir, "workdir")
     if cfg.resources.storage_path and "://" not in cfg.resources.storage_path:
         check_writable(Path(cfg.resources.storage_path).expanduser(), "resources.storage_path")
+    db = sqlite_path(cfg.resolved_tracking_uri())
+    if db is not None and db.parent != paths.workdir:
+        check_writable(db.parent, "tracking.tracking_uri")
     prepared = prepare_data(cfg.data)
     vocab = cfg.model.vocab_size or prepared.vocab_size
     if vocab < prepared.vocab_size:
@@ -88,6 +105,9 @@ def prepare_study(
         )
     space = get_search_space(cfg.search.space)
     ctx = SpaceContext.from_config(cfg, vocab_size=vocab)
+    # The baseline is every study's first point: a config it cannot be built from is refused
+    # here, not as a failed first trial.
+    space.build(space.baseline_point(ctx), ctx)
     return PreparedStudy(
         config=cfg, paths=paths, vocab_size=vocab, space=space, ctx=ctx, resume=resume
     )
@@ -150,16 +170,6 @@ def _describe_factory(study: StudyContext) -> Any:
     return describe
 
 
-def _mark_optuna(searcher: Any, trial_id: str, status: str) -> None:
-    """Record stagetune's status on the Optuna trial (Optuna only knows COMPLETE/FAIL/PRUNED)."""
-    ot_trial = getattr(searcher, "_ot_trials", {}).get(trial_id)
-    if ot_trial is None:
-        return
-    # The trial may already be finished in storage; the tag is best-effort.
-    with contextlib.suppress(Exception):
-        ot_trial.set_user_attr("stagetune_status", status)
-
-
 def _trainable(study: StudyContext, cfg: ExperimentConfig) -> Any:
     from ray import tune
 
@@ -170,8 +180,10 @@ def _trainable(study: StudyContext, cfg: ExperimentConfig) -> Any:
         if res.gpus_per_worker:
             resources["GPU"] = res.gpus_per_worker
     else:
-        # The trial is only the Train driver; its workers ask for their own resources.
-        resources = {"CPU": 0}
+        # The trial is only the Train driver; its workers ask for their own resources. Tune
+        # refuses an all-zero request, and any CPU share would keep the last worker from
+        # fitting, so the driver holds a token amount of memory (1 byte) instead.
+        resources = {"CPU": 0, "memory": 1}
     return tune.with_resources(fn, resources)
 
 
@@ -227,19 +239,16 @@ def run_study(prep: PreparedStudy, *, quiet: bool = False, address: str | None =
     storage = optuna.storages.RDBStorage(paths.optuna_url)
 
     def make_searcher() -> ResumableOptunaSearch:
-        # Enqueue the baseline only into a fresh study: a resumed one already holds it.
-        try:
-            existing = optuna.load_study(study_name=cfg.name, storage=storage).trials
-        except KeyError:
-            existing = []
+        # The baseline is enqueued by _reconcile (once), never through points_to_evaluate.
         return ResumableOptunaSearch(
             space=prep.space.as_define_by_run(prep.ctx),
             metric=metric,
             mode=mode,
-            points_to_evaluate=[] if existing else [prep.space.baseline_point(prep.ctx)],
+            points_to_evaluate=[],
             sampler=sampler,
             study_name=cfg.name,
             storage=storage,
+            max_trials=cfg.search.num_trials,
         )
 
     searcher: Any = None
@@ -250,19 +259,17 @@ def run_study(prep: PreparedStudy, *, quiet: bool = False, address: str | None =
             time_attr=FLOPS,
             metric=METRIC,
             mode="min",
-            max_t=max_flops,
-            grace_period=cfg.search.grace_fraction * prep.ctx.budget_flops,
+            max_t=int(max_flops),
+            grace_period=max(1, int(cfg.search.grace_fraction * prep.ctx.budget_flops)),
             reduction_factor=cfg.search.reduction_factor,
             stop_last_trials=False,
         )
     concurrency = cfg.search.max_concurrent or max_concurrent_trials(cfg.resources, info)
     planned = cfg.search.num_trials * prep.ctx.budget_flops
 
-    def on_complete(trial_id: str, status: str, last: dict[str, Any]) -> None:
-        _mark_optuna(searcher, trial_id, status)
-
+    # The searcher records each trial's status in Optuna itself (before telling Optuna).
     callbacks = [
-        MlflowCallback(tracker, ledger, describe=_describe_factory(study), on_complete=on_complete),
+        MlflowCallback(tracker, ledger, describe=_describe_factory(study)),
         ProgressCallback(
             ledger, planned_flops=planned, total_trials=cfg.search.num_trials, quiet=quiet
         ),
@@ -278,9 +285,19 @@ def run_study(prep: PreparedStudy, *, quiet: bool = False, address: str | None =
     )
     storage_root = cfg.resources.storage_path or str(paths.ray_storage)
     exp_uri = f"{storage_root.rstrip('/')}/{cfg.name}"
-    if prep.resume and tune.Tuner.can_restore(exp_uri):
+    restore = prep.resume and tune.Tuner.can_restore(exp_uri)
+    interrupted = _reconcile(
+        prep,
+        storage=storage,
+        directions=mode,
+        tracker=tracker,
+        known=_snapshot_trial_ids(exp_uri) if restore else set(),
+    )
+    if restore:
+        # Errored trials stay errored (Optuna holds them as FAIL); unfinished ones continue
+        # from their newest valid checkpoint.
         tuner = tune.Tuner.restore(
-            exp_uri, trainable=trainable, resume_unfinished=True, resume_errored=True
+            exp_uri, trainable=trainable, resume_unfinished=True, resume_errored=False
         )
         # Callbacks hold live clients (MLflow, locks): fresh ones replace the pickled copies.
         tuner._local_tuner.get_run_config().callbacks = callbacks  # type: ignore[union-attr]
@@ -309,6 +326,8 @@ def run_study(prep: PreparedStudy, *, quiet: bool = False, address: str | None =
     pareto = _pareto_from_optuna(cfg.name, paths.optuna_url) if multi else []
     tracker.end_study("finished")
     return StudyRun(
+        pending_events=tracker.pending(),
+        interrupted=interrupted,
         config=cfg,
         paths=paths,
         tracking_uri=tracking_uri,
@@ -317,6 +336,74 @@ def run_study(prep: PreparedStudy, *, quiet: bool = False, address: str | None =
         trial_status=trial_status,
         pareto=pareto,
     )
+
+
+def _snapshot_trial_ids(exp_uri: str) -> set[str]:
+    """Tune trial ids in the experiment snapshot a restore resumes from."""
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        return {t.trial_id for t in ExperimentAnalysis(exp_uri).trials}
+    except Exception as exc:  # no snapshot written yet: Tune starts afresh
+        log.warning("no usable Tune snapshot in %s (%s): every running trial is orphaned", exp_uri, exc)
+        return set()
+
+
+def _reconcile(
+    prep: PreparedStudy,
+    *,
+    storage: Any,
+    directions: str | list[str],
+    tracker: MlflowTracker,
+    known: set[str],
+) -> list[str]:
+    """Make Optuna and MLflow agree with the Tune experiment that is about to run.
+
+    A fresh study is created in Optuna with the baseline enqueued. On resume, trials that ran
+    when the driver died but are unknown to Tune's snapshot (``known``) are closed: their Optuna
+    trial becomes FAIL (``stagetune_status=interrupted``) and their MLflow run ``failed`` with
+    tag ``stagetune.interrupted=true`` (or the status Optuna recorded, when the trial finished
+    but its end never reached MLflow). The baseline is enqueued again only if no attempt of it
+    is waiting, running or over. Returns the interrupted trials' ids.
+    """
+    import optuna
+
+    cfg = prep.config
+    space, ctx = prep.space, prep.ctx
+
+    def is_baseline(params: dict[str, Any]) -> bool:
+        if not params:
+            return False
+        try:
+            return bool(space.build(params, ctx).is_baseline)
+        except ConfigError:
+            return False
+
+    dirs: list[Any]
+    if isinstance(directions, list):
+        dirs = ["minimize" if m == "min" else "maximize" for m in directions]
+    else:
+        dirs = ["minimize" if directions == "min" else "maximize"]
+    ot_study = optuna.create_study(
+        storage=storage, study_name=cfg.name, directions=dirs, load_if_exists=True
+    )
+    interrupted: list[str] = []
+    ended: dict[str, str] = {}
+    if prep.resume:
+        res = reconcile_optuna(ot_study, known, is_baseline=is_baseline)
+        ended = res.ended
+        interrupted = [tid or f"optuna#{number}" for number, tid in res.interrupted]
+        for trial_id in sorted(set(tracker.open_trials()) - known):
+            status = ended.get(trial_id, STATUS_INTERRUPTED)
+            if status == STATUS_INTERRUPTED:
+                tracker.end_trial(trial_id, "failed", tags={TAG_INTERRUPTED: "true"})
+                if trial_id not in interrupted:
+                    interrupted.append(trial_id)
+            else:
+                tracker.end_trial(trial_id, status)
+    if ensure_baseline(ot_study, space.baseline_point(ctx), is_baseline=is_baseline):
+        log.info("baseline enqueued in Optuna study %s", cfg.name)
+    return interrupted
 
 
 def _run_seed_repeats(

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
@@ -55,7 +55,14 @@ class PlotFiles:
 
 
 def _axis_label(convention: str) -> str:
-    return "training FLOPs (paper convention)" if convention == "paper" else "training FLOPs"
+    return f"training compute (FLOPs, {convention} convention)"
+
+
+def _flops_axis(axis: Any) -> None:
+    """Tick labels as engineering numbers (``1.5G``) instead of an offset ``1e9`` corner."""
+    from matplotlib.ticker import EngFormatter
+
+    axis.set_major_formatter(EngFormatter(sep=""))
 
 
 def _colors(outcomes: Sequence[Outcome]) -> dict[str, str]:
@@ -162,76 +169,95 @@ def matplotlib_figures(
     figs: dict[str, Figure] = {}
 
     # Eval loss vs compute.
-    fig = Figure(figsize=(9, 5.5), layout="constrained")
+    fig = Figure(figsize=(11, 6), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    marked = False
+    handles: dict[str, Any] = {}
+    marker = None
     for o, trials in _trial_groups(study, outcomes):
         for i, t in enumerate(trials):
             c, loss = t.curve.eval_points(convention)
-            ax.plot(
+            (line,) = ax.plot(
                 c, loss,
                 color=colors[o.schedule_key],
                 linestyle=_DASHES_MPL[i % len(_DASHES_MPL)],
-                linewidth=2.8 if o.is_baseline else 1.3,
+                linewidth=3.0 if o.is_baseline else 1.3,
+                marker="o" if o.is_baseline else None, markersize=4,
                 zorder=5 if o.is_baseline else 2,
-                label=o.label if i == 0 else None,
             )  # fmt: skip
+            handles.setdefault(o.schedule_key, line)
             pts = _boundary_points(t, convention)
             if pts:
-                ax.scatter(
+                marker = ax.scatter(
                     [p[0] for p in pts], [p[1] for p in pts],
-                    marker="D", s=28, facecolors="white",
-                    edgecolors=colors[o.schedule_key], zorder=6,
-                    label=None if marked else "stage boundary",
+                    marker="D", s=30, facecolors="white",
+                    edgecolors=colors[o.schedule_key], linewidths=1.2, zorder=6,
                 )  # fmt: skip
-                marked = True
     c_b, l_b = _baseline_refs(outcomes)
+    extra: list[tuple[Any, str]] = []
+    if marker is not None:
+        extra.append((marker, "stage boundary"))
     if c_b is not None:
-        ax.axvline(c_b, color="grey", linestyle="--", linewidth=0.9, label="baseline compute")
+        extra.append(
+            (ax.axvline(c_b, color="grey", linestyle="--", linewidth=0.9), "baseline compute")
+        )
     if l_b is not None:
-        ax.axhline(l_b, color="grey", linestyle=":", linewidth=0.9, label="baseline final loss")
+        extra.append(
+            (ax.axhline(l_b, color="grey", linestyle=":", linewidth=0.9), "baseline final loss")
+        )
+    # Legend in table order (baseline first), outside the axes so no curve hides under it.
+    legend = [(handles[o.schedule_key], o.label) for o in outcomes if o.schedule_key in handles]
+    legend += extra
+    if legend:
+        ax.legend(
+            [h for h, _ in legend], [lab for _, lab in legend],
+            loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False,
+        )  # fmt: skip
     ax.set_xlabel(_axis_label(convention))
+    _flops_axis(ax.xaxis)
     ax.set_ylabel("eval loss")
     ax.set_title(PLOT_TITLES["loss_vs_compute"])
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
     figs["loss_vs_compute"] = fig
 
-    # Compute needed to reach the baseline's loss.
-    fig = Figure(figsize=(9, 5), layout="constrained")
+    # Compute needed to reach the baseline's loss: horizontal bars, so long labels stay legible.
+    scheds, heights, lo, hi, notes, not_reached_x = _bar_data(outcomes)
+    fig = Figure(figsize=(10, 1.6 + 0.42 * max(len(scheds), 2)), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    scheds, heights, lo, hi, notes, _ = _bar_data(outcomes)
     if scheds:
-        x = np.arange(len(scheds))
+        y = np.arange(len(scheds))
         for j, o in enumerate(scheds):
             missing = o.compute_fraction.mean is None
-            ax.bar(
-                x[j], heights[j],
-                color="#dddddd" if missing else colors[o.schedule_key],
+            has_ci = lo[j] > 0 or hi[j] > 0
+            ax.barh(
+                y[j], heights[j], height=0.65,
+                color="#eeeeee" if missing else colors[o.schedule_key],
                 hatch="//" if missing or not o.reached else None,
                 edgecolor="grey",
-                yerr=[[lo[j]], [hi[j]]] if not missing else None,
-                capsize=4,
+                xerr=[[lo[j]], [hi[j]]] if has_ci and not missing else None,
+                capsize=3,
             )  # fmt: skip
-            ax.annotate(notes[j], (x[j], heights[j]), ha="center", va="bottom", fontsize="small",
-                        xytext=(0, 3), textcoords="offset points")  # fmt: skip
-        ax.set_xticks(x, [o.label for o in scheds], rotation=20, ha="right", fontsize="small")
-        ax.axhline(100, color="black", linestyle="--", linewidth=1, label="baseline (100%)")
-        ax.legend(fontsize="small")
+            ax.annotate(notes[j], (heights[j] + hi[j], y[j]), ha="left", va="center",
+                        fontsize="small", xytext=(4, 0), textcoords="offset points")  # fmt: skip
+        ax.set_yticks(y, [o.label for o in scheds], fontsize="small")
+        ax.invert_yaxis()  # best (table order) on top
+        ax.axvline(100, color="black", linestyle="--", linewidth=1.2, label="baseline (100%)")
+        ax.set_xlim(0, max(not_reached_x, *(h + e for h, e in zip(heights, hi))) * 1.18)
+        ax.legend(fontsize="small", loc="lower right")
     else:
         ax.text(0.5, 0.5, "no schedules besides the baseline", ha="center", transform=ax.transAxes)
-    ax.set_ylabel("% of baseline compute")
+    ax.set_xlabel(f"% of the baseline's compute ({convention} FLOPs)")
     ax.set_title(PLOT_TITLES["compute_to_baseline_loss"])
-    ax.grid(axis="y", alpha=0.3)
+    ax.grid(axis="x", alpha=0.3)
     figs["compute_to_baseline_loss"] = fig
 
     # Pareto front.
-    fig = Figure(figsize=(8, 5.5), layout="constrained")
+    fig = Figure(figsize=(11, 6), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     front = pareto_front(outcomes)
+    on_front = {o.schedule_key for o in front}
     for o in outcomes:
         xv, yv = o.total_compute.mean, o.final_eval_loss.mean
         if xv is None or yv is None:
@@ -240,11 +266,11 @@ def matplotlib_figures(
             [xv], [yv],
             color=colors[o.schedule_key],
             marker="*" if o.is_baseline else "o",
-            s=180 if o.is_baseline else 50,
-            zorder=4,
+            s=260 if o.is_baseline else 60,
+            edgecolors="black" if o.schedule_key in on_front else "none",
+            zorder=5 if o.is_baseline else 4,
+            label=o.label + (" (on the front)" if o.schedule_key in on_front else ""),
         )  # fmt: skip
-        ax.annotate(o.label, (xv, yv), xytext=(5, 5), textcoords="offset points",
-                    fontsize="small")  # fmt: skip
     if front:
         fx, fy = _front_xy(front)
         ax.plot(
@@ -252,8 +278,10 @@ def matplotlib_figures(
             color="tab:red", linewidth=1.2, drawstyle="steps-post", label="Pareto front",
             zorder=3,
         )  # fmt: skip
-        ax.legend(fontsize="small")
+    if ax.has_data():
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
     ax.set_xlabel(f"total {_axis_label(convention)}")
+    _flops_axis(ax.xaxis)
     ax.set_ylabel("final eval loss (mean over seeds)")
     ax.set_title(PLOT_TITLES["pareto"])
     ax.grid(alpha=0.3)
@@ -315,18 +343,20 @@ def plotly_figures(
     for j, o in enumerate(scheds):
         missing = o.compute_fraction.mean is None
         fig.add_trace(go.Bar(
-            x=[o.label], y=[heights[j]], name=o.label, text=[notes[j]],
+            y=[o.label], x=[heights[j]], name=o.label, text=[notes[j]], orientation="h",
             textposition="outside",
-            marker={"color": "#dddddd" if missing else colors[o.schedule_key],
+            marker={"color": "#eeeeee" if missing else colors[o.schedule_key],
                     "pattern": {"shape": "/" if missing or not o.reached else ""}},
-            error_y=None if missing else {"type": "data", "symmetric": False,
-                                          "array": [hi[j]], "arrayminus": [lo[j]]},
+            error_x=None if missing or not (lo[j] or hi[j]) else {
+                "type": "data", "symmetric": False, "array": [hi[j]], "arrayminus": [lo[j]]},
             showlegend=False,
         ))  # fmt: skip
     if scheds:
-        fig.add_hline(y=100, line_dash="dash", annotation_text="baseline (100%)")
+        fig.add_vline(x=100, line_dash="dash", annotation_text="baseline (100%)")
     fig.update_layout(title=PLOT_TITLES["compute_to_baseline_loss"],
-                      yaxis_title="% of baseline compute", template="plotly_white")  # fmt: skip
+                      xaxis_title=f"% of the baseline's compute ({convention} FLOPs)",
+                      yaxis={"autorange": "reversed"}, template="plotly_white",
+                      height=220 + 34 * max(len(scheds), 2))  # fmt: skip
     figs["compute_to_baseline_loss"] = fig
 
     fig = go.Figure()

@@ -23,6 +23,7 @@ from stagetune.results.analysis import (
     Outcome,
     Stat,
     StudyResults,
+    TrialResult,
     compute_matched,
     load_study,
     pareto_front,
@@ -40,6 +41,7 @@ __all__ = [
     "format_table",
     "outcome_rows",
     "outcome_table",
+    "paper_verdict",
     "to_json",
     "verdict",
 ]
@@ -176,6 +178,161 @@ def verdict(outcomes: Sequence[Outcome]) -> str:
     if st.mean > 1:
         text += " That is more compute than the baseline needed: no schedule saved compute."
     return text
+
+
+PAPER_STUDY: Final = (
+    "Paper study (the shape of arXiv 2411.18700: the baseline and S uniform stages of L/S "
+    "layers, each phase T/(2S) steps, random growth, the paper's freeze policy, continual "
+    "training up to {max_multiple} the budget-matched length)"
+)
+
+
+def _space_of(t: TrialResult) -> str | None:
+    """The search space a trial was sampled from (recorded in its schedule's provenance)."""
+    raw = t.params.get("schedule_json")
+    if not raw:
+        return None
+    try:
+        meta = json.loads(raw).get("meta") or {}
+    except (ValueError, AttributeError):
+        return None
+    space = meta.get("space") if isinstance(meta, dict) else None
+    return str(space) if space else None
+
+
+def _multiple(o: Outcome) -> float | None:
+    try:
+        return float(o.params["continual_multiple"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _ratio(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}×"
+
+
+def _by_stages(outcomes: Sequence[Outcome]) -> dict[int, list[Outcome]]:
+    groups: dict[int, list[Outcome]] = {}
+    for o in outcomes:
+        if o.is_baseline:
+            continue
+        try:
+            s = int(o.params["num_stages"])
+        except (KeyError, ValueError):
+            continue
+        groups.setdefault(s, []).append(o)
+    return dict(sorted(groups.items()))
+
+
+def _first_reach(group: Sequence[Outcome]) -> Outcome | None:
+    """The schedule of a group that reached the baseline's loss (every seed) at least compute."""
+    reached = [o for o in group if o.reached and o.compute_fraction.mean is not None]
+    return min(reached, key=lambda o: o.compute_fraction.mean or math.inf) if reached else None
+
+
+def paper_verdict(
+    study: StudyResults,
+    outcomes: Sequence[Outcome],
+    *,
+    convention: str = "standard",
+    other: Sequence[Outcome] | None = None,
+) -> str | None:
+    """The paper study's answer, per stage count S; ``None`` unless it is a paper-space study.
+
+    Whether the incremental schedules reached the baseline's final eval loss, and at what
+    compute ratio (compute to reach it / the baseline's compute); per S the least such ratio
+    over its continual lengths, what the stages alone cost, and the furthest compute tried.
+    ``other``: the same outcomes on the other FLOPs convention, quoted beside each ratio.
+    """
+    staged = [t for t in study.trials if not t.is_baseline]
+    if not staged or any(_space_of(t) != "paper" for t in staged):
+        return None
+    groups = _by_stages(outcomes)
+    if not groups:
+        return None
+    other_conv = "paper" if convention == "standard" else "standard"
+    other_by_key = {o.schedule_key: o for o in (other or [])}
+    base = next((o for o in outcomes if o.is_baseline), None)
+    base_loss = base.final_eval_loss.mean if base is not None else None
+    multiples = [m for gr in groups.values() for o in gr if (m := _multiple(o)) is not None]
+    max_m = f"{max(multiples):g}×" if multiples else "a multiple of"
+
+    def other_ratio(o: Outcome) -> str:
+        twin = other_by_key.get(o.schedule_key)
+        if twin is None or not twin.reached or twin.compute_fraction.mean is None:
+            return ""
+        return f" ({_ratio(twin.compute_fraction.mean)} in {other_conv} FLOPs)"
+
+    per_s: list[str] = []
+    firsts: list[tuple[int, Outcome]] = []
+    for s, group in groups.items():
+        group = sorted(group, key=lambda o: (_multiple(o) is None, _multiple(o) or 0.0))
+        spent = [o.total_compute.mean / o.baseline_compute.mean for o in group
+                 if o.total_compute.mean and o.baseline_compute.mean]  # fmt: skip
+        best = _first_reach(group)
+        if best is not None:
+            st = best.compute_fraction
+            assert st.mean is not None
+            firsts.append((s, best))
+            text = f"S={s} reached it at {_ratio(st.mean)} the baseline's compute"
+            if st.low is not None and st.high is not None:
+                text += f" (95% CI {_ratio(st.low)}–{_ratio(st.high)})"
+            text += other_ratio(best)
+            m = _multiple(best)
+            if m is not None:
+                text += f", with continual training {m:g}× the matched length"
+        else:
+            furthest = f"{_ratio(max(spent))} the baseline's compute" if spent else "its budget"
+            text = f"S={s} did not reach it within {furthest}"
+            partial = [o for o in group if o.n_reached > 0]
+            if partial:
+                p = max(partial, key=lambda o: o.n_reached / o.n_seeds)
+                text += f" in every seed ({p.n_reached} of {p.n_seeds} seeds for {p.label})"
+        details = []
+        stages_only = next((o for o in group if _multiple(o) == 0.0), None)
+        if stages_only is not None and stages_only.total_compute.mean is not None:
+            ref = stages_only.baseline_compute.mean
+            if ref:
+                details.append(
+                    f"its stages alone cost {_ratio(stages_only.total_compute.mean / ref)}"
+                )
+        at_equal = next((o for o in group if o.loss_delta.mean is not None), None)
+        if at_equal is not None and at_equal.loss_delta.mean is not None:
+            details.append(
+                f"at the baseline's compute its eval loss was {at_equal.loss_delta.mean:+.4f} "
+                "vs the baseline's"
+            )
+        if details:
+            text += " (" + "; ".join(details) + ")"
+        per_s.append(text)
+
+    intro = PAPER_STUDY.format(max_multiple=max_m) + f", compute in {convention} FLOPs: "
+    target = f" of {_num(base_loss, '.4f')}" if base_loss is not None else ""
+    if firsts:
+        s0, best = min(firsts, key=lambda x: x[1].compute_fraction.mean or math.inf)
+        r = best.compute_fraction.mean
+        assert r is not None
+        who = (
+            "every S"
+            if len(firsts) == len(groups)
+            else " and ".join(f"S={s}" for s, _ in firsts) + " only"
+        )
+        answer = (
+            f"yes, the incremental schedules reached the baseline's final eval loss{target} "
+            f"({who}); the earliest, S={s0}, with {_ratio(r)} the baseline's compute, "
+        )
+        answer += (
+            "less than the baseline spent, unlike the paper (where incremental training "
+            "needed more total compute to reach the baseline's loss). "
+            if r < 1
+            else "more than the baseline spent, as in the paper. "
+        )
+    else:
+        answer = (
+            f"no, no incremental schedule reached the baseline's final eval loss{target} "
+            "within the compute tried, as in the paper for short continual training. "
+        )
+    return intro + answer + " ".join(f"{t}." for t in per_s)
 
 
 # -- rows, table, JSON --------------------------------------------------------------------------
@@ -399,7 +556,7 @@ def _write_html(
 <h1>stagetune report: {esc(study.study_name)}</h1>
 <p>{esc(_intro(study, convention)).replace("`", "")}</p>
 <h2>Verdict</h2>
-<p class="verdict">{esc(text)}</p>
+{"".join(f'<p class="verdict">{esc(par)}</p>' for par in text.split(chr(10) * 2))}
 <p>{esc(_baseline_line(outcomes, convention))}</p>
 <h2>Outcomes at equal compute</h2>
 <table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>
@@ -471,6 +628,13 @@ def build_report(
     for name, p in plot_files.html.items():
         paths[f"{name}_html"] = p
     text = verdict(outcomes)
+    other = "paper" if convention == "standard" else "standard"
+    study_text = paper_verdict(
+        results, outcomes, convention=convention,
+        other=compute_matched(results, convention=other),
+    )  # fmt: skip
+    if study_text:
+        text += "\n\n" + study_text
     report = Report(
         study=results,
         outcomes=outcomes,

@@ -380,6 +380,48 @@ class MlflowTracker:
         }
         self._submit(_STUDY_KEY, event)
 
+    def open_trials(self) -> list[str]:
+        """Trial ids of the current study whose runs were started but never ended.
+
+        Looks in MLflow (runs still tagged ``stagetune.status=running``) and in the spool
+        (a start whose end is still waiting there). ``--resume`` closes the ones Tune will not
+        resume. When MLflow is unreachable only the spool is read (and a warning is logged).
+        """
+        study = self._require_study()
+        open_ids = set()
+        for key in self._spooled_trials():
+            events = self._read_spool(self._spool_path(key))
+            ops = [e.get("op") for e in events]
+            if "start_trial" in ops and "end_trial" not in ops[ops.index("start_trial") :]:
+                open_ids.add(key)
+        if self._is_offline():
+            _log.warning("MLflow is unreachable: only spooled trial runs can be closed")
+            return sorted(open_ids)
+        query = (
+            f"tags.`{TAG_STUDY}` = '{study}' and tags.`{TAG_ROLE}` = '{ROLE_TRIAL}' "
+            f"and tags.`{TAG_STATUS}` = '{STATUS_RUNNING}'"
+        )
+        try:
+            with self._io_lock:
+                client = self._get_client()
+                exp_id = self._get_experiment_id()
+                token = None
+                while True:
+                    page = client.search_runs(
+                        [exp_id], filter_string=query, max_results=1000, page_token=token
+                    )
+                    open_ids.update(
+                        r.data.tags[TAG_TRIAL_ID] for r in page if TAG_TRIAL_ID in r.data.tags
+                    )
+                    token = page.token
+                    if not token:
+                        break
+        except Exception as exc:
+            if not is_permanent(exc):
+                self._mark_offline(exc)
+            _log.warning("could not list open trial runs in MLflow (%s)", str(exc)[:200])
+        return sorted(open_ids)
+
     def sync_spool(self) -> SyncResult:
         """Deliver spooled events (study first, then each trial, in order); never raises.
 

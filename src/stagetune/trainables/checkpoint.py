@@ -22,7 +22,9 @@ from stagetune.errors import StagetuneError
 __all__ = [
     "MANIFEST",
     "CorruptCheckpointError",
+    "checkpoint_step",
     "find_latest_valid",
+    "newest_first",
     "read_checkpoint",
     "verify_checkpoint",
     "write_manifest",
@@ -75,11 +77,49 @@ def verify_checkpoint(directory: Path) -> None:
 
 
 def read_checkpoint(directory: Path) -> tuple[dict[str, Any], dict[str, Any], Path]:
-    """Verified (trainer state, optimizer state, HF model dir) of a checkpoint."""
+    """Verified (trainer state, optimizer state, HF model dir) of a checkpoint.
+
+    The optimizer state is unpickled with ``weights_only=True``: tensors and plain containers
+    only. A file holding any other object (which could run code on load) is refused, even when
+    its checksum matches (whoever altered it may have rewritten the manifest too).
+    """
     verify_checkpoint(directory)
-    state = json.loads((directory / STATE).read_text())
-    optim = torch.load(directory / OPTIM, map_location="cpu", weights_only=True)
+    try:
+        state = json.loads((directory / STATE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptCheckpointError(f"checkpoint {directory}: unreadable {STATE} ({exc})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise CorruptCheckpointError(f"checkpoint {directory}: {STATE} holds no step counter")
+    try:
+        optim = torch.load(directory / OPTIM, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle.UnpicklingError for a refused object, others for garbage
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CorruptCheckpointError(
+            f"checkpoint {directory}: {OPTIM} refused by the safe loader "
+            f"(torch.load weights_only=True: {first})"
+        ) from None
+    if not isinstance(optim, dict):
+        raise CorruptCheckpointError(f"checkpoint {directory}: {OPTIM} holds no optimizer state")
     return state, optim, directory / HF_DIR
+
+
+def checkpoint_step(directory: Path) -> int:
+    """The step a checkpoint claims to hold (unverified; -1 when unreadable): for ordering."""
+    try:
+        step = json.loads((directory / STATE).read_text(encoding="utf-8")).get("step")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return -1
+    return step if isinstance(step, int) else -1
+
+
+def newest_first(candidates: Iterable[Path]) -> list[Path]:
+    """Candidates ordered by the step they hold, newest first (stable for equal steps).
+
+    A restarted trial may see Tune's copy of an older checkpoint next to newer local ones
+    (written after Tune's last snapshot): resuming from the newest repeats the least work.
+    """
+    items = list(dict.fromkeys(candidates))
+    return sorted(items, key=checkpoint_step, reverse=True)
 
 
 def find_latest_valid(candidates: Iterable[Path]) -> tuple[Path | None, list[str]]:

@@ -34,7 +34,7 @@ from stagetune.trainables.checkpoint import (
     OPTIM,
     STATE,
     CorruptCheckpointError,
-    find_latest_valid,
+    newest_first,
     prune,
     read_checkpoint,
     write_manifest,
@@ -369,22 +369,50 @@ class StagedTrainer:
         prune(root, keep=3)
         return final
 
+    def _read_valid(
+        self, candidates: list[Path]
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:
+        """Everything of the newest checkpoint that verifies and loads safely; the model is
+        not touched until one does, so a bad candidate leaves nothing half-applied."""
+        skipped: list[str] = []
+        for cand in newest_first(candidates):
+            try:
+                trainer_state, optim_state, hf_dir = read_checkpoint(cand)
+                if trainer_state.get("schedule") != self.schedule.to_dict():
+                    raise CorruptCheckpointError(
+                        f"checkpoint {cand}: it belongs to a different schedule"
+                    )
+                try:
+                    weights = load_file(str(hf_dir / "model.safetensors"), device="cpu")
+                except Exception as exc:  # safetensors' own error type for a bad header
+                    raise CorruptCheckpointError(
+                        f"checkpoint {cand}: unreadable model weights ({exc})"
+                    ) from None
+            except CorruptCheckpointError as exc:
+                skipped.append(str(exc))
+                print(f"[stagetune] skipping corrupt checkpoint: {exc}", flush=True)
+                continue
+            if skipped:
+                print(
+                    f"[stagetune] resuming from the previous good checkpoint {cand} "
+                    f"(step {trainer_state['step']})",
+                    flush=True,
+                )
+            return trainer_state, optim_state, weights
+        raise CorruptCheckpointError(
+            f"no valid checkpoint left to resume from ({len(skipped)} found, all corrupt): "
+            + "; ".join(skipped)
+            + "; delete them to start the run over"
+        )
+
     def _restore(self) -> None:
         candidates = self.session.restore_candidates()
         if not candidates:
             return
-        found, skipped = find_latest_valid(candidates)
-        for reason in skipped:
-            print(f"[stagetune] skipping corrupt checkpoint: {reason}", flush=True)
-        if found is None:
-            raise CorruptCheckpointError(
-                "no valid checkpoint left to resume from: " + "; ".join(skipped)
-            )
-        trainer_state, optim_state, hf_dir = read_checkpoint(found)
+        trainer_state, optim_state, weights = self._read_valid(candidates)
         depth = int(trainer_state["active_depth"])
         if depth > self.model.active_depth:
             self.model.grow(depth, "random", seed=0)  # weights are overwritten just below
-        weights = load_file(str(hf_dir / "model.safetensors"), device="cpu")
         self._load_model_weights(weights)
         self.load_state_dict({"trainer": trainer_state, "optimizer": optim_state})
         self.resumed_from_step = self.step

@@ -6,6 +6,7 @@ The loop itself is the same everywhere; only reporting and checkpoint discovery 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -28,6 +29,17 @@ class Session(Protocol):
 
     def restore_candidates(self) -> list[Path]:
         """Checkpoints to resume from, newest first (the loop takes the first that verifies)."""
+
+
+def _placement() -> dict[str, Any]:
+    """Where the process that trained this record runs: its Ray node id and process id.
+
+    Tune's own ``node_ip``/``pid`` name the trial's driver process, and on one host every node
+    shares an IP; these name the process that actually trained (rank 0 of a Train run).
+    """
+    import ray
+
+    return {"node_id": ray.get_runtime_context().get_node_id(), "worker_pid": os.getpid()}
 
 
 def _local_history(root: Path) -> list[Path]:
@@ -74,10 +86,11 @@ class TuneSession:
         trial_dir = Path(tune.get_context().get_trial_dir())
         self._root = trial_dir / "stagetune_checkpoints"
         self._restored: Path | None = None
+        self._placement = _placement()
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         ckpt = self._tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        self._tune.report(metrics, checkpoint=ckpt)
+        self._tune.report({**metrics, **self._placement}, checkpoint=ckpt)
 
     def checkpoint_root(self) -> Path:
         return self._root
@@ -106,12 +119,14 @@ class TrainWorkerSession:
         self.rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()
         self._root = Path(local_root) / f"rank{self.rank}"
+        self._placement = _placement()
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         ckpt = None
         if checkpoint_dir is not None and self.rank == 0:
             ckpt = self._train.Checkpoint.from_directory(str(checkpoint_dir))
-        self._train.report(metrics, checkpoint=ckpt)
+        # Only rank 0's record reaches Tune (TuneReportCallback), so node_id/worker_pid name it.
+        self._train.report({**metrics, **self._placement}, checkpoint=ckpt)
 
     def checkpoint_root(self) -> Path:
         return self._root

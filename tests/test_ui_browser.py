@@ -1,0 +1,250 @@
+"""`stagetune ui` in a real browser: headless Chromium finds a study's child runs in MLflow's UI.
+
+A real tiny search (three trials through the CLI, FAST settings) fills the store; `stagetune ui`
+serves it as a subprocess on a free loopback port; Selenium drives Debian's ``chromium`` with
+``chromedriver`` to the experiment's runs table, expands the study's parent run and finds every
+child run in the page, then writes a screenshot into the test's temp directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from stagetune.cli import main
+from stagetune.results.ui import free_port
+from tests.conftest import FAST
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+STUDY = "ui-browser"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CHROME_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=1600,1000",
+)
+
+
+def _require_chromium() -> None:
+    missing = [
+        p for p in (CHROMIUM, CHROMEDRIVER) if not (os.path.isfile(p) and os.access(p, os.X_OK))
+    ]
+    if missing:
+        pytest.skip(
+            f"headless Chromium is not installed ({', '.join(missing)} missing): "
+            "apt-get install -y chromium chromium-driver (.ci/run does it)"
+        )
+
+
+@pytest.fixture
+def study(ray_local: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    """A real tiny search: the baseline and two sampled schedules, logged to SQLite MLflow."""
+    _require_chromium()
+    workdir = tmp_path / "work"
+    args = ["run", "--workdir", str(workdir), "--json", "--quiet", "--trials", "3",
+            "--space", "compact", "--set", f"name={STUDY}",
+            "--set", "search.early_stopping=false"]  # fmt: skip
+    for o in FAST:
+        args += ["--set", o]
+    assert main(args) == 0
+    capsys.readouterr()
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(STUDY)
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("stagetune.role") == "parent"]
+    children = [r for r in runs if r.data.tags.get("stagetune.role") == "trial"]
+    assert len(parents) == 1 and len(children) == 3
+    parent = parents[0].info.run_id
+    assert all(r.data.tags.get("mlflow.parentRunId") == parent for r in children)
+    return {
+        "workdir": workdir,
+        "experiment_id": exp.experiment_id,
+        "parent": parent,
+        "children": {r.info.run_id: r.info.run_name for r in children},
+    }
+
+
+def _descendants(pid: int) -> list[int]:
+    """Process ids below ``pid`` (from /proc: the server runs in its own session)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+    out, todo = [], [pid]
+    while todo:
+        cur = todo.pop()
+        kids = [p for p, pp in parents.items() if pp == cur]
+        out += kids
+        todo += kids
+    return out
+
+
+def _stop(proc: subprocess.Popen[bytes], spawned: list[int]) -> None:
+    """Ctrl-C `stagetune ui` (it stops its server), then make sure nothing it started lingers."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    for pid in spawned:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def ui(study: dict[str, Any], tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """`stagetune ui --workdir W --port P` as a subprocess, until it prints its URL."""
+    port = free_port()
+    log_path = tmp_path / "ui.out"
+    log = log_path.open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stagetune.cli", "ui", "--workdir", str(study["workdir"]),
+         "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        # A shell's background job ignores SIGINT and children inherit that; Ctrl-C must work.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    log.close()
+    spawned: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        url = None
+        while time.monotonic() < deadline and url is None:
+            assert proc.poll() is None, f"stagetune ui exited: {log_path.read_text()}"
+            m = re.search(r"MLflow UI: (http://\S+)", log_path.read_text(errors="replace"))
+            url = m.group(1) if m else None
+            time.sleep(0.3)
+        assert url == f"http://127.0.0.1:{port}", log_path.read_text()
+        spawned = _descendants(proc.pid)
+        yield {**study, "url": url, "port": port, "pid": proc.pid}
+    finally:
+        _stop(proc, spawned or _descendants(proc.pid))
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses with a TCP socket listening on ``port`` (Linux /proc/net/tcp{,6})."""
+    out: set[str] = set()
+    for table, width in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                cols = line.split()
+                local, state = cols[1], cols[3]
+                addr_hex, port_hex = local.split(":")
+                if state != "0A" or int(port_hex, 16) != port:  # 0A: LISTEN
+                    continue
+                raw = bytes.fromhex(addr_hex)
+                # /proc prints each 32-bit word in host (little-endian) order.
+                raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+                family = socket.AF_INET if width == 4 else socket.AF_INET6
+                out.add(socket.inet_ntop(family, raw))
+    return out
+
+
+def _non_loopback_ipv4() -> set[str]:
+    """This machine's IPv4 addresses other than loopback (best effort, no traffic sent)."""
+    found: set[str] = set()
+    with contextlib.suppress(OSError):
+        found.update(socket.gethostbyname_ex(socket.gethostname())[2])
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("192.0.2.1", 9))  # a UDP "connect" only picks the route's source address
+        found.add(s.getsockname()[0])
+    return {ip for ip in found if not ip.startswith("127.") and ip != "0.0.0.0"}
+
+
+def _chrome(profile: Path) -> Any:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in CHROME_FLAGS:
+        opts.add_argument(flag)
+    opts.add_argument(f"--user-data-dir={profile}")
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+
+
+def test_ui_lists_the_studys_child_runs(ui: dict[str, Any], tmp_path: Path) -> None:
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # Loopback only: every listening socket on the port is bound to 127.0.0.1 ...
+    assert _listening_addresses(ui["port"]) == {"127.0.0.1"}
+    # ... so the machine's other addresses refuse the connection.
+    for ip in _non_loopback_ipv4():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(3)
+            assert s.connect_ex((ip, ui["port"])) != 0, f"the UI answers on {ip}"
+
+    shot = tmp_path / "mlflow-ui-runs.png"
+    driver = _chrome(tmp_path / "chromium-profile")
+    try:
+        # MLflow 3 opens GenAI views by default; the runs table is the "Model training" view.
+        driver.get(
+            f"{ui['url']}/#/experiments/{ui['experiment_id']}/runs?workflowType=machine_learning"
+        )
+        wait = WebDriverWait(driver, 90, poll_frequency=0.5)
+        parent_row = f"[role=row][row-id='{ui['parent']}']"
+        name_cell = "[role=gridcell][col-id='attributes.`Run Name`']"
+        try:
+            expand = wait.until(
+                ec.element_to_be_clickable((By.CSS_SELECTOR, f"{parent_row} {name_cell} button"))
+            )
+        except TimeoutException:
+            driver.save_screenshot(str(shot))
+            pytest.fail(f"the study's parent run never showed in the runs table (see {shot})")
+        # Child runs sit folded under the study's parent run: unfold them.
+        expand.click()
+
+        def children_shown(d: Any) -> bool:
+            ids = {
+                e.get_attribute("row-id")
+                for e in d.find_elements(By.CSS_SELECTOR, "[role=row][row-id]")
+            }
+            return set(ui["children"]) <= ids
+
+        try:
+            wait.until(children_shown)
+        except TimeoutException:
+            driver.save_screenshot(str(shot))
+            pytest.fail(f"child runs not listed under the parent after expanding (see {shot})")
+        # Each child is a link to its run page, named after its trial.
+        links = {
+            a.get_attribute("href").rsplit("/", 1)[-1]: a.text
+            for a in driver.find_elements(By.CSS_SELECTOR, f"{name_cell} a[href*='/runs/']")
+        }
+        for run_id, name in ui["children"].items():
+            assert links.get(run_id) == name, (run_id, name, links)
+        page = driver.find_element(By.TAG_NAME, "body").text
+        assert STUDY in page
+        assert all(name in page for name in ui["children"].values())
+        assert driver.save_screenshot(str(shot))
+    finally:
+        driver.quit()
+    data = shot.read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 10_000
