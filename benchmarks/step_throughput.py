@@ -504,10 +504,11 @@ def render(result: dict[str, Any]) -> str:
             f"{s['median_cpu_step_s'][k] * 1e3:7.1f} {s['median_minor_faults_per_step'][k]:7.0f}\n"
         )
     fr = s["full_depth_ratio"]
+    flag = " [contended, see below]" if s["contended"] else ""
     p("\n")
     p(
         f"full-depth throughput ratio (stagetune / plain): {fr['value']:.3f}   "
-        f"target {fr['target']}   {'PASS' if fr['pass'] else 'MISS'}"
+        f"target {fr['target']}   {'PASS' if fr['pass'] else 'MISS'}{flag}"
         f"   (per round: {', '.join(f'{x:.3f}' for x in fr['paired_round_ratios'])}; "
         f"CPU time: {fr['cpu_time_ratio']:.3f})\n"
     )
@@ -515,7 +516,7 @@ def render(result: dict[str, Any]) -> str:
         p(
             f"phase-1 cost ratio, {pol:<8}: measured time ratio {d['measured_time_ratio']:.3f} / "
             f"analytic FLOPs ratio {d['analytic_flops_ratio_standard']:.3f} = {d['cost_ratio']:.3f}   "
-            f"target {d['target']}   {'PASS' if d['pass'] else 'MISS'}\n"
+            f"target {d['target']}   {'PASS' if d['pass'] else 'MISS'}{flag}\n"
         )
     d = s["phase1"]["paper"]
     p(

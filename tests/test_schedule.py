@@ -144,7 +144,11 @@ def test_step_work_per_freeze_policy() -> None:
 
 def test_build_schedule_from_config() -> None:
     cfg = load_config(
-        overrides=["model.n_layer=4", "schedule.increments=[1, 3]", "schedule.continual_multiple=0.5"]
+        overrides=[
+            "model.n_layer=4",
+            "schedule.increments=[1, 3]",
+            "schedule.continual_multiple=0.5",
+        ]
     )
     s = build_schedule(cfg, vocab_size=2048)
     assert s.increments == [1, 3]

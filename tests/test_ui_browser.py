@@ -1,6 +1,6 @@
 """`stagetune ui` in a real browser: headless Chromium finds a study's child runs in MLflow's UI.
 
-A real tiny search (three trials through the CLI, FAST settings) fills the store; `stagetune ui`
+A real tiny search (two trials through the CLI, FAST settings) fills the store; `stagetune ui`
 serves it as a subprocess on a free loopback port; Selenium drives Debian's ``chromium`` with
 ``chromedriver`` to the experiment's runs table, expands the study's parent run and finds every
 child run in the page, then writes a screenshot into the test's temp directory.
@@ -59,10 +59,10 @@ def _require_chromium() -> None:
 
 @pytest.fixture
 def study(ray_local: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
-    """A real tiny search: the baseline and two sampled schedules, logged to SQLite MLflow."""
+    """A real tiny search: the baseline and one sampled schedule, logged to SQLite MLflow."""
     _require_chromium()
     workdir = tmp_path / "work"
-    args = ["run", "--workdir", str(workdir), "--json", "--quiet", "--trials", "3",
+    args = ["run", "--workdir", str(workdir), "--json", "--quiet", "--trials", "2",
             "--space", "compact", "--set", f"name={STUDY}",
             "--set", "search.early_stopping=false"]  # fmt: skip
     for o in FAST:
@@ -74,7 +74,7 @@ def study(ray_local: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if r.data.tags.get("stagetune.role") == "parent"]
     children = [r for r in runs if r.data.tags.get("stagetune.role") == "trial"]
-    assert len(parents) == 1 and len(children) == 3
+    assert len(parents) == 1 and len(children) == 2
     parent = parents[0].info.run_id
     assert all(r.data.tags.get("mlflow.parentRunId") == parent for r in children)
     return {

@@ -367,7 +367,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.tracking_uri:
         extra.append(f"tracking.tracking_uri={args.tracking_uri}")
     if args.resume:
-        prep = prepare_study(None, workdir=args.workdir, resume=True)
+        from stagetune.errors import ConfigError
+
+        # A resumed study keeps the config it started with (study.json): flags that would
+        # change it are refused rather than silently ignored.
+        for flag, given in (
+            ("--config", args.config),
+            ("--preset", args.preset),
+            ("--set", args.overrides),
+            ("--trials", args.trials),
+            ("--space", args.space),
+            ("--budget-factor", args.budget_factor),
+            ("--workers-per-trial", args.workers_per_trial),
+            ("--seeds", args.seeds),
+        ):
+            if given:
+                value = " ".join(given) if isinstance(given, list) else given
+                raise ConfigError(
+                    flag,
+                    value,
+                    "--resume continues the study with the config it started with; drop the "
+                    "flag, or start a new study in another --workdir",
+                )
+        prep = prepare_study(
+            None, workdir=args.workdir, resume=True, tracking_uri=args.tracking_uri
+        )
     else:
         cfg = _load(args, extra)
         prep = prepare_study(cfg)
@@ -375,6 +399,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     # With --json, stdout carries only the JSON document; Ray's own chatter goes to stderr.
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
         run = run_study(prep, quiet=args.quiet or args.json, address=args.address)
+    if run.interrupted:
+        print(
+            f"stagetune: {len(run.interrupted)} trial(s) interrupted by the earlier driver's "
+            f"end were closed as failed: {', '.join(run.interrupted)}",
+            file=sys.stderr,
+        )
+    if run.pending_events:
+        # MLflow is still away: the report would miss what the spool holds.
+        spool = run.paths.spool_dir
+        print(
+            f"stagetune: the search finished, but MLflow at {run.tracking_uri} did not take "
+            f"{run.pending_events} tracking event(s); they are kept in {spool}. Deliver them "
+            f"and build the report with 'stagetune report --sync --workdir {run.paths.workdir}'",
+            file=sys.stderr,
+        )
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "status": "tracking_pending",
+                        "pending": run.pending_events,
+                        "spool": str(spool),
+                        "experiment": run.experiment,
+                    }
+                )
+            )
+        return 1
     return _print_report(
         run.tracking_uri,
         run.experiment,
@@ -419,9 +470,10 @@ def _print_report(
 
 
 def _study_name_from_workdir(workdir: Path) -> tuple[str | None, str | None]:
-    study = workdir / "study.json"
-    if study.is_file():
-        data = json.loads(study.read_text())
+    from stagetune.orchestration.storage import StudyPaths
+
+    if (workdir / "study.json").is_file():
+        data = StudyPaths(workdir).load_study()
         tracking = data.get("tracking") or {}
         return tracking.get("experiment") or data.get("name"), tracking.get("tracking_uri")
     return None, None
@@ -451,8 +503,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    from stagetune.errors import ConfigError
     from stagetune.results import start_ui
 
+    if not 0 <= args.port <= 65535:
+        raise ConfigError("--port", args.port, "use a TCP port in 0-65535 (0: any free port)")
     workdir = Path(args.workdir).expanduser().resolve()
     name, uri = _study_name_from_workdir(workdir)
     tracking_uri = args.tracking_uri or uri or f"sqlite:///{workdir / 'mlflow.db'}"

@@ -330,11 +330,15 @@ class StagedModel(nn.Module):
     # ---------------------------------------------------------------------------------------
     # export
 
-    def save_pretrained(self, path: str | os.PathLike[str]) -> None:
+    def save_pretrained(
+        self, path: str | os.PathLike[str], *, state_dict: dict[str, torch.Tensor] | None = None
+    ) -> None:
         """Save the model truncated to the active depth as an HF checkpoint (safetensors).
 
         ``AutoModelForCausalLM.from_pretrained(path)`` loads a model with ``active_depth``
         layers that computes the same logits as this model at its current depth.
+        ``state_dict`` (keys of ``hf_model``, e.g. gathered from FSDP2 shards) replaces the
+        module's own tensors; blocks beyond the active depth are dropped from it.
         """
         hf = self.hf_model
         family = self.family
@@ -344,7 +348,12 @@ class StagedModel(nn.Module):
         family.set_blocks(hf, nn.ModuleList(list(full)[: self._active_depth]))
         hf.config.num_hidden_layers = self._active_depth
         try:
-            hf.save_pretrained(os.fspath(path))  # safetensors is the only format in 5.x
+            if state_dict is not None:
+                keep = set(hf.state_dict().keys())
+                state_dict = {k: v for k, v in state_dict.items() if k in keep}
+                hf.save_pretrained(os.fspath(path), state_dict=state_dict)
+            else:
+                hf.save_pretrained(os.fspath(path))  # safetensors is the only format in 5.x
         finally:
             family.set_blocks(hf, full)
             hf.config.num_hidden_layers = n_full

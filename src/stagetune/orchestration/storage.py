@@ -100,6 +100,7 @@ _REASONS = {
     errno.EROFS: "the file system is read-only",
     errno.EPERM: "writing is not permitted there (an immutable directory?)",
     errno.EACCES: "permission denied",
+    errno.ENOTDIR: "a part of the path is a file",
     errno.EDQUOT: "the disk quota is exhausted",
 }
 
@@ -112,9 +113,7 @@ def check_writable(path: Path, field: str, *, min_free: int = MIN_FREE_BYTES) ->
         raise ConfigError(
             field, str(path), f"{base} is a file, not a directory; choose another path"
         )
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise ConfigError(field, str(path), f"{base} is not writable; choose a writable directory")
-    # os.access can lie (root, read-only mounts): prove it with a probe file.
+    # os.access can lie (root ignores permission bits) and cannot say why: a probe file can.
     try:
         fd, probe = tempfile.mkstemp(prefix=".stagetune-probe-", dir=base)
         os.close(fd)
@@ -122,7 +121,7 @@ def check_writable(path: Path, field: str, *, min_free: int = MIN_FREE_BYTES) ->
     except OSError as exc:
         reason = _REASONS.get(exc.errno or 0) or exc.strerror or str(exc)
         raise ConfigError(
-            field, str(path), f"cannot write in {base} ({reason}); choose another path"
+            field, str(path), f"{base} is not writable ({reason}); choose another path"
         ) from None
     free = shutil.disk_usage(base).free
     if free < min_free:

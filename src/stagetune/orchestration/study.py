@@ -17,7 +17,7 @@ from stagetune import __version__
 from stagetune.config import ExperimentConfig, config_from_dict, config_to_dict
 from stagetune.data import prepare_data
 from stagetune.errors import ConfigError
-from stagetune.metrics import FLOPS, STATUS_DIVERGED, STATUS_FINISHED
+from stagetune.metrics import FLOPS, STATUS_DIVERGED, STATUS_FINISHED, STATUS_STOPPED
 from stagetune.orchestration.callbacks import MlflowCallback, ProgressCallback, TrialLedger
 from stagetune.orchestration.cluster import check_placeable, connect, max_concurrent_trials
 from stagetune.orchestration.searcher import (
@@ -30,9 +30,17 @@ from stagetune.orchestration.storage import StudyPaths, check_writable
 from stagetune.results import MlflowTracker
 from stagetune.results.store import sqlite_path
 from stagetune.search_spaces import SearchSpace, SpaceContext, get_search_space
-from stagetune.trainables.tune_trainable import StudyContext, make_trial_spec, train_trial
+from stagetune.trainables.tune_trainable import StudyContext, make_trial_spec
+from stagetune.trainables.tune_trainable import train_trial as _train_trial
 
-__all__ = ["TAG_INTERRUPTED", "PreparedStudy", "StudyRun", "prepare_study", "run_study"]
+__all__ = [
+    "TAG_INTERRUPTED",
+    "PreparedStudy",
+    "StudyRun",
+    "prepare_study",
+    "run_study",
+    "train_trial",
+]
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +79,25 @@ class StudyRun:
 
 
 def prepare_study(
-    cfg: ExperimentConfig | None, *, workdir: str | None = None, resume: bool = False
+    cfg: ExperimentConfig | None,
+    *,
+    workdir: str | None = None,
+    resume: bool = False,
+    tracking_uri: str | None = None,
 ) -> PreparedStudy:
-    """Validate everything that can be refused; returns without creating anything."""
+    """Validate everything that can be refused; returns without creating anything.
+
+    On ``resume`` the config is the study's own (``study.json``); only ``tracking_uri`` (a
+    tracking server that moved) may replace the stored one.
+    """
     if resume:
         base = Path(workdir or (cfg.workdir if cfg else "stagetune-work")).expanduser().resolve()
         paths = StudyPaths(base)
-        cfg = config_from_dict(paths.load_study())
+        stored = paths.load_study()
+        if tracking_uri:
+            tracking = {**(stored.get("tracking") or {}), "tracking_uri": tracking_uri}
+            stored = {**stored, "tracking": tracking}
+        cfg = config_from_dict(stored)
         if not paths.optuna_db.is_file():
             raise ConfigError(
                 "--resume",
@@ -170,11 +190,31 @@ def _describe_factory(study: StudyContext) -> Any:
     return describe
 
 
-def _trainable(study: StudyContext, cfg: ExperimentConfig) -> Any:
+def train_trial(
+    config: dict[str, Any], study: StudyContext, replay: dict[str, dict[str, Any]] | None = None
+) -> None:
+    """The study's Tune trainable: :func:`stagetune.trainables.tune_trainable.train_trial`,
+    except that on resume a trial that had already ended when the driver died (Optuna and
+    MLflow hold its end, Tune's snapshot did not) reports its last record again instead of
+    training anew. Same name as the trainable it wraps, so ``Tuner.restore`` accepts either."""
+    from ray import tune
+
+    record = (replay or {}).get(tune.get_context().get_trial_id())
+    if record is not None:
+        tune.report({**record, "replayed": True})
+        return
+    _train_trial(config, study)
+
+
+def _trainable(
+    study: StudyContext,
+    cfg: ExperimentConfig,
+    replay: dict[str, dict[str, Any]] | None = None,
+) -> Any:
     from ray import tune
 
     res = cfg.resources
-    fn = tune.with_parameters(train_trial, study=study)
+    fn = tune.with_parameters(train_trial, study=study, replay=replay or {})
     if res.workers_per_trial == 1:
         resources: dict[str, float] = {"CPU": res.cpus_per_worker}
         if res.gpus_per_worker:
@@ -274,7 +314,6 @@ def run_study(prep: PreparedStudy, *, quiet: bool = False, address: str | None =
             ledger, planned_flops=planned, total_trials=cfg.search.num_trials, quiet=quiet
         ),
     ]
-    trainable = _trainable(study, cfg)
     run_config = tune.RunConfig(
         name=cfg.name,
         storage_path=str(cfg.resources.storage_path or paths.ray_storage),
@@ -286,13 +325,14 @@ def run_study(prep: PreparedStudy, *, quiet: bool = False, address: str | None =
     storage_root = cfg.resources.storage_path or str(paths.ray_storage)
     exp_uri = f"{storage_root.rstrip('/')}/{cfg.name}"
     restore = prep.resume and tune.Tuner.can_restore(exp_uri)
-    interrupted = _reconcile(
+    interrupted, replay = _reconcile(
         prep,
         storage=storage,
         directions=mode,
         tracker=tracker,
-        known=_snapshot_trial_ids(exp_uri) if restore else set(),
+        snapshot=_snapshot_trials(exp_uri) if restore else {},
     )
+    trainable = _trainable(study, cfg, replay)
     if restore:
         # Errored trials stay errored (Optuna holds them as FAIL); unfinished ones continue
         # from their newest valid checkpoint.
@@ -338,15 +378,17 @@ def run_study(prep: PreparedStudy, *, quiet: bool = False, address: str | None =
     )
 
 
-def _snapshot_trial_ids(exp_uri: str) -> set[str]:
-    """Tune trial ids in the experiment snapshot a restore resumes from."""
+def _snapshot_trials(exp_uri: str) -> dict[str, str]:
+    """Tune trial id -> status in the experiment snapshot a restore resumes from."""
     from ray.tune import ExperimentAnalysis
 
     try:
-        return {t.trial_id for t in ExperimentAnalysis(exp_uri).trials}
+        return {t.trial_id: str(t.status) for t in ExperimentAnalysis(exp_uri).trials}
     except Exception as exc:  # no snapshot written yet: Tune starts afresh
-        log.warning("no usable Tune snapshot in %s (%s): every running trial is orphaned", exp_uri, exc)
-        return set()
+        log.warning(
+            "no usable Tune snapshot in %s (%s): every running trial is orphaned", exp_uri, exc
+        )
+        return {}
 
 
 def _reconcile(
@@ -355,8 +397,8 @@ def _reconcile(
     storage: Any,
     directions: str | list[str],
     tracker: MlflowTracker,
-    known: set[str],
-) -> list[str]:
+    snapshot: dict[str, str],
+) -> tuple[list[str], dict[str, dict[str, Any]]]:
     """Make Optuna and MLflow agree with the Tune experiment that is about to run.
 
     A fresh study is created in Optuna with the baseline enqueued. On resume, trials that ran
@@ -364,7 +406,11 @@ def _reconcile(
     trial becomes FAIL (``stagetune_status=interrupted``) and their MLflow run ``failed`` with
     tag ``stagetune.interrupted=true`` (or the status Optuna recorded, when the trial finished
     but its end never reached MLflow). The baseline is enqueued again only if no attempt of it
-    is waiting, running or over. Returns the interrupted trials' ids.
+    is waiting, running or over.
+
+    Returns the interrupted trials' ids, and the last records of trials Tune's snapshot holds
+    as unfinished although they ended before the driver died (Optuna and MLflow have their
+    end): those are replayed, not retrained (see :func:`train_trial`).
     """
     import optuna
 
@@ -389,6 +435,8 @@ def _reconcile(
     )
     interrupted: list[str] = []
     ended: dict[str, str] = {}
+    replay: dict[str, dict[str, Any]] = {}
+    known = set(snapshot)
     if prep.resume:
         res = reconcile_optuna(ot_study, known, is_baseline=is_baseline)
         ended = res.ended
@@ -401,9 +449,17 @@ def _reconcile(
                     interrupted.append(trial_id)
             else:
                 tracker.end_trial(trial_id, status)
+        for trial_id, tune_status in snapshot.items():
+            if tune_status in ("TERMINATED", "ERROR"):
+                continue
+            if ended.get(trial_id) in (STATUS_FINISHED, STATUS_STOPPED, STATUS_DIVERGED):
+                record = tracker.last_record(trial_id)
+                if record is not None:
+                    replay[trial_id] = record
+                    log.info("trial %s ended before the driver died: replayed", trial_id)
     if ensure_baseline(ot_study, space.baseline_point(ctx), is_baseline=is_baseline):
         log.info("baseline enqueued in Optuna study %s", cfg.name)
-    return interrupted
+    return interrupted, replay
 
 
 def _run_seed_repeats(

@@ -85,7 +85,12 @@ def _group_key(t: TrialResult) -> str:
 def _trial_groups(
     study: StudyResults, outcomes: Sequence[Outcome]
 ) -> list[tuple[Outcome, list[TrialResult]]]:
-    """Outcomes with their trials, baseline last so it is drawn on top."""
+    """Outcomes with their trials in drawing order: longest runs first, the baseline last.
+
+    Schedules that differ only in their continual length share their curve up to where the
+    shorter one ends; drawn longest first, each one's own end stays visible, and the
+    baseline goes on top of everything.
+    """
     ids = {o.schedule_key: {t.trial_id for t in o.trials} for o in outcomes}
     groups = [
         (
@@ -98,17 +103,36 @@ def _trial_groups(
         )
         for o in outcomes
     ]
-    return sorted(groups, key=lambda g: g[0].is_baseline)
+    return sorted(groups, key=lambda g: (g[0].is_baseline, -(g[0].total_compute.mean or 0.0)))
+
+
+def _stage_starts(t: TrialResult, convention: str) -> list[tuple[float, int]]:
+    """(compute, new stage) where each stage after the first (and continual training) began.
+
+    The training loop reports at the end of every phase, so a stage's last record is where
+    the next one starts: the growth step, right before the new blocks' loss jump.
+    (:meth:`Curve.stage_boundaries` gives the first record *in* the new stage instead.)
+    """
+    c, st = t.curve.compute(convention), t.curve.stage
+    out: list[tuple[float, int]] = []
+    prev: tuple[float, float] | None = None  # (compute, stage) of the last usable record
+    for ci, si in zip(c, st):
+        if np.isnan(ci) or np.isnan(si):
+            continue
+        if prev is not None and si != prev[1]:
+            out.append((prev[0], int(si)))
+        prev = (float(ci), float(si))
+    return out
 
 
 def _boundary_points(t: TrialResult, convention: str) -> list[tuple[float, float, int]]:
-    """(compute, interpolated eval loss, new stage) at each stage change on the eval curve."""
+    """(compute, interpolated eval loss, new stage) at each stage start on the eval curve."""
     c, loss = t.curve.eval_points(convention)
     if len(c) < 1:
         return []
     return [
         (x, float(np.interp(x, c, loss)), stage)
-        for x, stage in t.curve.stage_boundaries(convention)
+        for x, stage in _stage_starts(t, convention)
         if c[0] <= x <= c[-1]
     ]
 
@@ -310,6 +334,7 @@ def plotly_figures(
             fig.add_trace(go.Scatter(
                 x=c, y=loss, mode="lines+markers",
                 name=o.label, legendgroup=o.schedule_key, showlegend=i == 0,
+                legendrank=1 if o.is_baseline else 1000,
                 line={"color": colors[o.schedule_key], "width": 4 if o.is_baseline else 1.5,
                       "dash": _DASHES_PLOTLY[i % len(_DASHES_PLOTLY)]},
                 marker={"size": 4},

@@ -224,6 +224,12 @@ def _by_stages(outcomes: Sequence[Outcome]) -> dict[int, list[Outcome]]:
     return dict(sorted(groups.items()))
 
 
+def _stages_compute(group: Sequence[Outcome]) -> float | None:
+    """Compute at the end of the stages: the total of the group's no-continual schedule."""
+    only = next((o for o in group if _multiple(o) == 0.0), None)
+    return None if only is None else only.total_compute.mean
+
+
 def _first_reach(group: Sequence[Outcome]) -> Outcome | None:
     """The schedule of a group that reached the baseline's loss (every seed) at least compute."""
     reached = [o for o in group if o.reached and o.compute_fraction.mean is not None]
@@ -278,9 +284,13 @@ def paper_verdict(
             if st.low is not None and st.high is not None:
                 text += f" (95% CI {_ratio(st.low)}–{_ratio(st.high)})"
             text += other_ratio(best)
+            stages_end = _stages_compute(group)
+            to = best.compute_to_baseline_loss.mean
             m = _multiple(best)
-            if m is not None:
-                text += f", with continual training {m:g}× the matched length"
+            if stages_end is not None and to is not None and to <= stages_end * (1 + 1e-9):
+                text += " already during its stages, before any continual training"
+            elif m is not None:
+                text += f" in continual training, with {m:g}× the matched length"
         else:
             furthest = f"{_ratio(max(spent))} the baseline's compute" if spent else "its budget"
             text = f"S={s} did not reach it within {furthest}"
@@ -289,13 +299,10 @@ def paper_verdict(
                 p = max(partial, key=lambda o: o.n_reached / o.n_seeds)
                 text += f" in every seed ({p.n_reached} of {p.n_seeds} seeds for {p.label})"
         details = []
-        stages_only = next((o for o in group if _multiple(o) == 0.0), None)
-        if stages_only is not None and stages_only.total_compute.mean is not None:
-            ref = stages_only.baseline_compute.mean
-            if ref:
-                details.append(
-                    f"its stages alone cost {_ratio(stages_only.total_compute.mean / ref)}"
-                )
+        stages_end = _stages_compute(group)
+        ref = group[0].baseline_compute.mean
+        if stages_end is not None and ref:
+            details.append(f"its stages alone cost {_ratio(stages_end / ref)}")
         at_equal = next((o for o in group if o.loss_delta.mean is not None), None)
         if at_equal is not None and at_equal.loss_delta.mean is not None:
             details.append(
@@ -303,7 +310,7 @@ def paper_verdict(
                 "vs the baseline's"
             )
         if details:
-            text += " (" + "; ".join(details) + ")"
+            text += "; " + ", and ".join(details)
         per_s.append(text)
 
     intro = PAPER_STUDY.format(max_multiple=max_m) + f", compute in {convention} FLOPs: "

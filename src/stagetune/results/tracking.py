@@ -422,6 +422,32 @@ class MlflowTracker:
             _log.warning("could not list open trial runs in MLflow (%s)", str(exc)[:200])
         return sorted(open_ids)
 
+    def last_record(self, trial_id: str) -> dict[str, Any] | None:
+        """The trial's last logged record as MLflow holds it: the newest value of every metric
+        plus ``status`` / ``is_baseline`` from its tags; ``None`` if MLflow cannot say."""
+        study = self._trial_study.get(trial_id) or self._require_study()
+        self._check_trial_id(trial_id)
+        if self._is_offline():
+            return None
+        try:
+            with self._io_lock:
+                run_id = self._find_trial(study, trial_id)
+                if run_id is None:
+                    return None
+                run = self._get_client().get_run(run_id)
+        except Exception as exc:
+            if not is_permanent(exc):
+                self._mark_offline(exc)
+            return None
+        if STEP_KEY not in run.data.metrics:
+            return None
+        rec: dict[str, Any] = dict(run.data.metrics)
+        tags = run.data.tags
+        if tags.get(TAG_STATUS) in STATUSES:
+            rec["status"] = tags[TAG_STATUS]
+        rec["is_baseline"] = tags.get(TAG_IS_BASELINE) == "true"
+        return rec
+
     def sync_spool(self) -> SyncResult:
         """Deliver spooled events (study first, then each trial, in order); never raises.
 

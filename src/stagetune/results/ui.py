@@ -7,6 +7,7 @@ configs that should not be published to the network by default.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import socket
@@ -65,17 +66,34 @@ class UiServer:
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
+def _family(host: str) -> socket.AddressFamily:
+    """The address family of ``host``; refuses names that do not resolve."""
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        raise ConfigError(
+            "ui.host", host, "not a resolvable address; use 127.0.0.1 (the default) or an "
+            "address of this machine"
+        ) from None
+    return infos[0][0]
+
+
 def _port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
-        except OSError:
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise ConfigError(
+                    "ui.host", host, "not an address of this machine; use 127.0.0.1 (the "
+                    "default) or one of this machine's addresses"
+                ) from None
             return True
     return False
 
@@ -128,7 +146,10 @@ def start_ui(
     """
     if is_http(tracking_uri):
         return UiServer(process=None, url=tracking_uri.rstrip("/"))
+    if not 0 <= port <= 65535:
+        raise ConfigError("ui.port", port, "use a TCP port in 0-65535 (0: any free port)")
     if port == 0:
+        _port_in_use(host, 0)  # refuses a host that is no address of this machine
         port = free_port(host)
     elif _port_in_use(host, port):
         raise ConfigError(

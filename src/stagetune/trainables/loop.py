@@ -324,7 +324,47 @@ class StagedTrainer:
         self.seconds = float(tr["seconds"])
         self.evals_done = int(tr["evals_done"])
         self.last_eval_loss = float(tr["last_eval_loss"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if state["optimizer"].get("fsdp_full"):
+            self._load_fsdp_optimizer_state(state["optimizer"])
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
+
+    def _fsdp_full_optimizer_state(self) -> dict[str, Any]:
+        """AdamW state with every DTensor gathered to a full tensor, keyed by parameter name.
+
+        Iterates parameters in ``named_parameters`` order, identical on every rank, because
+        ``full_tensor`` is a collective.
+        """
+        from torch.distributed.tensor import DTensor
+
+        out: dict[str, Any] = {}
+        for name, p in self.model.named_parameters():
+            st = self.optimizer.state.get(p)
+            if not st:
+                continue
+            out[name] = {
+                k: (v.full_tensor().cpu() if isinstance(v, DTensor) else v) for k, v in st.items()
+            }
+        groups = [
+            {k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups
+        ]
+        return {"fsdp_full": True, "state": out, "param_groups": groups}
+
+    def _load_fsdp_optimizer_state(self, saved: dict[str, Any]) -> None:
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        for name, p in self.model.named_parameters():
+            st = saved["state"].get(name)
+            if st is None:
+                continue
+            self.optimizer.state[p] = {
+                k: (
+                    distribute_tensor(v.to(p.device), p.device_mesh, p.placements)
+                    if isinstance(p, DTensor) and torch.is_tensor(v) and v.shape == p.shape
+                    else v
+                )
+                for k, v in st.items()
+            }
 
     def _model_state_for_save(self) -> dict[str, torch.Tensor]:
         if self._fsdp:
@@ -340,18 +380,20 @@ class StagedTrainer:
 
     def save_checkpoint(self) -> Path | None:
         """Write a verified checkpoint of the current step; rank 0 writes, returns its path."""
-        state = self.state_dict()
+        full_model: dict[str, torch.Tensor] | None = None
         if self._fsdp:
-            from torch.distributed.checkpoint.state_dict import (
-                StateDictOptions,
-                get_optimizer_state_dict,
-            )
-
-            state["optimizer"] = get_optimizer_state_dict(
-                self.model,
-                self.optimizer,
-                options=StateDictOptions(full_state_dict=True, cpu_offload=True),
-            )
+            # Collectives: every rank gathers, rank 0 writes full (unsharded) tensors.
+            state = {
+                "trainer": self.state_dict()["trainer"],
+                "optimizer": self._fsdp_full_optimizer_state(),
+            }
+            full_model = {
+                k[len("hf_model.") :]: v
+                for k, v in self._model_state_for_save().items()
+                if k.startswith("hf_model.")
+            }
+        else:
+            state = self.state_dict()
         if self.rank != 0:
             return None
         root = self.session.checkpoint_root()
@@ -360,7 +402,7 @@ class StagedTrainer:
         tmp = root / f".tmp_step_{self.step:08d}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        self.model.save_pretrained(tmp / HF_DIR)
+        self.model.save_pretrained(tmp / HF_DIR, state_dict=full_model)
         torch.save(state["optimizer"], tmp / OPTIM)
         (tmp / STATE).write_text(json.dumps(state["trainer"], indent=1))
         write_manifest(tmp)

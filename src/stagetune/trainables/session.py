@@ -12,7 +12,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
-__all__ = ["LocalSession", "Session", "TrainWorkerSession", "TuneSession"]
+__all__ = ["WORKER_FILE", "LocalSession", "Session", "TrainWorkerSession", "TuneSession"]
+
+WORKER_FILE = "worker.json"
+"""Written into a Ray session's checkpoint root when it starts: ``{node_id, worker_pid, rank}``
+of the process training there (the newest one, after a restart). It tells an operator (or a
+fault test) which process on which node to inspect without Ray's state API."""
 
 
 class Session(Protocol):
@@ -40,6 +45,13 @@ def _placement() -> dict[str, Any]:
     import ray
 
     return {"node_id": ray.get_runtime_context().get_node_id(), "worker_pid": os.getpid()}
+
+
+def _announce(root: Path, placement: dict[str, Any], rank: int) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{WORKER_FILE}.{os.getpid()}"
+    tmp.write_text(json.dumps({**placement, "rank": rank}), encoding="utf-8")
+    os.replace(tmp, root / WORKER_FILE)
 
 
 def _local_history(root: Path) -> list[Path]:
@@ -85,8 +97,8 @@ class TuneSession:
         self._tune = tune
         trial_dir = Path(tune.get_context().get_trial_dir())
         self._root = trial_dir / "stagetune_checkpoints"
-        self._restored: Path | None = None
         self._placement = _placement()
+        _announce(self._root, self._placement, self.rank)
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         ckpt = self._tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
@@ -99,11 +111,8 @@ class TuneSession:
         out: list[Path] = []
         ckpt = self._tune.get_checkpoint()
         if ckpt is not None:
-            # Tune's copy lives in storage (maybe remote): bring it local first.
-            local = Path(tempfile.mkdtemp(prefix="stagetune-restore-"))
-            ckpt.to_directory(str(local))
-            self._restored = local
-            out.append(local)
+            # Tune's copy lives in storage: read in place when local, else fetched first.
+            out.append(_fetch(ckpt))
         out.extend(p for p in _local_history(self._root) if p not in out)
         return out
 
@@ -120,6 +129,7 @@ class TrainWorkerSession:
         self.world_size = ctx.get_world_size()
         self._root = Path(local_root) / f"rank{self.rank}"
         self._placement = _placement()
+        _announce(self._root, self._placement, self.rank)
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         ckpt = None
@@ -132,14 +142,46 @@ class TrainWorkerSession:
         return self._root
 
     def restore_candidates(self) -> list[Path]:
-        out: list[Path] = []
-        ckpt = self._train.get_checkpoint()
-        if ckpt is not None:
-            local = Path(tempfile.mkdtemp(prefix="stagetune-restore-"))
-            ckpt.to_directory(str(local))
-            out.append(local)
-        out.extend(_local_history(self._root))
+        """The Train run's own checkpoints, newest first: the same list on every rank.
+
+        Every rank must resume from the same step (DDP pairs their collectives step by step),
+        so only checkpoints that every rank sees count. A rank's local history does not: only
+        rank 0 writes one, and it can be ahead of what Train registered when a worker died
+        between writing a checkpoint and Train taking the report.
+        """
+        latest = self._train.get_checkpoint()
+        if latest is None:
+            return []
+        older: list[Any] = []
+        try:
+            # Older ones let a corrupt newest checkpoint fall back (the loop verifies each).
+            reported = self._train.get_all_reported_checkpoints(timeout_s=60)
+            older = [r.checkpoint for r in reversed(reported) if r.checkpoint.path != latest.path]
+        except Exception as exc:  # alpha API; the newest alone still resumes
+            print(f"[stagetune] older checkpoints unavailable ({exc})", flush=True)
+        out = [_fetch(latest)]
+        # Remote storage: only the newest is fetched (each would cost a full download).
+        out.extend(p for p in map(_in_place, older) if p is not None)
         return out
+
+
+def _in_place(ckpt: Any) -> Path | None:
+    """The directory of a Ray (Train or Tune) checkpoint when it can be read where it is."""
+    import pyarrow.fs
+
+    if isinstance(ckpt.filesystem, pyarrow.fs.LocalFileSystem) and Path(ckpt.path).is_dir():
+        return Path(ckpt.path)
+    return None
+
+
+def _fetch(ckpt: Any) -> Path:
+    """A local directory holding the checkpoint: in place, or downloaded into a temp dir."""
+    here = _in_place(ckpt)
+    if here is not None:
+        return here
+    local = Path(tempfile.mkdtemp(prefix="stagetune-restore-"))
+    ckpt.to_directory(str(local))
+    return local
 
 
 def cleanup(path: Path | None) -> None:

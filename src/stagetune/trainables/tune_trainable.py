@@ -22,6 +22,9 @@ from stagetune.trainables.spec import TrialSpec
 
 __all__ = ["StudyContext", "make_trial_spec", "train_trial", "train_worker_loop"]
 
+TRAIN_CHECKPOINTS_KEPT = 3
+"""Checkpoints a multi-worker trial's Ray Train run keeps in its storage."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class StudyContext:
@@ -94,7 +97,7 @@ def train_worker_loop(loop_config: dict[str, Any]) -> None:
 
 
 def _run_torch_trainer(spec: TrialSpec, study: StudyContext, *, trial_id: str) -> None:
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -116,6 +119,8 @@ def _run_torch_trainer(spec: TrialSpec, study: StudyContext, *, trial_id: str) -
             name=f"train_{trial_id}",
             storage_path=study.train_storage,
             failure_config=FailureConfig(max_failures=res.max_failures),
+            # The newest few are enough to resume (and to fall back past a corrupt one).
+            checkpoint_config=CheckpointConfig(num_to_keep=TRAIN_CHECKPOINTS_KEPT),
             callbacks=[TuneReportCallback()],  # type: ignore[list-item]
         ),
     )

@@ -1,0 +1,300 @@
+"""Fault: malformed input, through the real CLI (``main()`` in process, streams captured).
+
+Each case must exit 2 with exactly one line on stderr naming the field, the value and the fix,
+no traceback, and create nothing: no work directory, no MLflow store, no report. These cover
+the YAML side and the ``run`` / ``train`` / ``report`` / ``ui`` flags; the ``--set`` cases of
+``tests/test_cli_errors.py`` are not repeated.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from stagetune.cli import main
+from tests.faults.conftest import fast_args
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    argv: Callable[[Path], list[str]]
+    """argv, given the case's scratch directory (which holds the files written below)."""
+    needles: tuple[str, ...]
+    """Field (as ``field=``), then words of the fix, that the one line must contain."""
+    files: dict[str, str | bytes] | None = None
+    """Files to write into the scratch directory first (name -> content)."""
+
+
+def _yaml(id: str, text: str, *needles: str, command: str = "run") -> Case:
+    return Case(
+        id=f"yaml-{id}",
+        argv=lambda d: [command, "--config", str(d / "c.yaml"), "--workdir", str(d / "work"),
+                        *fast_args()],  # fmt: skip
+        needles=needles,
+        files={"c.yaml": text},
+    )
+
+
+def _run(id: str, *args: str, needles: tuple[str, ...], files: dict[str, str | bytes] | None = None,
+         command: str = "run") -> Case:  # fmt: skip
+    def argv(d: Path) -> list[str]:
+        return [command, *(a.replace("{d}", str(d)) for a in args), "--workdir", str(d / "work"),
+                *fast_args()]  # fmt: skip
+
+    return Case(id=f"{command}-{id}", argv=argv, needles=needles, files=files)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+CASES: list[Case] = [
+    # -- the YAML file itself
+    _yaml("syntax", "model: {n_layer: 4\n", "config=", "not valid YAML at line 2"),
+    _yaml("top-level-list", "- a\n- b\n", "config=", "mapping at top level"),
+    Case("yaml-binary", lambda d: ["run", "--config", str(d / "c.yaml"), "--workdir",
+                                   str(d / "work")],  # fmt: skip
+         ("config=", "not a UTF-8 text file"), {"c.yaml": b"\xff\xfe\x00\x01binary"}),
+    Case("yaml-is-a-directory", lambda d: ["run", "--config", str(d), "--workdir", str(d / "work")],
+         ("config=", "pass a YAML file path")),  # fmt: skip
+    # -- keys
+    _yaml("unknown-section", "modle: {n_layer: 4}\n", "modle=", "did you mean 'model'"),
+    _yaml("unknown-key", "train: {lr_shedule: cosine}\n", "train.lr_shedule=",
+          "did you mean 'lr_schedule'"),  # fmt: skip
+    _yaml("section-not-mapping", "model: 4\n", "model=4", "expected a mapping of fields"),
+    # -- types
+    _yaml("int-as-word", "model: {n_layer: four}\n", "model.n_layer='four'", "expected an integer"),
+    _yaml("int-as-bool", "train: {batch_size: true}\n", "train.batch_size=True",
+          "expected an integer"),  # fmt: skip
+    _yaml("int-as-fraction", "model: {n_layer: 2.5}\n", "model.n_layer=2.5", "expected an integer"),
+    _yaml("float-as-list", "train: {lr: [1, 2]}\n", "train.lr=[1, 2]", "expected a number"),
+    _yaml("float-infinite", "train: {lr: .inf}\n", "train.lr=inf", "expected a finite number"),
+    _yaml("float-nan", "budget: {factor: .nan}\n", "budget.factor=nan", "expected a finite number"),
+    _yaml("list-as-int", "schedule: {increments: 4}\n", "schedule.increments=4", "expected a list"),
+    _yaml("list-item", "schedule: {increments: [2, x]}\n", "schedule.increments[1]='x'",
+          "expected an integer"),  # fmt: skip
+    # -- ranges and consistency
+    _yaml("increments-sum", "schedule: {increments: [1, 1, 1]}\n", "schedule.increments=[1, 1, 1]",
+          "increments sum to 3 but model.n_layer=4"),  # fmt: skip
+    _yaml("too-many-stages", "schedule: {num_stages: 9}\n", "schedule.num_stages=9",
+          "at most model.n_layer=4"),  # fmt: skip
+    _yaml("phase1-fraction", "schedule: {phase1_fraction: 1.0}\n",
+          "schedule.phase1_fraction=1.0", "[0, 1)"),  # fmt: skip
+    _yaml("eval-fraction", "data: {eval_fraction: 0.7}\n", "data.eval_fraction=0.7", "(0, 0.5)"),
+    _yaml("vocab-too-big", "data: {vocab_size: 70000}\n", "data.vocab_size=70000", "uint16"),
+    _yaml("grad-accum", "train: {grad_accum: 3}\n", "train.grad_accum=3", "must divide"),
+    _yaml("model-vocab-below-tokenizer", "model: {vocab_size: 100}\n", "model.vocab_size=100",
+          "the tokenizer has 512 tokens"),  # fmt: skip
+    # -- names and choices
+    _yaml("name-with-slash", "name: a/b\n", "name='a/b'", "no path separators"),
+    _yaml("experiment-dotdot", "tracking: {experiment: ..}\n", "tracking.experiment='..'",
+          "no path separators"),  # fmt: skip
+    _yaml("family-typo", "model: {family: llamma}\n", "model.family='llamma'",
+          "did you mean 'llama'"),  # fmt: skip
+    _yaml("strategy", "resources: {strategy: zero}\n", "resources.strategy='zero'", "ddp, fsdp"),
+    _yaml("cpus-zero", "resources: {cpus_per_worker: 0}\n", "resources.cpus_per_worker=0",
+          "use > 0"),  # fmt: skip
+    _yaml("sampler", "search: {sampler: cmaes}\n", "search.sampler='cmaes'", "tpe"),
+    _yaml("trials-zero", "search: {num_trials: 0}\n", "search.num_trials=0", "use >= 1"),
+    _yaml("convention", "budget: {convention: flops}\n", "budget.convention='flops'", "paper"),
+    # -- data
+    _yaml("empty-corpus", "data: {source: SRC}\n".replace("SRC", "/dev/null"), "data.source",
+          "yields no text"),  # fmt: skip
+    _run("empty-txt", "--set", "data.source={d}/empty.txt", files={"empty.txt": ""},
+         needles=("data.source=", "empty.txt", "yields no text")),  # fmt: skip
+    _run("no-data-files", "--set", "data.source={d}", files={"x.csv": "a,b\n"},
+         needles=("data.source=", "holds no .txt, .jsonl")),  # fmt: skip
+    _run("jsonl-not-json", "--set", "data.source={d}/bad.jsonl", files={"bad.jsonl": "oops\n"},
+         needles=("data.source=", "not valid JSON")),  # fmt: skip
+    _run("jsonl-field", "--set", "data.source={d}/t.jsonl", files={"t.jsonl": '{"txt": "hi"}\n'},
+         needles=("data.text_field='text'", "has no 'text' key")),  # fmt: skip
+    _run("tokenizer-missing", "--set", "data.tokenizer={d}/tok.json",
+         needles=("data.tokenizer=", "does not exist")),  # fmt: skip
+    _run("tokenizer-garbage", "--set", "data.tokenizer={d}/tok.json", files={"tok.json": "{"},
+         needles=("data.tokenizer=", "not a valid tokenizer.json")),  # fmt: skip
+    # -- run flags
+    _run("workers-zero", "--workers-per-trial", "0", needles=("--workers-per-trial=0", "positive")),
+    _run("seeds-zero", "--seeds", "0", needles=("--seeds=0", "positive")),
+    _run("address-syntax", "--address", "nonsense", needles=("--address='nonsense'", "host:port")),
+    _run("address-dead", "--address", f"127.0.0.1:{_free_port()}",
+         needles=("--address=", "cannot reach a Ray head")),  # fmt: skip
+    _run("override-not-a-section", "--set", "train.lr.x=1", needles=("train.lr=", "a number")),
+    _run("override-torn-list", "--set", "schedule.increments=[2,2",
+         needles=("schedule.increments='[2,2'", "expected a list")),  # fmt: skip
+    _run("override-empty-source", "--set", "data.source=", needles=("data.source=''", "builtin")),
+    # -- train flags
+    _run("workers-zero", "--workers", "0", command="train", needles=("--workers=0", "at least 1")),
+    _run("out-not-empty", "--out", "{d}", files={"keep.txt": "x"}, command="train",
+         needles=("--out=", "not empty; pass --resume")),  # fmt: skip
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(
+    case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    scratch = tmp_path / "in"
+    scratch.mkdir()
+    for name, content in (case.files or {}).items():
+        p = scratch / name
+        p.write_bytes(content) if isinstance(content, bytes) else p.write_text(content)
+    before = set(tmp_path.rglob("*"))
+    code = main(case.argv(scratch))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for needle in case.needles:
+        assert needle in lines[0], lines[0]
+    assert set(tmp_path.rglob("*")) == before, "nothing may be created"
+
+
+# ---------------------------------------------------------------------------------------------
+# report / ui / resume on real stores
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A work directory with a real study (baseline included), one without a baseline, a study
+    directory whose study.json is torn, and one whose Optuna storage is missing."""
+    from stagetune.results import MlflowTracker
+
+    root = tmp_path_factory.mktemp("stores")
+    good = root / "good"
+    uri = f"sqlite:///{good / 'mlflow.db'}"
+    rec = {"tokens": 256, "flops": 1e9, "flops_paper": 5e8, "eval_loss": 5.0, "step": 1}
+    tr = MlflowTracker(uri, "study-a", spool_dir=good / "spool")
+    tr.start_study(study_name="study-a", params={}, tags={})
+    tr.start_trial(trial_id="base_0", params={"seed": 0}, tags={"stagetune.is_baseline": True})
+    tr.log_report("base_0", rec)
+    tr.end_trial("base_0", "finished")
+    tr.end_study()
+    nb = MlflowTracker(uri, "no-baseline", spool_dir=good / "spool")
+    nb.start_study(study_name="no-baseline", params={}, tags={})
+    nb.start_trial(trial_id="x_0", params={"seed": 0}, tags={})
+    nb.log_report("x_0", rec)
+    nb.end_study()
+    (good / "study.json").write_text(json.dumps({"name": "study-a", "tracking": {}}))
+    torn = root / "torn"
+    torn.mkdir()
+    (torn / "study.json").write_text('{"name": "x", "trac')
+    no_optuna = root / "no-optuna"
+    no_optuna.mkdir()
+    from stagetune.config import config_to_dict, load_config
+
+    (no_optuna / "study.json").write_text(json.dumps(config_to_dict(load_config())))
+    return {"root": root, "good": good, "torn": torn, "no_optuna": no_optuna}
+
+
+def _busy_port() -> socket.socket:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    return s
+
+
+STORE_CASES: list[tuple[str, Callable[[dict[str, Path]], list[str]], tuple[str, ...]]] = [
+    ("report-unknown-experiment",
+     lambda s: ["report", "--workdir", str(s["good"]), "--experiment", "nope"],
+     ("nope", "study-a", "no-baseline")),
+    ("report-no-baseline",
+     lambda s: ["report", "--workdir", str(s["good"]), "--experiment", "no-baseline"],
+     ("'no-baseline'", "no baseline run", "run the baseline schedule")),
+    ("report-empty-workdir", lambda s: ["report", "--workdir", str(s["root"] / "empty")],
+     ("--experiment=None", "no study in", "pass --experiment NAME")),
+    ("report-missing-store",
+     lambda s: ["report", "--workdir", str(s["root"] / "empty"), "--experiment", "e",
+                "--tracking-uri", f"sqlite:///{s['root'] / 'typo.db'}"],
+     ("typo.db", "no MLflow database")),
+    ("report-torn-study-file", lambda s: ["report", "--workdir", str(s["torn"])],
+     ("study.json", "unreadable")),
+    ("resume-empty-workdir", lambda s: ["run", "--resume", "--workdir", str(s["root"] / "empty")],
+     ("--resume=", "no study in this work directory")),
+    ("resume-torn-study-file", lambda s: ["run", "--resume", "--workdir", str(s["torn"])],
+     ("--resume=", "study.json", "unreadable")),
+    ("resume-no-optuna", lambda s: ["run", "--resume", "--workdir", str(s["no_optuna"])],
+     ("--resume=", "no Optuna storage")),
+    ("resume-with-trials", lambda s: ["run", "--resume", "--workdir", str(s["good"]),
+                                      "--trials", "9"],
+     ("--trials=9", "continues the study with the config it started with")),
+    ("resume-with-set", lambda s: ["run", "--resume", "--workdir", str(s["good"]),
+                                   "--set", "train.lr=1"],
+     ("--set='train.lr=1'", "drop the flag")),
+    ("ui-port-range", lambda s: ["ui", "--workdir", str(s["good"]), "--port", "70000"],
+     ("--port=70000", "0-65535")),
+    ("ui-bad-host", lambda s: ["ui", "--workdir", str(s["good"]), "--host", "999.1.1.1",
+                               "--port", "0"],
+     ("ui.host='999.1.1.1'", "not a resolvable address")),
+    ("ui-foreign-host", lambda s: ["ui", "--workdir", str(s["good"]), "--host", "192.0.2.254",
+                                   "--port", "0"],
+     ("ui.host='192.0.2.254'", "not an address of this machine")),
+    ("ui-no-store", lambda s: ["ui", "--workdir", str(s["root"] / "empty"), "--port", "0"],
+     ("no MLflow database", "run a study first")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("argv", "needles"), [c[1:] for c in STORE_CASES],
+                         ids=[c[0] for c in STORE_CASES])  # fmt: skip
+def test_bad_input_on_stores(
+    argv: Callable[[dict[str, Path]], list[str]],
+    needles: tuple[str, ...],
+    stores: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(stores["root"])
+    before = {p: p.stat().st_mtime_ns for p in stores["root"].rglob("*")}
+    code = main(argv(stores))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    after = {p: p.stat().st_mtime_ns for p in stores["root"].rglob("*")}
+    assert after == before, "nothing may be created or changed"
+
+
+def test_ui_port_in_use(stores: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    with _busy_port() as s:
+        port = s.getsockname()[1]
+        assert main(["ui", "--workdir", str(stores["good"]), "--port", str(port)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and f"ui.port={port}" in lines[0] and "in use" in lines[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("overrides", "needles"),
+    [
+        (["resources.gpus_per_worker=1"], ("resources.gpus_per_worker=1.0", "the cluster has 0")),
+        (["resources.workers_per_trial=64"], ("resources.workers_per_trial=64", "need 64 CPUs")),
+        (["resources.cpus_per_worker=3"], ("resources.cpus_per_worker=3.0", "no node has")),
+    ],
+    ids=["gpus", "workers", "cpus-per-node"],
+)
+def test_impossible_resources(
+    overrides: list[str],
+    needles: tuple[str, ...],
+    ray_local: None,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    workdir = tmp_path / "work"
+    code = main(["run", "--workdir", str(workdir), *fast_args(*overrides)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert not workdir.exists()

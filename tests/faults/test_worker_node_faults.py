@@ -1,0 +1,279 @@
+"""Faults below the driver: a Ray Train worker killed mid-trial, a whole node lost mid-search.
+
+Both run the real ``stagetune run`` CLI as a subprocess (its own process group, see
+``tests/faults/conftest.py``) and inject the fault the way it happens in production: SIGKILL to
+one process, or to every process of a node at once. Outcomes are read back from Tune's result
+files, MLflow's store and Optuna's storage.
+
+- Worker killed: a study of two identical two-worker trials (the ``compact`` space on a
+  one-layer model has a single point, the baseline) runs side by side. Rank 0 of one trial is
+  SIGKILLed once Train has registered a checkpoint. Ray Train restarts the worker group
+  (``FailureConfig``) from that checkpoint; the other trial is the uninterrupted reference.
+- Node lost: a two-node cluster on loopback (``tests/loopback_cluster.py``), one one-CPU
+  trial per node. The second node is SIGKILLed (raylet, agents, workers) while its trial runs;
+  Tune retries the trial (``FailureConfig``) on the head from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.faults.conftest import Cli, cli_env, fast_args, mlflow_children, tune_results
+from tests.loopback_cluster import LoopbackCluster, cmdline, descendants
+
+pytestmark = pytest.mark.slow
+
+EVAL_EVERY = 20  # steps between records (train.eval_points spread over the baseline's steps)
+BUDGET_S = 420.0
+"""Wall-clock limit of one study here: about 2.5 minutes on an idle two-core machine, but the
+CI machine may be shared, so the limit is generous (a hang still fails well before pytest's)."""
+
+# The preemption watcher (one more actor process per Train run, slow to start on a busy
+# machine) has nothing to watch on one host. Train's 2 s worker poll is kept: a run then
+# reports at most every 2 s, which leaves the fault time to land mid-run.
+TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
+def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+
+
+def _runs_by_trial(uri: str, experiment: str) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for run in mlflow_children(uri, experiment):
+        out.setdefault(run.data.tags["stagetune.trial_id"], []).append(run)
+    return out
+
+
+def _fail_with_logs(cli: Cli, name: str, why: str) -> None:
+    out, err = cli.output(name)
+    pytest.fail(f"{why}\n--- stdout\n{out[-2000:]}\n--- stderr\n{err[-4000:]}")
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. one Ray Train worker killed
+
+
+WORKER_KILL = [
+    "name=worker-kill",
+    "model.n_layer=1",  # the compact space then holds one point: both trials are the baseline
+    "schedule.baseline_steps=160",
+    f"train.eval_points={160 // EVAL_EVERY}",
+    "train.checkpoint_every=40",  # records at 20, 40c, 60, 80c, ...: some after no checkpoint
+    "search.early_stopping=false",
+    "resources.cpus_per_worker=0.5",  # two 2-worker trials side by side on two cores
+]
+
+
+def _kill_rank0_after_checkpoint(cli: Cli, proc: Any, workdir: Path, timeout: float) -> tuple[str, int]:
+    """SIGKILL rank 0 of the first trial whose Ray Train run has registered a checkpoint.
+
+    Train's own snapshot (``checkpoint_manager_snapshot.json``, written by its controller as it
+    registers a checkpoint) is read rather than Tune's results, which reach the driver late on
+    a busy machine. Its metrics name rank 0's process (``worker_pid``). Returns (trial, pid).
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            _fail_with_logs(cli, "worker-kill", f"the study ended (rc {proc.returncode}) before the fault")
+        for snap in sorted(workdir.glob("ray_train/train_*/checkpoint_manager_snapshot.json")):
+            try:
+                registered = json.loads(snap.read_text())["checkpoint_results"]
+            except (OSError, ValueError, KeyError):
+                continue  # being written
+            if not registered:
+                continue
+            metrics = registered[-1]["metrics"]
+            if metrics["step"] >= metrics["total_steps"]:
+                _fail_with_logs(cli, "worker-kill", "the trial finished before the fault")
+            pid = int(metrics["worker_pid"])
+            # Only a Train worker of this very run (a descendant of the CLI process).
+            assert pid in descendants(proc.pid), f"pid {pid} is not part of this study"
+            assert cmdline(pid).startswith("ray::RayTrainWorker"), cmdline(pid)
+            os.kill(pid, signal.SIGKILL)
+            return snap.parent.name.removeprefix("train_"), pid
+        time.sleep(0.1)
+    _fail_with_logs(cli, "worker-kill", "no checkpoint was registered in time: fault never injected")
+    raise AssertionError  # unreachable
+
+
+def test_worker_sigkill_restarts_from_checkpoint_and_matches(cli: Cli, tmp_path: Path) -> None:
+    workdir = tmp_path / "work"
+    args = ["run", "--space", "compact", "--trials", "2", "--workers-per-trial", "2",
+            "--workdir", str(workdir), "--quiet", *fast_args(*WORKER_KILL)]  # fmt: skip
+    t0 = time.monotonic()
+    proc = cli.start(args, name="worker-kill", **TRAIN_ENV)
+    exp_dir = workdir / "ray_results" / "worker-kill"
+    killed_trial, killed_pid = _kill_rank0_after_checkpoint(cli, proc, workdir, BUDGET_S - 60)
+    try:
+        rc = proc.wait(max(30.0, BUDGET_S - (time.monotonic() - t0)))
+    except Exception:
+        _fail_with_logs(cli, "worker-kill", "the study did not finish after the fault")
+    if rc != 0:
+        _fail_with_logs(cli, "worker-kill", f"stagetune run exited {rc}")
+
+    results = tune_results(exp_dir)
+    assert set(results) >= {killed_trial} and len(results) == 2, sorted(results)
+    (ref_trial,) = set(results) - {killed_trial}
+    killed, ref = results[killed_trial], results[ref_trial]
+    ref_steps = [r["step"] for r in ref]
+    assert ref_steps == list(range(EVAL_EVERY, 161, EVAL_EVERY)), ref_steps
+    assert [r["worker_pid"] for r in ref] == [ref[0]["worker_pid"]] * len(ref)
+
+    # The Tune trial itself never restarted (same trial process); its Train worker group did.
+    assert {r["pid"] for r in killed} == {killed[0]["pid"]}
+    pids = list(dict.fromkeys(r["worker_pid"] for r in killed))
+    assert len(pids) == 2 and pids[0] == killed_pid, pids
+    before = [r for r in killed if r["worker_pid"] == killed_pid]
+    after = [r for r in killed if r["worker_pid"] != killed_pid]
+    assert killed.index(after[0]) == len(before), "records of the two worker groups interleave"
+
+    # Restored from the newest checkpoint Train had registered, not from step 0: the new
+    # workers' first record is the first evaluation after that checkpoint.
+    ckpt_step = max(r["step"] for r in before if r.get("checkpoint_path"))
+    first_after = after[0]["step"]
+    assert first_after == min(s for s in ref_steps if s > ckpt_step), (ckpt_step, first_after)
+    after_steps = [r["step"] for r in after]
+    assert after_steps == sorted(set(after_steps)) and after_steps[-1] == 160, after_steps
+    assert sorted({r["step"] for r in killed}) == ref_steps
+
+    # Same training as the uninterrupted run, record by record (re-reported steps included).
+    ref_loss = {r["step"]: r["eval_loss"] for r in ref}
+    for r in killed:
+        assert r["eval_loss"] == pytest.approx(ref_loss[r["step"]], abs=1e-4), r["step"]
+    assert killed[-1]["status"] == ref[-1]["status"] == "finished"
+    assert abs(killed[-1]["eval_loss"] - ref[-1]["eval_loss"]) <= 1e-4
+
+    # MLflow: one child run per trial; the killed trial's run continued, no step twice or missing.
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    runs = _runs_by_trial(uri, "worker-kill")
+    assert sorted(runs) == sorted(results) and all(len(v) == 1 for v in runs.values()), runs
+    client = MlflowClient(uri)
+    hist: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for trial_id, (run,) in runs.items():
+        assert run.info.status == "FINISHED" and run.data.tags["stagetune.status"] == "finished"
+        hist[trial_id] = {k: _history(client, run.info.run_id, k) for k in ("eval_loss", "flops")}
+        for key, points in hist[trial_id].items():
+            steps = [s for s, _ in points]
+            assert steps == sorted(set(steps)), f"{trial_id} {key}: duplicated steps {steps}"
+    for key in ("eval_loss", "flops"):
+        got, want = hist[killed_trial][key], hist[ref_trial][key]
+        assert [s for s, _ in got] == [s for s, _ in want], key
+        assert [v for _, v in got] == pytest.approx([v for _, v in want], abs=1e-4), key
+    # The run holds what the first worker group reported and what the second one did.
+    tokens_per_record = killed[0]["tokens"] // killed[0]["step"]
+    steps_logged = {s for s, _ in hist[killed_trial]["eval_loss"]}
+    assert before[0]["step"] * tokens_per_record in steps_logged
+    assert after[-1]["step"] * tokens_per_record in steps_logged
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. a node lost mid-search
+
+
+NODE_LOST = [
+    "name=node-lost",
+    "schedule.baseline_steps=600",
+    "train.eval_points=6",
+    "train.checkpoint_every=50",
+    "search.early_stopping=false",
+]
+NODE_LOST_TRIALS = 3
+
+
+def _kill_node_when_its_trial_checkpointed(
+    cli: Cli, proc: Any, cluster: LoopbackCluster, exp_dir: Path, timeout: float
+) -> str:
+    """SIGKILL the second node once a trial on it has a Tune checkpoint; returns that trial."""
+    node = cluster.nodes[1]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            _fail_with_logs(
+                cli, "node-lost", f"the study ended (rc {proc.returncode}) before the fault"
+            )
+        for trial_id, recs in tune_results(exp_dir).items():
+            on_node = [r for r in recs if r.get("node_id") == node.node_id]
+            if any(r.get("checkpoint_dir_name") for r in on_node):
+                if recs[-1].get("status") == "finished":
+                    _fail_with_logs(cli, "node-lost", "the trial finished before the fault")
+                cluster.kill_node(node)
+                return trial_id
+        time.sleep(0.2)
+    _fail_with_logs(cli, "node-lost", "no trial checkpointed on the second node in time")
+    raise AssertionError  # unreachable
+
+
+def test_node_lost_trials_retry_on_head_and_study_completes(
+    cli: Cli, token_cache: Path, tmp_path: Path
+) -> None:
+    cluster = LoopbackCluster(cli_env(token_cache), tmp_path / "cluster-logs")
+    try:
+        head = cluster.start_head(num_cpus=1)
+        cluster.add_node(num_cpus=1)
+        ids = cluster.wait_nodes()
+        assert len(set(ids.values())) == 2
+
+        workdir = tmp_path / "work"
+        args = ["run", "--address", cluster.address, "--space", "compact",
+                "--trials", str(NODE_LOST_TRIALS), "--workdir", str(workdir), "--quiet",
+                *fast_args(*NODE_LOST)]  # fmt: skip
+        t0 = time.monotonic()
+        proc = cli.start(args, name="node-lost", **cluster.auth_env())
+        exp_dir = workdir / "ray_results" / "node-lost"
+        lost_trial = _kill_node_when_its_trial_checkpointed(
+            cli, proc, cluster, exp_dir, BUDGET_S - 60
+        )
+        try:
+            rc = proc.wait(max(30.0, BUDGET_S - (time.monotonic() - t0)))
+        except Exception:
+            _fail_with_logs(cli, "node-lost", "the study did not finish after the node was lost")
+        if rc != 0:
+            _fail_with_logs(cli, "node-lost", f"stagetune run exited {rc}")
+    finally:
+        cluster.shutdown()
+
+    lost_node = cluster.nodes[1].node_id
+    results = tune_results(exp_dir)
+    assert len(results) == NODE_LOST_TRIALS, sorted(results)
+    recs = results[lost_trial]
+    before = [r for r in recs if r["node_id"] == lost_node]
+    after = recs[len(before) :]
+    assert before == recs[: len(before)] and after, "the lost trial never ran again"
+    # Retried (a new trial process) on the head, the only node left ...
+    assert {r["node_id"] for r in after} == {head.node_id}
+    assert {r["pid"] for r in after}.isdisjoint({r["pid"] for r in before})
+    # ... from its newest Tune checkpoint (or a newer local one), not from scratch.
+    ckpt_step = max(r["step"] for r in before if r.get("checkpoint_dir_name"))
+    assert after[0]["step"] > ckpt_step, (ckpt_step, [r["step"] for r in recs])
+    assert [r["step"] for r in after] == sorted({r["step"] for r in after})
+    for trial_id, trial_recs in results.items():
+        assert trial_recs[-1].get("status") == "finished", (trial_id, trial_recs[-1])
+
+    # MLflow: every trial closed as finished, one run each; the lost trial's run continued.
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    runs = _runs_by_trial(uri, "node-lost")
+    assert sorted(runs) == sorted(results) and all(len(v) == 1 for v in runs.values()), runs
+    for trial_id, (run,) in runs.items():
+        assert run.info.status == "FINISHED", (trial_id, run.info.status)
+        assert run.data.tags["stagetune.status"] == "finished", trial_id
+    client = MlflowClient(uri)
+    steps = [s for s, _ in _history(client, runs[lost_trial][0].info.run_id, "eval_loss")]
+    assert steps == sorted(set(steps)), steps
+    want = sorted({r["tokens"] for r in recs})
+    assert steps == want, (steps, want)
+
+    # Optuna holds every trial, none left running.
+    study = optuna.load_study(study_name="node-lost", storage=f"sqlite:///{workdir / 'optuna.db'}")
+    states = [t.state for t in study.trials]
+    assert len(states) == NODE_LOST_TRIALS, states
+    assert all(s == optuna.trial.TrialState.COMPLETE for s in states), states

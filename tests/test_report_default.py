@@ -1,0 +1,76 @@
+"""`report.md` of the default run shows the table, the verdict and the plots.
+
+`stagetune run` with the default preset (FAST settings, four trials, ASHA on), then the report
+it wrote: the outcome table, a verdict sentence, image links to PNGs that exist, and report.html
+with the three interactive plotly figures inline.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from stagetune.cli import main
+from stagetune.results.plots import PLOT_NAMES
+from stagetune.results.report import NO_SCHEDULE_REACHED, TABLE_COLUMNS
+from tests.conftest import FAST
+
+pytestmark = pytest.mark.slow
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_default_run_report(
+    ray_local: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    workdir = tmp_path / "work"
+    args = ["run", "--workdir", str(workdir), "--trials", "4", "--quiet"]
+    for o in FAST:
+        args += ["--set", o]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    report_dir = workdir / "report"
+    assert f"report: {report_dir / 'report.md'}" in out
+
+    md = (report_dir / "report.md").read_text(encoding="utf-8")
+    sections = re.split(r"^## ", md, flags=re.M)
+    assert [s.split("\n", 1)[0] for s in sections[1:]] == [
+        "Verdict", "Outcomes at equal compute", "Plots"
+    ]  # fmt: skip
+
+    # The table: its header, the baseline row in bold, one row per schedule.
+    assert "| " + " | ".join(TABLE_COLUMNS) + " |" in md
+    table = [ln for ln in sections[2].splitlines() if ln.startswith("|")]
+    assert table[2].startswith("| **baseline** |")
+    data = json.loads((report_dir / "report.json").read_text())
+    assert len(table) == 2 + len(data["rows"]) >= 3
+
+    # The verdict: one sentence that names the winner and its compute, or says none won.
+    verdict = data["verdict"]
+    assert verdict in out and verdict in sections[1]
+    assert re.fullmatch(
+        r"Schedule .+ reached the baseline's eval loss with [\d.]+% of its compute \(.+\)\."
+        r"( That is more compute than the baseline needed: no schedule saved compute\.)?"
+        rf"|{re.escape(NO_SCHEDULE_REACHED)}( Schedule .+ reached it in \d+ of \d+ seeds\.)?",
+        verdict,
+    ), verdict
+    assert re.search(r"^Baseline: final eval loss [\d.]+ over 1 seed\(s\)", sections[1], re.M)
+
+    # The plots: every image link resolves to a PNG beside the report.
+    links = re.findall(r"!\[([^\]]+)\]\(([^)]+)\)", sections[3])
+    assert [Path(p).stem for _, p in links] == list(PLOT_NAMES)
+    for _, rel in links:
+        png = report_dir / rel
+        assert png.is_file() and png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 5000
+
+    # report.html: the table, the verdict and the three figures, interactive and inline.
+    page = (report_dir / "report.html").read_text(encoding="utf-8")
+    assert "<table>" in page and "<th>Compute to baseline loss</th>" in page
+    assert page.count("Plotly.newPlot") == len(PLOT_NAMES)
+    assert 'src="https://cdn.plot.ly' not in page and "<script src=" not in page
+    assert len(page) > 1_000_000  # plotly.js itself is embedded
+    for name in PLOT_NAMES:
+        assert (report_dir / "plots" / f"{name}.html").is_file()
