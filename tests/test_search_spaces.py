@@ -71,7 +71,11 @@ def _ctx(n_layer: int, steps: int, **kw: Any) -> SpaceContext:
 # paper convention and a bigger budget, steps that no stage count divides with a budget
 # below the stages' own cost, and one with barely a step per layer.
 CONTEXTS = {
-    "default": SpaceContext.from_config(ExperimentConfig(), vocab_size=2048),
+    # Pinned (not the package defaults) so the expectations below stay put: L = 4, T = 120.
+    "default": SpaceContext.from_config(
+        ExperimentConfig(model=ModelConfig(n_layer=4), schedule=ScheduleConfig(baseline_steps=120)),
+        vocab_size=2048,
+    ),
     "deep-paper": _ctx(
         12, 120, convention="paper", budget_factor=1.5, base_warmup=20, family="llama"
     ),

@@ -101,8 +101,18 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def _stop(proc: subprocess.Popen[bytes], spawned: list[int]) -> None:
-    """Ctrl-C `stagetune ui` (it stops its server), then make sure nothing it started lingers."""
+def _alive_with(pid: int, marker: str) -> bool:
+    """``pid`` still runs a command line containing ``marker`` (guards against pid reuse)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return marker in cmdline and state != "Z"
+
+
+def _stop(proc: subprocess.Popen[bytes], spawned: list[int], port: int) -> list[int]:
+    """Ctrl-C `stagetune ui` (it stops its server); kill and return what it left running."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         try:
@@ -110,9 +120,14 @@ def _stop(proc: subprocess.Popen[bytes], spawned: list[int]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
-    for pid in spawned:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(_alive_with(p, str(port)) for p in spawned):
+        time.sleep(0.3)
+    leaked = [p for p in spawned if _alive_with(p, str(port))]
+    for pid in leaked:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+    return leaked
 
 
 @pytest.fixture
@@ -142,7 +157,8 @@ def ui(study: dict[str, Any], tmp_path: Path) -> Iterator[dict[str, Any]]:
         spawned = _descendants(proc.pid)
         yield {**study, "url": url, "port": port, "pid": proc.pid}
     finally:
-        _stop(proc, spawned or _descendants(proc.pid))
+        leaked = _stop(proc, spawned or _descendants(proc.pid), port)
+    assert not leaked, f"Ctrl-C on `stagetune ui` left its server running (pids {leaked})"
 
 
 def _listening_addresses(port: int) -> set[str]:

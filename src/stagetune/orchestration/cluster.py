@@ -12,6 +12,9 @@ from stagetune.errors import ConfigError
 
 __all__ = ["ClusterInfo", "check_placeable", "connect", "max_concurrent_trials"]
 
+_EPS = 1e-6
+"""Slack for float sums of resources (Ray itself counts in units of 1e-4): 3 x 0.1 fits 0.3."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class ClusterInfo:
@@ -22,6 +25,9 @@ class ClusterInfo:
     nodes: int
     max_node_cpus: float
     max_node_gpus: float
+    node_cpus: tuple[float, ...] = ()
+    """CPUs of each alive node (empty: unknown, the totals are used)."""
+    node_gpus: tuple[float, ...] = ()
 
 
 def _check_address_reachable(address: str) -> None:
@@ -64,7 +70,20 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> ClusterInfo:
             if num_cpus is not None:
                 kwargs["num_cpus"] = num_cpus
         # Workers must not re-run the project's runtime env; the package is installed.
-        ray.init(**kwargs)
+        try:
+            ray.init(**kwargs)
+        except (ConnectionError, RuntimeError) as exc:
+            if not addr:
+                raise
+            # Something answers there, but not a Ray head this driver may join (another
+            # service, another Ray version, a cluster with token authentication and no token).
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ConfigError(
+                "--address",
+                addr,
+                f"cannot join a Ray cluster there ({first}); check the head's address, its Ray "
+                "version and RAY_AUTH_TOKEN, or drop --address to run locally",
+            ) from None
     return cluster_info()
 
 
@@ -80,39 +99,63 @@ def cluster_info() -> ClusterInfo:
         nodes=len(nodes),
         max_node_cpus=max(cpus, default=0.0),
         max_node_gpus=max(gpus, default=0.0),
+        node_cpus=tuple(cpus),
+        node_gpus=tuple(gpus),
     )
 
 
 def check_placeable(res: ResourcesConfig, info: ClusterInfo) -> None:
     """Refuse a trial shape the cluster can never place (before anything starts)."""
     need_cpu = res.workers_per_trial * res.cpus_per_worker
-    if need_cpu > info.cpus:
+    if need_cpu > info.cpus + _EPS:
         raise ConfigError(
             "resources.workers_per_trial",
             res.workers_per_trial,
             f"{res.workers_per_trial} workers × {res.cpus_per_worker} CPUs need {need_cpu:g} CPUs "
             f"but the cluster has {info.cpus:g}; lower workers_per_trial or cpus_per_worker",
         )
-    if res.cpus_per_worker > info.max_node_cpus:
+    if res.cpus_per_worker > info.max_node_cpus + _EPS:
         raise ConfigError(
             "resources.cpus_per_worker",
             res.cpus_per_worker,
             f"no node has that many CPUs (largest: {info.max_node_cpus:g}); lower it",
         )
     need_gpu = res.workers_per_trial * res.gpus_per_worker
-    if need_gpu > info.gpus:
+    if need_gpu > info.gpus + _EPS:
         raise ConfigError(
             "resources.gpus_per_worker",
             res.gpus_per_worker,
             f"trials need {need_gpu:g} GPUs but the cluster has {info.gpus:g}; "
             "set gpus_per_worker=0 to train on CPUs",
         )
+    if res.gpus_per_worker > info.max_node_gpus + _EPS:
+        raise ConfigError(
+            "resources.gpus_per_worker",
+            res.gpus_per_worker,
+            f"no node has that many GPUs (largest: {info.max_node_gpus:g}); lower it",
+        )
+
+
+def _fits(capacity: float, need: float) -> int:
+    return int(capacity / need + _EPS) if need > 0 else 1 << 30
 
 
 def max_concurrent_trials(res: ResourcesConfig, info: ClusterInfo) -> int:
-    """How many trials fit side by side."""
-    by_cpu = int(info.cpus // (res.workers_per_trial * res.cpus_per_worker))
-    n = by_cpu
-    if res.gpus_per_worker > 0:
-        n = min(n, int(info.gpus // (res.workers_per_trial * res.gpus_per_worker)))
+    """How many trials fit side by side (at least 1).
+
+    A one-worker trial is one bundle, placed whole on one node, so its count is summed node by
+    node (two nodes of 1.5 CPUs hold two 1-CPU trials, not three). The workers of a larger
+    trial may spread over nodes, so the totals bound it.
+    """
+    cpw, gpw = res.cpus_per_worker, res.gpus_per_worker
+    if res.workers_per_trial == 1 and info.node_cpus:
+        gpus = info.node_gpus or (0.0,) * len(info.node_cpus)
+        n = sum(
+            min(_fits(c, cpw), _fits(g, gpw) if gpw > 0 else 1 << 30)
+            for c, g in zip(info.node_cpus, gpus, strict=True)
+        )
+    else:
+        n = _fits(info.cpus, res.workers_per_trial * cpw)
+        if gpw > 0:
+            n = min(n, _fits(info.gpus, res.workers_per_trial * gpw))
     return max(1, n)

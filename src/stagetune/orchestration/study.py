@@ -351,6 +351,8 @@ def run_study(prep: PreparedStudy, *, quiet: bool = False, address: str | None =
                 scheduler=scheduler,
                 num_samples=cfg.search.num_trials,
                 max_concurrent_trials=concurrency,
+                # A fresh trial process costs seconds of imports; trials share one shape.
+                reuse_actors=True,
             ),
             run_config=run_config,
         )
@@ -502,7 +504,7 @@ def _run_seed_repeats(
     tuner = tune.Tuner(
         _trainable(study, cfg),
         param_space={"point": tune.grid_search(repeats)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True),
         run_config=tune.RunConfig(
             name=f"{cfg.name}-seeds",
             storage_path=storage_root,

@@ -326,6 +326,8 @@ def plotly_figures(
     figs: dict[str, go.Figure] = {}
     xlabel = _axis_label(convention)
 
+    # Legend in table order (baseline first), whatever the drawing order.
+    rank = {o.schedule_key: i + 1 for i, o in enumerate(outcomes)}
     fig = go.Figure()
     marked = False
     for o, trials in _trial_groups(study, outcomes):
@@ -334,7 +336,7 @@ def plotly_figures(
             fig.add_trace(go.Scatter(
                 x=c, y=loss, mode="lines+markers",
                 name=o.label, legendgroup=o.schedule_key, showlegend=i == 0,
-                legendrank=1 if o.is_baseline else 1000,
+                legendrank=rank[o.schedule_key],
                 line={"color": colors[o.schedule_key], "width": 4 if o.is_baseline else 1.5,
                       "dash": _DASHES_PLOTLY[i % len(_DASHES_PLOTLY)]},
                 marker={"size": 4},
@@ -386,16 +388,19 @@ def plotly_figures(
 
     fig = go.Figure()
     front = pareto_front(outcomes)
+    on_front = {o.schedule_key for o in front}
     for o in outcomes:
         xv, yv = o.total_compute.mean, o.final_eval_loss.mean
         if xv is None or yv is None:
             continue
         fig.add_trace(go.Scatter(
-            x=[xv], y=[yv], mode="markers+text", name=o.label, text=[o.label],
-            textposition="top center",
-            marker={"color": colors[o.schedule_key], "size": 16 if o.is_baseline else 10,
-                    "symbol": "star" if o.is_baseline else "circle"},
-            showlegend=False,
+            x=[xv], y=[yv], mode="markers", name=o.label, legendrank=rank[o.schedule_key],
+            hovertemplate=f"{o.label}<br>total FLOPs %{{x:.3e}}<br>final eval loss "
+            "%{y:.4f}<extra></extra>",
+            marker={"color": colors[o.schedule_key], "size": 18 if o.is_baseline else 11,
+                    "symbol": "star" if o.is_baseline else "circle",
+                    "line": {"color": "black",
+                             "width": 1.5 if o.schedule_key in on_front else 0}},
         ))  # fmt: skip
     if front:
         fx, fy = _front_xy(front)
