@@ -259,6 +259,13 @@ class LoopbackCluster:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     node.proc.wait(0.1)
             time.sleep(0.3)
+        # Keep Ray's logs (workers' stdout/stderr included) for a post-mortem.
+        for logs in self.temp_dir.glob("session_*/logs"):
+            if not logs.parent.is_symlink():
+                with contextlib.suppress(OSError, shutil.Error):
+                    shutil.copytree(
+                        logs, self.logdir / f"ray-{logs.parent.name}", dirs_exist_ok=True
+                    )
         shutil.rmtree(self.temp_dir, ignore_errors=True)
         if left:
             raise RuntimeError(f"cluster processes survived SIGKILL: {sorted(left)}")

@@ -373,6 +373,8 @@ class SearchConfig:
     sampler: str = "auto"
     """Optuna sampler: ``auto`` (TPE; NSGA-II when multi-objective; brute force over the
     ``paper`` space's finite grid), ``tpe``, ``nsga2``, ``bruteforce`` or ``random``."""
+    sampler_seed: int | None = None
+    """Seed of the sampler; ``None`` uses ``train.seed`` (set it to vary the search alone)."""
     num_trials: int = 8
     """Trials including the baseline."""
     seeds: int = 1

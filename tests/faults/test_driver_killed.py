@@ -45,7 +45,7 @@ def _kill_with_orphan(cli: Cli, proc: Any, workdir: Path, timeout: float = 240) 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            out, err = cli.output("first")
+            _out, err = cli.output("first")
             pytest.fail(f"the study ended (rc {proc.returncode}) before the fault:\n{err[-3000:]}")
         runs = mlflow_trial_runs_sqlite(db) or {}
         snap = snapshot_trials(exp_dir)

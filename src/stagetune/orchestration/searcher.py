@@ -11,7 +11,7 @@ After a driver crash the two disagree in two ways:
   ``stagetune_status=interrupted`` before the search resumes.
 
 Budget rule (documented in ``tests/faults/README.md``): a study asks Optuna for at most
-``search.num_trials`` trials in total, over all its runs. Every asked trial counts, whatever
+``search.num_trials`` trials in total over a run and all its resumes. Every asked trial counts, whatever
 its end (finished, stopped, diverged, failed, interrupted), except an interrupted *baseline*
 trial: the baseline is enqueued again (every comparison needs it) and its interrupted attempt
 does not count. So a resumed study samples only what is left, never one trial too many.
@@ -43,6 +43,7 @@ __all__ = [
     "STATUS_INTERRUPTED",
     "ReconcileResult",
     "ResumableOptunaSearch",
+    "counts_against_budget",
     "ensure_baseline",
     "reconcile_optuna",
     "trial_params",
@@ -125,11 +126,19 @@ class ResumableOptunaSearch(OptunaSearch):
             # User attributes can only be written while the trial runs: before ``tell``.
             with contextlib.suppress(UpdateFinishedTrialError):
                 ot_trial.set_user_attr(ATTR_STATUS, status)
+            study: Any = self._ot_study
             if status == STATUS_DIVERGED:
                 # A NaN loss is no objective value: FAIL (Optuna would too, with a warning).
-                study: Any = self._ot_study
                 with contextlib.suppress(UpdateFinishedTrialError):
                     study.tell(ot_trial, state=TrialState.FAIL)
+                self._completed_trials.add(trial_id)
+                return
+            if status == STATUS_STOPPED and not isinstance(self.metric, list):
+                # Stopped by ASHA: its last loss was measured at less compute than a finished
+                # trial's. As COMPLETE it would teach TPE that late-blooming schedules (long
+                # continual phases) are bad; PRUNED keeps only its intermediate values.
+                with contextlib.suppress(UpdateFinishedTrialError):
+                    study.tell(ot_trial, state=TrialState.PRUNED)
                 self._completed_trials.add(trial_id)
                 return
         try:

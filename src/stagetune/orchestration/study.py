@@ -23,6 +23,7 @@ from stagetune.orchestration.cluster import check_placeable, connect, max_concur
 from stagetune.orchestration.searcher import (
     STATUS_INTERRUPTED,
     ResumableOptunaSearch,
+    counts_against_budget,
     ensure_baseline,
     reconcile_optuna,
 )
@@ -137,7 +138,7 @@ def make_sampler(cfg: ExperimentConfig, space: SearchSpace, ctx: SpaceContext) -
     """The seeded Optuna sampler for ``cfg.search.sampler`` (``auto`` picks by space/objectives)."""
     import optuna
 
-    seed = cfg.train.seed
+    seed = cfg.search.sampler_seed if cfg.search.sampler_seed is not None else cfg.train.seed
     choice = cfg.search.sampler
     if choice == "auto":
         if cfg.search.multi_objective:
@@ -153,8 +154,9 @@ def make_sampler(cfg: ExperimentConfig, space: SearchSpace, ctx: SpaceContext) -
         return optuna.samplers.BruteForceSampler(seed=seed)
     if choice == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    # constant_liar: concurrent trials should not all be drawn next to the same running one.
     return optuna.samplers.TPESampler(
-        seed=seed, n_startup_trials=max(2, cfg.search.num_trials // 3)
+        seed=seed, n_startup_trials=max(2, cfg.search.num_trials // 3), constant_liar=True
     )
 
 
@@ -288,7 +290,7 @@ def run_study(prep: PreparedStudy, *, quiet: bool = False, address: str | None =
             sampler=sampler,
             study_name=cfg.name,
             storage=storage,
-            max_trials=cfg.search.num_trials,
+            max_trials=cfg.search.num_trials + asked_before,
         )
 
     searcher: Any = None
@@ -333,6 +335,16 @@ def run_study(prep: PreparedStudy, *, quiet: bool = False, address: str | None =
         snapshot=_snapshot_trials(exp_uri) if restore else {},
     )
     trainable = _trainable(study, cfg, replay)
+    # num_trials is the study's budget over all its resumed runs; a fresh run in a work
+    # directory whose study already holds trials adds num_trials to them (as it always did).
+    asked_before = 0
+    if not prep.resume:
+        asked_before = sum(
+            counts_against_budget(t)
+            for t in optuna.load_study(study_name=cfg.name, storage=storage).get_trials(
+                deepcopy=False
+            )
+        )
     if restore:
         # Errored trials stay errored (Optuna holds them as FAIL); unfinished ones continue
         # from their newest valid checkpoint.
@@ -404,7 +416,7 @@ def _reconcile(
     """Make Optuna and MLflow agree with the Tune experiment that is about to run.
 
     A fresh study is created in Optuna with the baseline enqueued. On resume, trials that ran
-    when the driver died but are unknown to Tune's snapshot (``known``) are closed: their Optuna
+    when the driver died but are unknown to Tune's ``snapshot`` are closed: their Optuna
     trial becomes FAIL (``stagetune_status=interrupted``) and their MLflow run ``failed`` with
     tag ``stagetune.interrupted=true`` (or the status Optuna recorded, when the trial finished
     but its end never reached MLflow). The baseline is enqueued again only if no attempt of it

@@ -620,9 +620,9 @@ def build_report(
         StagetuneError: see :func:`~stagetune.results.analysis.load_study`.
     """
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     results = load_study(tracking_uri, experiment, study=study)
     outcomes = compute_matched(results, convention=convention)
+    out.mkdir(parents=True, exist_ok=True)  # only once there is something to report
     plot_files = write_plots(results, outcomes, out / "plots", convention=convention,
                              html=html_plots)  # fmt: skip
     paths: dict[str, Path] = {

@@ -12,12 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
-__all__ = ["WORKER_FILE", "LocalSession", "Session", "TrainWorkerSession", "TuneSession"]
-
-WORKER_FILE = "worker.json"
-"""Written into a Ray session's checkpoint root when it starts: ``{node_id, worker_pid, rank}``
-of the process training there (the newest one, after a restart). It tells an operator (or a
-fault test) which process on which node to inspect without Ray's state API."""
+__all__ = ["LocalSession", "Session", "TrainWorkerSession", "TuneSession"]
 
 
 class Session(Protocol):
@@ -45,13 +40,6 @@ def _placement() -> dict[str, Any]:
     import ray
 
     return {"node_id": ray.get_runtime_context().get_node_id(), "worker_pid": os.getpid()}
-
-
-def _announce(root: Path, placement: dict[str, Any], rank: int) -> None:
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{WORKER_FILE}.{os.getpid()}"
-    tmp.write_text(json.dumps({**placement, "rank": rank}), encoding="utf-8")
-    os.replace(tmp, root / WORKER_FILE)
 
 
 def _local_history(root: Path) -> list[Path]:
@@ -98,7 +86,6 @@ class TuneSession:
         trial_dir = Path(tune.get_context().get_trial_dir())
         self._root = trial_dir / "stagetune_checkpoints"
         self._placement = _placement()
-        _announce(self._root, self._placement, self.rank)
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         ckpt = self._tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
@@ -129,7 +116,6 @@ class TrainWorkerSession:
         self.world_size = ctx.get_world_size()
         self._root = Path(local_root) / f"rank{self.rank}"
         self._placement = _placement()
-        _announce(self._root, self._placement, self.rank)
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         ckpt = None

@@ -1,0 +1,293 @@
+"""Security: loopback-only servers, names that cannot become paths elsewhere, checkpoints and
+YAML that cannot run code."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from stagetune.cli import main
+from stagetune.errors import ConfigError
+from tests.conftest import FAST
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "stagetune"
+
+
+def _fast_args() -> list[str]:
+    return [a for o in FAST for a in ("--set", o)]
+
+
+# ---------------------------------------------------------------------------------------------
+# servers bind to 127.0.0.1 unless a host is passed
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Addresses with a socket in LISTEN state on ``port`` (from /proc/net/tcp and tcp6)."""
+    found: set[str] = set()
+    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local, state = fields[1], fields[3]
+                ip_hex, port_hex = local.split(":")
+                if state != "0A" or int(port_hex, 16) != port:
+                    continue
+                raw = bytes.fromhex(ip_hex)
+                # The kernel prints each 32-bit word in host (little-endian) order.
+                raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+                found.add(socket.inet_ntop(family, raw))
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A work directory holding a small MLflow SQLite store."""
+    from stagetune.results import MlflowTracker
+
+    work = tmp_path_factory.mktemp("ui") / "work"
+    tr = MlflowTracker(f"sqlite:///{work / 'mlflow.db'}", "sec", spool_dir=work / "spool")
+    tr.start_study(study_name="sec", params={}, tags={})
+    tr.end_study()
+    return work
+
+
+@contextlib.contextmanager
+def _ui(store: Path, *extra: str) -> Iterator[int]:
+    """``stagetune ui`` as a subprocess (own process group); yields its port once it listens."""
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stagetune.cli", "ui", "--workdir", str(store), "--port",
+         str(port), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not listening_addresses(port):
+            assert proc.poll() is None, proc.communicate()[0].decode(errors="replace")[-2000:]
+            assert time.monotonic() < deadline, "the UI never listened"
+            time.sleep(0.3)
+        yield port
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(20)
+
+
+def test_ui_listens_on_loopback_only_by_default(store: Path) -> None:
+    with _ui(store) as port:
+        assert listening_addresses(port) == {"127.0.0.1"}
+
+
+@pytest.mark.slow
+def test_ui_listens_where_asked(store: Path) -> None:
+    with _ui(store, "--host", "0.0.0.0") as port:
+        assert listening_addresses(port) == {"0.0.0.0"}
+
+
+def test_start_ui_defaults_to_loopback(store: Path) -> None:
+    from stagetune.results import start_ui
+
+    with start_ui(f"sqlite:///{store / 'mlflow.db'}", port=0) as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        assert server.url.startswith("http://127.0.0.1:")
+        assert listening_addresses(port) == {"127.0.0.1"}
+
+
+def test_ray_dashboard_is_not_started_for_local_runs() -> None:
+    # connect() starts a local Ray instance without its dashboard (an HTTP server on 0.0.0.0
+    # by default in some Ray versions).
+    text = (SRC / "orchestration" / "cluster.py").read_text()
+    assert 'kwargs["include_dashboard"] = False' in text
+
+
+# ---------------------------------------------------------------------------------------------
+# names never become paths outside their directory
+
+BAD_NAMES = ["../evil", "a/b", "..", ".hidden", "a\\b", "x" * 129, "", "nul\x00byte", "~root"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES, ids=[repr(n)[:20] for n in BAD_NAMES])
+@pytest.mark.parametrize("field", ["name", "tracking.experiment"])
+def test_study_and_experiment_names_are_validated_before_use(
+    name: str, field: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    work = tmp_path / "deep" / "work"
+    config = tmp_path / "c.yaml"
+    import yaml
+
+    section, _, key = field.rpartition(".")
+    config.write_text(yaml.safe_dump({section: {key: name}} if section else {key: name}))
+    assert main(["run", "--config", str(config), "--workdir", str(work), *_fast_args()]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and f"{field}=" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["c.yaml"]
+
+
+def test_report_and_tracker_names_are_validated(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    from stagetune.results import MlflowTracker
+
+    assert main(["report", "--workdir", str(tmp_path / "w"), "--experiment", "../../etc"]) == 2
+    assert "--experiment='../../etc'" in capsys.readouterr().err
+    with pytest.raises(ConfigError):
+        MlflowTracker(f"sqlite:///{tmp_path / 'm.db'}", "../x", spool_dir=tmp_path / "spool")
+    tr = MlflowTracker(f"sqlite:///{tmp_path / 'm.db'}", "ok", spool_dir=tmp_path / "spool")
+    with pytest.raises(ConfigError):
+        tr.start_study(study_name="a/b", params={}, tags={})
+    tr.start_study(study_name="s", params={}, tags={})
+    for bad in ("../t", "a/b", "_study"):  # trial ids name spool files
+        with pytest.raises(ConfigError):
+            tr.start_trial(trial_id=bad, params={}, tags={})
+    assert not (tmp_path / "x").exists() and not (tmp_path.parent / "t.jsonl").exists()
+
+
+def test_tampered_study_file_name_is_refused_on_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from stagetune.config import config_to_dict, load_config
+
+    work = tmp_path / "work"
+    work.mkdir()
+    data = config_to_dict(load_config())
+    data["name"] = "../../escaped"
+    (work / "study.json").write_text(json.dumps(data))
+    assert main(["run", "--resume", "--workdir", str(work)]) == 2
+    assert "name='../../escaped'" in capsys.readouterr().err
+    assert not (tmp_path.parent / "escaped").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints load with weights_only=True
+
+
+class _Payload:
+    """Unpickling this creates a directory: proof that code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.mkdir, (str(self.marker),))
+
+
+def _poison(ckpt: Path, marker: Path) -> None:
+    """Replace the optimizer state by a pickled payload and rewrite the manifest to match
+    (whoever can write the file can write its checksum too)."""
+    from stagetune.trainables.checkpoint import write_manifest
+
+    torch.save({"state": {}, "param_groups": [], "evil": _Payload(marker)}, ckpt / "optimizer.pt")
+    write_manifest(ckpt)
+
+
+def _train_with_checkpoints(fast_config: Any, out: Path) -> Any:
+    from stagetune.data import prepare_data
+    from stagetune.schedule import build_schedule
+    from stagetune.trainables.loop import StagedTrainer
+    from stagetune.trainables.session import LocalSession
+    from stagetune.trainables.spec import TrialSpec
+
+    cfg = fast_config("schedule.baseline_steps=12", "train.checkpoint_every=4")
+    vocab = prepare_data(cfg.data).vocab_size
+    spec = TrialSpec(config=cfg, schedule=build_schedule(cfg, vocab_size=vocab), lr=cfg.train.lr,
+                     warmup_steps=0, seed=0, vocab_size=vocab, is_baseline=True)  # fmt: skip
+    StagedTrainer(spec, LocalSession(out)).run()
+    return spec
+
+
+def test_pickled_object_in_checkpoint_is_refused(fast_config: Any, tmp_path: Path) -> None:
+    from stagetune.trainables.checkpoint import CorruptCheckpointError, read_checkpoint
+    from stagetune.trainables.loop import StagedTrainer
+    from stagetune.trainables.session import LocalSession
+
+    out = tmp_path / "run"
+    spec = _train_with_checkpoints(fast_config, out)
+    ckpts = sorted((out / "checkpoints").glob("step_*"))
+    marker = tmp_path / "code-ran"
+    _poison(ckpts[-1], marker)
+
+    with pytest.raises(CorruptCheckpointError, match=r"optimizer.pt refused .*weights_only=True"):
+        read_checkpoint(ckpts[-1])
+    assert not marker.exists()
+    # A resume skips it like any corrupt checkpoint and takes the previous good one...
+    trainer = StagedTrainer(spec, LocalSession(out))
+    trainer.run()
+    assert trainer.resumed_from_step == 8 and not marker.exists()
+    # ...and with nothing else left it refuses to go on, without running the payload.
+    for c in sorted((out / "checkpoints").glob("step_*")):
+        _poison(c, marker)
+    with pytest.raises(CorruptCheckpointError, match="no valid checkpoint left"):
+        StagedTrainer(spec, LocalSession(out)).run()
+    assert not marker.exists()
+
+
+def test_every_torch_load_is_weights_only() -> None:
+    calls = []
+    for f in SRC.rglob("*.py"):
+        text = f.read_text()
+        for m in re.finditer(r"torch\.load\(", text):
+            depth, i = 1, m.end()
+            while depth:
+                depth += {"(": 1, ")": -1}.get(text[i], 0)
+                i += 1
+            calls.append((f.name, text[m.start() : i]))
+    assert calls, "expected the checkpoint loader"
+    for name, call in calls:
+        assert "weights_only=True" in call, (name, call)
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML through safe_load
+
+
+def test_python_yaml_tags_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "code-ran"
+    config = tmp_path / "evil.yaml"
+    config.write_text(f"name: !!python/object/apply:os.mkdir ['{marker}']\n")
+    assert main(["estimate", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err
+    assert "unsupported YAML tag at line 1" in lines[0] and "python/object/apply:os.mkdir" in lines[0]
+    assert not marker.exists()
+    # The same through --set: the value stays a plain string and is refused as a name.
+    assert main(["estimate", "--set", f"name=!!python/object/apply:os.mkdir ['{marker}']"]) == 2
+    assert "name=" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_no_unsafe_yaml_loader_in_the_code() -> None:
+    for f in SRC.rglob("*.py"):
+        text = f.read_text()
+        assert "yaml.load(" not in text and "unsafe_load" not in text and "FullLoader" not in text, f
