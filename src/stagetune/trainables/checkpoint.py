@@ -87,7 +87,9 @@ def read_checkpoint(directory: Path) -> tuple[dict[str, Any], dict[str, Any], Pa
     try:
         state = json.loads((directory / STATE).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptCheckpointError(f"checkpoint {directory}: unreadable {STATE} ({exc})") from None
+        raise CorruptCheckpointError(
+            f"checkpoint {directory}: unreadable {STATE} ({exc})"
+        ) from None
     if not isinstance(state, dict) or not isinstance(state.get("step"), int):
         raise CorruptCheckpointError(f"checkpoint {directory}: {STATE} holds no step counter")
     try:

@@ -172,6 +172,19 @@ class StagedTrainer:
                 return i
         return len(self.phases) - 1
 
+    def _check_ranks_agree(self) -> None:
+        """Every rank must resume from the same step: DDP would otherwise pair different
+        steps' gradients, and the ranks hang once one of them finishes."""
+        if self.world_size == 1:
+            return
+        steps = torch.tensor([self.step, -self.step], dtype=torch.float64, device=self.device)
+        dist.all_reduce(steps, op=dist.ReduceOp.MAX)
+        hi, lo = int(steps[0]), -int(steps[1])
+        if hi != lo:
+            raise CorruptCheckpointError(
+                f"ranks resumed from different steps ({lo}..{hi}); their checkpoints disagree"
+            )
+
     def _enter_phase(self, index: int, *, fresh: bool) -> None:
         """Grow, reconfigure and (by policy) reset the optimizer for phase ``index``.
 
@@ -532,6 +545,7 @@ class StagedTrainer:
     def run(self) -> TrainResult:
         """Train the whole schedule (resuming from the session's latest valid checkpoint)."""
         self._restore()
+        self._check_ranks_agree()
         interval = self.spec.eval_interval_flops
         index = self._phase_at(self.step)
         # A checkpoint taken at a phase boundary resumes by entering the next phase afresh

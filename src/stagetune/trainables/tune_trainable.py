@@ -16,7 +16,6 @@ import torch
 
 from stagetune.config import ExperimentConfig, config_from_dict, config_to_dict
 from stagetune.search_spaces import SpaceContext, get_search_space
-from stagetune.trainables.loop import StagedTrainer
 from stagetune.trainables.session import TrainWorkerSession, TuneSession
 from stagetune.trainables.spec import TrialSpec
 
@@ -78,6 +77,8 @@ def train_trial(config: dict[str, Any], study: StudyContext) -> None:
     res = spec.config.resources
     if res.workers_per_trial == 1:
         _threads(res.cpus_per_worker)
+        from stagetune.trainables.loop import StagedTrainer
+
         StagedTrainer(spec, TuneSession()).run()
         return
     _run_torch_trainer(spec, study, trial_id=ctx.get_trial_id())
@@ -93,6 +94,8 @@ def train_worker_loop(loop_config: dict[str, Any]) -> None:
         import ray.train.torch
 
         device = ray.train.torch.get_device()
+    from stagetune.trainables.loop import StagedTrainer
+
     StagedTrainer(spec, session, device=device).run()
 
 
@@ -101,6 +104,10 @@ def _run_torch_trainer(spec: TrialSpec, study: StudyContext, *, trial_id: str) -
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    # Ray Train's controller polls workers every 2 s by default and a worker's report waits
+    # for that poll: seconds per evaluation on short CPU trials. Ray Train propagates this
+    # variable to its controller and workers.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
     res = spec.config.resources
     use_gpu = res.gpus_per_worker > 0
     per_worker: dict[str, float] = {"CPU": res.cpus_per_worker}
