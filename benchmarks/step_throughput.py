@@ -130,15 +130,7 @@ class Variant:
 
 
 def _spec(cfg: ExperimentConfig, schedule: Schedule, vocab_size: int) -> TrialSpec:
-    return TrialSpec(
-        config=cfg,
-        schedule=schedule,
-        lr=cfg.train.lr,
-        warmup_steps=cfg.train.warmup_steps,
-        seed=cfg.train.seed,
-        vocab_size=vocab_size,
-        is_baseline=schedule.is_baseline,
-    )
+    return TrialSpec.from_config(cfg, schedule=schedule, vocab_size=vocab_size)
 
 
 def _enter(trainer: StagedTrainer, index: int) -> None:

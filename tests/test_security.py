@@ -75,8 +75,17 @@ def _ui(store: Path, *extra: str) -> Iterator[int]:
     port = _free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stagetune.cli", "ui", "--workdir", str(store), "--port",
-         str(port), *extra],
+        [
+            sys.executable,
+            "-m",
+            "stagetune.cli",
+            "ui",
+            "--workdir",
+            str(store),
+            "--port",
+            str(port),
+            *extra,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env,
@@ -218,8 +227,9 @@ def _train_with_checkpoints(fast_config: Any, out: Path) -> Any:
 
     cfg = fast_config("schedule.baseline_steps=12", "train.checkpoint_every=4")
     vocab = prepare_data(cfg.data).vocab_size
-    spec = TrialSpec(config=cfg, schedule=build_schedule(cfg, vocab_size=vocab), lr=cfg.train.lr,
-                     warmup_steps=0, seed=0, vocab_size=vocab, is_baseline=True)  # fmt: skip
+    spec = TrialSpec.from_config(
+        cfg, schedule=build_schedule(cfg, vocab_size=vocab), vocab_size=vocab
+    )
     StagedTrainer(spec, LocalSession(out)).run()
     return spec
 
@@ -279,7 +289,9 @@ def test_python_yaml_tags_are_refused(tmp_path: Path, capsys: pytest.CaptureFixt
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err
-    assert "unsupported YAML tag at line 1" in lines[0] and "python/object/apply:os.mkdir" in lines[0]
+    assert (
+        "unsupported YAML tag at line 1" in lines[0] and "python/object/apply:os.mkdir" in lines[0]
+    )
     assert not marker.exists()
     # The same through --set: the value stays a plain string and is refused as a name.
     assert main(["estimate", "--set", f"name=!!python/object/apply:os.mkdir ['{marker}']"]) == 2
@@ -290,4 +302,6 @@ def test_python_yaml_tags_are_refused(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_no_unsafe_yaml_loader_in_the_code() -> None:
     for f in SRC.rglob("*.py"):
         text = f.read_text()
-        assert "yaml.load(" not in text and "unsafe_load" not in text and "FullLoader" not in text, f
+        assert (
+            "yaml.load(" not in text and "unsafe_load" not in text and "FullLoader" not in text
+        ), f

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -23,15 +24,8 @@ from stagetune.trainables.spec import TrialSpec
 def _spec(cfg: Any, *, lr: float | None = None) -> TrialSpec:
     prepared = prepare_data(cfg.data)
     schedule = build_schedule(cfg, vocab_size=prepared.vocab_size)
-    return TrialSpec(
-        config=cfg,
-        schedule=schedule,
-        lr=lr or cfg.train.lr,
-        warmup_steps=cfg.train.warmup_steps,
-        seed=cfg.train.seed,
-        vocab_size=prepared.vocab_size,
-        is_baseline=schedule.is_baseline,
-    )
+    spec = TrialSpec.from_config(cfg, schedule=schedule, vocab_size=prepared.vocab_size)
+    return dataclasses.replace(spec, lr=lr) if lr else spec
 
 
 class _Interrupt(Exception):

@@ -236,16 +236,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     prepared = prepare_data(cfg.data)
     vocab = cfg.model.vocab_size or prepared.vocab_size
     schedule = build_schedule(cfg, vocab_size=vocab)
-    spec = TrialSpec(
-        config=cfg,
-        schedule=schedule,
-        lr=cfg.train.lr,
-        warmup_steps=cfg.train.warmup_steps,
-        seed=cfg.train.seed,
-        vocab_size=vocab,
-        is_baseline=schedule.is_baseline,
-        trial_name=cfg.name,
-    )
+    spec = TrialSpec.from_config(cfg, schedule=schedule, vocab_size=vocab)
     if cfg.resources.workers_per_trial > 1:
         result = _train_distributed(spec, out)
     else:
@@ -512,7 +503,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
     name, uri = _study_name_from_workdir(workdir)
     tracking_uri = args.tracking_uri or uri or f"sqlite:///{workdir / 'mlflow.db'}"
     server = start_ui(tracking_uri, host=args.host, port=args.port, wait=True)
-    print(f"MLflow UI: {server.url}  (experiment: {name or 'see the list'}); Ctrl-C stops it", flush=True)
+    print(
+        f"MLflow UI: {server.url}  (experiment: {name or 'see the list'}); Ctrl-C stops it",
+        flush=True,
+    )
     try:
         if server.process is not None:
             server.process.wait()

@@ -53,9 +53,7 @@ class _DyingSession(LocalSession):
 def _spec(cfg: Any) -> TrialSpec:
     prepared = prepare_data(cfg.data)
     schedule = build_schedule(cfg, vocab_size=prepared.vocab_size)
-    return TrialSpec(config=cfg, schedule=schedule, lr=cfg.train.lr,
-                     warmup_steps=cfg.train.warmup_steps, seed=cfg.train.seed,
-                     vocab_size=prepared.vocab_size, is_baseline=schedule.is_baseline)  # fmt: skip
+    return TrialSpec.from_config(cfg, schedule=schedule, vocab_size=prepared.vocab_size)
 
 
 def corrupt(ckpt: Path, how: str) -> None:

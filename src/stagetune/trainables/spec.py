@@ -52,6 +52,23 @@ class TrialSpec:
         """Evaluations sit at multiples of this, identical for every schedule of a study."""
         return self.budget_flops / self.config.train.eval_points
 
+    @classmethod
+    def from_config(
+        cls, cfg: ExperimentConfig, *, schedule: Schedule, vocab_size: int
+    ) -> TrialSpec:
+        """The spec of training ``schedule`` with the config's own lr, warmup and seed
+        (``stagetune train``; a search builds its specs from the sampled params instead)."""
+        return cls(
+            config=cfg,
+            schedule=schedule,
+            lr=cfg.train.lr,
+            warmup_steps=cfg.train.warmup_steps,
+            seed=cfg.train.seed,
+            vocab_size=vocab_size,
+            is_baseline=schedule.is_baseline,
+            trial_name=cfg.name,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "config": config_to_dict(self.config),
