@@ -219,7 +219,7 @@ class TrainConfig:
     """Global sequences per optimizer step (across workers and accumulation micro-steps)."""
     grad_accum: int = 1
     """Micro-steps per optimizer step on each worker."""
-    lr: float = 3e-3
+    lr: float = 1e-3
     """Peak learning rate."""
     lr_schedule: str = "constant"
     """``constant`` (the paper), ``cosine`` (warmup + cosine) or ``wsd`` (warmup-stable-decay)."""
@@ -664,7 +664,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper-tiny": {
         "name": "stagetune-paper-tiny",
         "model": {"n_layer": 4},
-        "train": {"lr": 3e-3, "lr_schedule": "constant", "warmup_steps": 0},
+        "train": {"lr": 1e-3, "lr_schedule": "constant", "warmup_steps": 0},
         "schedule": {"growth": "random", "freeze_policy": "paper", "phase1_fraction": 0.5},
         "search": {
             "space": "paper",

@@ -70,8 +70,14 @@ class TrialLedger:
             return STATUS_FINISHED
         return STATUS_STOPPED
 
-    def best_matched(self) -> tuple[str, float, float] | None:
-        """(trial, eval loss at the baseline's compute, baseline's final loss) of the best trial."""
+    def best_matched(self) -> tuple[str, float, float, float] | None:
+        """The trial with the lowest loss relative to the baseline at equal compute:
+        (trial, its eval loss, the baseline's eval loss, the FLOPs compared at).
+
+        Compared at min(trial's compute, baseline's compute): budget-matched schedules end a
+        step or so short of the baseline's compute, and a trial stopped early is compared
+        where it stopped. None until the baseline has finished.
+        """
         with self.lock:
             bases = [
                 t
@@ -81,16 +87,22 @@ class TrialLedger:
             if not bases:
                 return None
             b = bases[0]
-            b_flops, b_loss = self.curves[b][-1]
-            best: tuple[str, float, float] | None = None
+            bx = np.array([c[0] for c in self.curves[b]])
+            by = np.array([c[1] for c in self.curves[b]])
+            best: tuple[str, float, float, float] | None = None
             for t, curve in self.curves.items():
-                if t == b or not curve or curve[-1][0] < b_flops * (1 - 1e-9):
+                if t == b or not curve:
                     continue
                 xs = np.array([c[0] for c in curve])
                 ys = np.array([c[1] for c in curve])
-                at = float(np.interp(b_flops, xs, ys))
-                if best is None or at < best[1]:
-                    best = (t, at, b_loss)
+                at = min(float(xs[-1]), float(bx[-1]))
+                if at < max(xs[0], bx[0]):
+                    continue  # no overlap on the compute axis yet
+                mine, base = float(np.interp(at, xs, ys)), float(np.interp(at, bx, by))
+                if best is None or mine - base < best[1] - best[2]:
+                    best = (t, mine, base, at)
+            if best is None:
+                return (b, float(by[-1]), float(by[-1]), float(bx[-1]))
             return best
 
 
@@ -114,7 +126,13 @@ class MlflowCallback(Callback):
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its RunConfig (with the callbacks) into the experiment directory; live
         # clients and closures stay behind, and --resume installs fresh callbacks.
-        return {"tracker": self.tracker, "ledger": self.ledger, "_describe": None, "_on_complete": None, "_started": set()}
+        return {
+            "tracker": self.tracker,
+            "ledger": self.ledger,
+            "_describe": None,
+            "_on_complete": None,
+            "_started": set(),
+        }
 
     def _ensure_started(self, trial: Any) -> None:
         if trial.trial_id in self._started:
@@ -179,11 +197,13 @@ class ProgressCallback(Callback):
         stopped = statuses.count(STATUS_STOPPED)
         bad = statuses.count(STATUS_DIVERGED) + statuses.count(STATUS_FAILED)
         best = self.ledger.best_matched()
-        best_txt = (
-            f"best at baseline compute: {best[1]:.4f} (baseline {best[2]:.4f})"
-            if best
-            else "best: waiting for the baseline"
-        )
+        if best is None:
+            best_txt = "best: waiting for the baseline to finish"
+        else:
+            best_txt = (
+                f"best at equal compute: {best[1]:.4f} vs baseline {best[2]:.4f} "
+                f"({best[1] - best[2]:+.4f} at {best[3]:.3g} FLOPs)"
+            )
         pct = 100.0 * spent / self.planned if self.planned else 0.0
         return (
             f"[stagetune] trials {done} done, {running} running, {stopped} stopped, {bad} diverged/failed "
