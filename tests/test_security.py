@@ -106,6 +106,11 @@ def _ui(store: Path, *extra: str) -> Iterator[int]:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(20)
+        # SIGTERM to `stagetune ui` must also stop the server it started (own process group).
+        deadline = time.monotonic() + 20
+        while listening_addresses(port) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert not listening_addresses(port), "stagetune ui left its mlflow server running"
 
 
 def test_ui_listens_on_loopback_only_by_default(store: Path) -> None:

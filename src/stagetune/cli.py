@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -502,7 +503,19 @@ def cmd_ui(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir).expanduser().resolve()
     name, uri = _study_name_from_workdir(workdir)
     tracking_uri = args.tracking_uri or uri or f"sqlite:///{workdir / 'mlflow.db'}"
-    server = start_ui(tracking_uri, host=args.host, port=args.port, wait=True)
+
+    def _interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # The server runs in its own process group: stop it on SIGTERM too, and take Ctrl-C even
+    # when a non-interactive shell started us with SIGINT ignored. Installed before the
+    # server starts, so an early signal also reaches start_ui's clean-up.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        server = start_ui(tracking_uri, host=args.host, port=args.port, wait=True)
+    except KeyboardInterrupt:
+        return 130
     print(
         f"MLflow UI: {server.url}  (experiment: {name or 'see the list'}); Ctrl-C stops it",
         flush=True,

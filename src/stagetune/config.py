@@ -726,7 +726,9 @@ def load_config(
         try:
             loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
         except UnicodeDecodeError:
-            raise ConfigError("config", str(path), "not a UTF-8 text file; pass a YAML file") from None
+            raise ConfigError(
+                "config", str(path), "not a UTF-8 text file; pass a YAML file"
+            ) from None
         except yaml.constructor.ConstructorError as exc:
             # safe_load builds plain data only: tags such as !!python/object are refused.
             mark = getattr(exc, "problem_mark", None)

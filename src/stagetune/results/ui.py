@@ -77,8 +77,9 @@ def _family(host: str) -> socket.AddressFamily:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError):
         raise ConfigError(
-            "ui.host", host, "not a resolvable address; use 127.0.0.1 (the default) or an "
-            "address of this machine"
+            "ui.host",
+            host,
+            "not a resolvable address; use 127.0.0.1 (the default) or an address of this machine",
         ) from None
     return infos[0][0]
 
@@ -91,8 +92,10 @@ def _port_in_use(host: str, port: int) -> bool:
         except OSError as exc:
             if exc.errno == errno.EADDRNOTAVAIL:
                 raise ConfigError(
-                    "ui.host", host, "not an address of this machine; use 127.0.0.1 (the "
-                    "default) or one of this machine's addresses"
+                    "ui.host",
+                    host,
+                    "not an address of this machine; use 127.0.0.1 (the "
+                    "default) or one of this machine's addresses",
                 ) from None
             return True
     return False
@@ -195,15 +198,20 @@ def start_ui(
     if not wait:
         return server
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise StagetuneError(
-                f"mlflow server exited with code {proc.returncode}: {_tail(log_path)} "
-                f"(log: {log_path})"
-            )
-        if _answers(server.url):
-            return server
-        time.sleep(0.3)
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise StagetuneError(
+                    f"mlflow server exited with code {proc.returncode}: {_tail(log_path)} "
+                    f"(log: {log_path})"
+                )
+            if _answers(server.url):
+                return server
+            time.sleep(0.3)
+    except BaseException:
+        # Interrupted while waiting (Ctrl-C, SIGTERM): the server must not outlive us.
+        server.stop()
+        raise
     server.stop()
     raise StagetuneError(
         f"mlflow server did not answer at {server.url} within {timeout:.0f} s (log: {log_path})"
