@@ -31,6 +31,7 @@ from typing import Any, Final
 
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
+from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
@@ -41,6 +42,7 @@ __all__ = [
     "ATTR_STATUS",
     "ATTR_TRIAL_ID",
     "STATUS_INTERRUPTED",
+    "BaselineKeepingASHA",
     "ReconcileResult",
     "ResumableOptunaSearch",
     "counts_against_budget",
@@ -213,3 +215,18 @@ def ensure_baseline(
         return False
     study.enqueue_trial(baseline_point, user_attrs={ATTR_BASELINE: True})
     return True
+
+
+class BaselineKeepingASHA(AsyncHyperBandScheduler):
+    """ASHA on FLOPs that never stops the study's baseline.
+
+    The baseline is the reference of every compute-matched outcome: it must train to its end
+    even when a rung ranks it low. Its results still enter the rungs, so it sets the bar for
+    the other trials.
+    """
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        action = super().on_trial_result(tune_controller, trial, result)
+        if result.get("is_baseline"):
+            return str(TrialScheduler.CONTINUE)
+        return str(action)

@@ -22,6 +22,7 @@ from stagetune.orchestration.callbacks import MlflowCallback, ProgressCallback, 
 from stagetune.orchestration.cluster import check_placeable, connect, max_concurrent_trials
 from stagetune.orchestration.searcher import (
     STATUS_INTERRUPTED,
+    BaselineKeepingASHA,
     ResumableOptunaSearch,
     counts_against_budget,
     ensure_baseline,
@@ -233,7 +234,6 @@ def run_study(prep: PreparedStudy, *, quiet: bool = False, address: str | None =
     """Launch (or resume) the search, then the seed repeats; returns where results are."""
     import optuna
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     cfg, paths = prep.config, prep.paths
     info = connect(address or cfg.resources.address)
@@ -297,7 +297,7 @@ def run_study(prep: PreparedStudy, *, quiet: bool = False, address: str | None =
     max_flops = prep.ctx.budget_flops * (1.0 + prep.space.max_continual_multiple) * 1.05 + 1.0
     scheduler = None
     if cfg.search.early_stopping and not multi:
-        scheduler = ASHAScheduler(
+        scheduler = BaselineKeepingASHA(
             time_attr=FLOPS,
             metric=METRIC,
             mode="min",
