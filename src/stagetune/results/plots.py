@@ -54,6 +54,15 @@ class PlotFiles:
         return [*self.png.values(), *self.html.values()]
 
 
+def _pareto_points(outcomes: Sequence[Outcome]) -> list[tuple[Outcome, float, float]]:
+    """(outcome, mean total compute, mean final eval loss) of the outcomes that have both."""
+    return [
+        (o, o.total_compute.mean, o.final_eval_loss.mean)
+        for o in outcomes
+        if o.total_compute.mean is not None and o.final_eval_loss.mean is not None
+    ]
+
+
 def _axis_label(convention: str) -> str:
     return f"training compute (FLOPs, {convention} convention)"
 
@@ -282,10 +291,7 @@ def matplotlib_figures(
     ax = fig.add_subplot()
     front = pareto_front(outcomes)
     on_front = {o.schedule_key for o in front}
-    for o in outcomes:
-        xv, yv = o.total_compute.mean, o.final_eval_loss.mean
-        if xv is None or yv is None:
-            continue
+    for o, xv, yv in _pareto_points(outcomes):
         ax.scatter(
             [xv], [yv],
             color=colors[o.schedule_key],
@@ -389,10 +395,7 @@ def plotly_figures(
     fig = go.Figure()
     front = pareto_front(outcomes)
     on_front = {o.schedule_key for o in front}
-    for o in outcomes:
-        xv, yv = o.total_compute.mean, o.final_eval_loss.mean
-        if xv is None or yv is None:
-            continue
+    for o, xv, yv in _pareto_points(outcomes):
         fig.add_trace(go.Scatter(
             x=[xv], y=[yv], mode="markers", name=o.label, legendrank=rank[o.schedule_key],
             hovertemplate=f"{o.label}<br>total FLOPs %{{x:.3e}}<br>final eval loss "
