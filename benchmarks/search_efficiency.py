@@ -38,8 +38,8 @@ For reference the script also prints how many grid points are within 0.5 % of th
 the expected ratio of a random enumeration of the grid without early stopping (baseline first,
 then the other points in random order, sequentially; Monte Carlo over orders).
 
-Config: the integration tests' ``FAST`` settings except ``schedule.baseline_steps=96``,
-``train.eval_points=8`` and ``model.n_layer=4`` (overridable with ``--set``).
+Config: the ``smoke`` preset (the integration tests' settings) except
+``schedule.baseline_steps=96`` and ``train.eval_points=8`` (overridable with ``--set``).
 """
 
 from __future__ import annotations
@@ -72,23 +72,9 @@ TARGET = 0.40
 TOLERANCE = 0.005
 """Within 0.5 % of the grid's best final eval loss."""
 
-# tests/conftest.py's FAST (kept in sync by hand: that module imports pytest), then ours.
-FAST = [
-    "data.max_corpus_mb=0.5",
-    "data.vocab_size=512",
-    "data.seq_len=32",
-    "data.eval_batches=2",
-    "model.context_length=64",
-    "model.n_embd=32",
-    "model.n_head=4",
-    "train.batch_size=8",
-    "schedule.baseline_steps=24",
-    "train.eval_points=4",
-]
 OURS = [
     "schedule.baseline_steps=96",
     "train.eval_points=8",
-    "model.n_layer=4",
     "search.space=compact",
     "search.seeds=1",
     "train.seed=0",
@@ -298,8 +284,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
+    from stagetune.config import preset_overrides
+
     root = Path(tempfile.mkdtemp(prefix="stagetune-search-eff-"))
-    overrides = [*FAST, *OURS, *args.set]
+    overrides = [*preset_overrides("smoke"), *OURS, *args.set]
     load_before = os.getloadavg()
     env_vars = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     if os.environ.get("STAGETUNE_CACHE"):

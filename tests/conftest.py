@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from stagetune.config import preset_overrides
+
 # Tests must never reach a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -17,19 +19,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # Small, fast experiment settings shared by the integration tests (the builtin corpus capped
 # so its tokenizer trains in a second or two).
-FAST = [
-    "data.max_corpus_mb=0.5",
-    "data.vocab_size=512",
-    "data.seq_len=32",
-    "data.eval_batches=2",
-    "model.context_length=64",
-    "model.n_layer=4",
-    "model.n_embd=32",
-    "model.n_head=4",
-    "train.batch_size=8",
-    "schedule.baseline_steps=24",
-    "train.eval_points=4",
-]
+FAST = preset_overrides("smoke")
+"""The ``smoke`` preset as overrides: laid over whichever preset a test loads."""
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -37,6 +37,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "load_config",
+    "preset_overrides",
 ]
 
 GROWTH_OPERATORS = ("random", "copy_top", "stack", "copy_middle", "zero")
@@ -674,6 +675,16 @@ PRESETS: dict[str, dict[str, Any]] = {
             "early_stopping": False,
         },
     },
+    # A seconds-long study for checking an installation or a cluster (and the shared settings
+    # of the integration tests and the start-up benchmarks): 4 blocks of width 32, 24
+    # baseline steps of 8 x 32 tokens, 4 evaluations, a 0.5 MB slice of the corpus.
+    "smoke": {
+        "name": "stagetune-smoke",
+        "data": {"max_corpus_mb": 0.5, "vocab_size": 512, "seq_len": 32, "eval_batches": 2},
+        "model": {"context_length": 64, "n_layer": 4, "n_embd": 32, "n_head": 4},
+        "train": {"batch_size": 8, "eval_points": 4},
+        "schedule": {"baseline_steps": 24},
+    },
     # arXiv 2411.18700's setting: GPT-2 124M, 524,288 tokens/step, AdamW 6e-4 constant.
     "paper-gpt2-124m": {
         "name": "stagetune-paper-gpt2-124m",
@@ -706,6 +717,23 @@ PRESETS: dict[str, dict[str, Any]] = {
         "resources": {"workers_per_trial": 8, "gpus_per_worker": 1, "cpus_per_worker": 4},
     },
 }
+
+
+def preset_overrides(name: str) -> list[str]:
+    """A preset as ``key=value`` overrides (its ``name`` left out), to lay it over another preset."""
+    if name not in PRESETS:
+        raise ConfigError("preset", name, suggest(name, PRESETS))
+
+    def flat(prefix: str, d: dict[str, Any]) -> list[str]:
+        out: list[str] = []
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out += flat(f"{prefix}{k}.", v)
+            elif prefix or k != "name":
+                out.append(f"{prefix}{k}={v}")
+        return out
+
+    return flat("", PRESETS[name])
 
 
 def load_config(

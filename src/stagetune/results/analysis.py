@@ -6,7 +6,15 @@ Every schedule is judged against the full-depth baseline of the same seed on the
   baseline spent in total (``None`` if the trial stopped short of that);
 * **compute to the baseline's loss**: the FLOPs at which its eval loss first reaches the
   baseline's final eval loss (interpolated inside the crossing interval), or "not reached";
-* **speedup** = baseline compute / that compute.
+* **speedup** = baseline compute / that compute;
+* **delta at equal compute**: at ``min(trial's last eval compute, baseline's last eval compute)``
+  both curves are interpolated and compared (trial minus baseline, negative: better). The loss
+  at the baseline's compute needs the trial to get there, and most do not: budget-matched
+  schedules end a step or so short (budget matching floors to whole steps) and shorter continual
+  lengths end well short, while the baseline's curve is always available below its end. So every
+  trial whose curve overlaps the baseline's on the compute axis gets this comparison, at the
+  baseline's compute when it got there and where it stopped otherwise (the live progress line,
+  ``TrialLedger.best_matched``, compares the same way).
 
 Trials of one schedule (param ``schedule_key``) are pooled across seeds: mean and 95 % Student-t
 confidence interval of each quantity; the baseline's own seed spread comes out the same way.
@@ -26,7 +34,7 @@ import numpy as np
 
 from stagetune.config import CONVENTIONS
 from stagetune.errors import ConfigError, StagetuneError, suggest
-from stagetune.metrics import FLOPS, FLOPS_PAPER
+from stagetune.metrics import FLOPS, FLOPS_PAPER, STATUS_DIVERGED, STATUS_FAILED
 from stagetune.results.naming import (
     PARAM_SCHEDULE_KEY,
     PARAM_SCHEDULE_LABEL,
@@ -387,10 +395,29 @@ class TrialOutcome:
     """``compute_to_baseline_loss / baseline_compute``."""
     speedup: float | None
     """``baseline_compute / compute_to_baseline_loss``."""
+    final_eval_compute: float | None
+    """The compute at the trial's last evaluation (``None``: no eval point)."""
+    matched_compute: float | None
+    """Where the trial is compared with the baseline at equal compute: the lesser of the two
+    curves' last eval compute. ``None``: the curves do not overlap on the compute axis (that
+    point lies before the first eval point of either)."""
+    loss_at_matched: float | None
+    """The trial's eval loss at ``matched_compute`` (interpolated)."""
+    baseline_loss_at_matched: float | None
+    """The baseline's eval loss at ``matched_compute`` (interpolated)."""
+    matched_delta: float | None
+    """``loss_at_matched - baseline_loss_at_matched`` (negative: better at equal compute)."""
+    matched_fraction: float | None
+    """``matched_compute / baseline_compute``: 1 when the trial got to the baseline's compute."""
 
     @property
     def reached(self) -> bool:
         return self.compute_to_baseline_loss is not None
+
+    @property
+    def stopped_short(self) -> bool:
+        """Its last evaluation came before the baseline's compute (or it has none)."""
+        return self.final_eval_compute is None or self.final_eval_compute < self.baseline_compute
 
 
 @dataclass(frozen=True)
@@ -412,6 +439,14 @@ class Outcome:
     baseline_final_loss: Stat
     """The baselines' final eval losses over the same seeds: their seed spread."""
     baseline_compute: Stat
+    matched_compute: Stat
+    """Where each seed was compared at equal compute (see :class:`TrialOutcome`)."""
+    loss_at_matched: Stat
+    baseline_loss_at_matched: Stat
+    matched_delta: Stat
+    """Eval loss minus the baseline's at equal compute (negative: better)."""
+    matched_fraction: Stat
+    """``matched_compute / baseline_compute`` per seed (1: compared at the baseline's compute)."""
     notes: tuple[str, ...] = field(default=())
 
     @property
@@ -455,6 +490,25 @@ def _first_crossing(c: np.ndarray, loss: np.ndarray, target: float) -> float | N
     return c0 + (l0 - target) / (l0 - l1) * (c1 - c0)
 
 
+def _at_equal_compute(
+    c: np.ndarray, loss: np.ndarray, bc: np.ndarray, bl: np.ndarray
+) -> tuple[float, float, float] | None:
+    """(compute, trial's loss, baseline's loss) at the lesser of the two curves' ends.
+
+    Both losses are interpolated there. ``None`` when the curves do not overlap on the compute
+    axis: one ends before the other's first eval point.
+    """
+    if not len(c) or not len(bc):
+        return None
+    at = min(float(c[-1]), float(bc[-1]))
+    if at < max(float(c[0]), float(bc[0])):
+        return None
+    mine, base = float(np.interp(at, c, loss)), float(np.interp(at, bc, bl))
+    if math.isnan(mine) or math.isnan(base):
+        return None
+    return at, mine, base
+
+
 def _pick_baselines(study: StudyResults, convention: str) -> dict[str | None, TrialResult]:
     """One baseline per seed: a finished one if any, then the one that got furthest."""
     by_seed: dict[str | None, TrialResult] = {}
@@ -481,12 +535,15 @@ def _trial_outcome(
     c, loss = t.curve.eval_points(convention)
     loss_at: float | None
     to: float | None
+    matched: tuple[float, float, float] | None
     if t.run_id == base.run_id:
         # The reference itself: by definition it reaches its own loss at its own compute.
-        loss_at, to = l_b, c_b
+        loss_at, to, matched = l_b, c_b, (c_b, l_b, l_b)
     else:
         loss_at = _interp_at(c, loss, c_b, rel_tol)
         to = _first_crossing(c, loss, l_b)
+        matched = _at_equal_compute(c, loss, bc, bl)
+    at, mine, theirs = matched if matched is not None else (None, None, None)
     return TrialOutcome(
         trial_id=t.trial_id,
         schedule_key=t.schedule_key,
@@ -503,6 +560,12 @@ def _trial_outcome(
         compute_to_baseline_loss=to,
         compute_fraction=None if to is None else to / c_b,
         speedup=None if not to else c_b / to,
+        final_eval_compute=float(c[-1]) if len(c) else None,
+        matched_compute=at,
+        loss_at_matched=mine,
+        baseline_loss_at_matched=theirs,
+        matched_delta=None if mine is None or theirs is None else mine - theirs,
+        matched_fraction=None if at is None else at / c_b,
     )
 
 
@@ -511,8 +574,10 @@ def _group(key: str, label: str, first: TrialResult, outs: list[TrialOutcome]) -
         return Stat.of([getattr(o, attr) for o in outs])
 
     notes = []
-    if any(o.loss_at_baseline_compute is None for o in outs):
+    if any(o.loss_at_baseline_compute is None and o.stopped_short for o in outs):
         notes.append("stopped before the baseline's compute in some seeds")
+    if any(o.matched_compute is None for o in outs):
+        notes.append("no eval point overlapping the baseline's curve in some seeds")
     return Outcome(
         schedule_key=key,
         label=label,
@@ -528,6 +593,11 @@ def _group(key: str, label: str, first: TrialResult, outs: list[TrialOutcome]) -
         speedup=stat("speedup"),
         baseline_final_loss=stat("baseline_final_loss"),
         baseline_compute=stat("baseline_compute"),
+        matched_compute=stat("matched_compute"),
+        loss_at_matched=stat("loss_at_matched"),
+        baseline_loss_at_matched=stat("baseline_loss_at_matched"),
+        matched_delta=stat("matched_delta"),
+        matched_fraction=stat("matched_fraction"),
         notes=tuple(notes),
     )
 
@@ -546,12 +616,20 @@ def compute_matched(
 ) -> list[Outcome]:
     """Compute-matched outcomes per schedule, baseline first, then best to worst.
 
+    Order: the baseline; the schedules that reached the baseline's final eval loss in every
+    seed, by mean compute fraction; the rest by mean eval-loss delta at equal compute
+    (``matched_delta``, lowest first): ranking them by the loss at the baseline's compute would
+    leave out every schedule that ended short of it (most: budget matching floors to whole
+    steps, shorter continual lengths end well short), whereas the baseline's curve is available
+    below its end; last, those without any comparable point.
+
     Args:
         study: from :func:`load_study`.
         convention: the compute axis: ``standard`` (``flops``) or ``paper`` (``flops_paper``).
         rel_tol: a trial that ended within this fraction short of the baseline's compute counts
             as having got there (budget matching floors to whole steps); its last eval loss is
-            used, which can only flatter the baseline.
+            used, which can only flatter the baseline. Only for ``loss_at_baseline_compute`` /
+            ``loss_delta``; the equal-compute comparison needs no tolerance.
 
     Trials whose seed has no baseline are left out (logged as a warning).
     """
@@ -591,8 +669,12 @@ def compute_matched(
             return (0, 0.0, o.label)
         if o.reached and o.compute_fraction.mean is not None:
             return (1, o.compute_fraction.mean, o.label)
-        delta = o.loss_delta.mean
-        return (2 if delta is not None else 3, delta if delta is not None else 0.0, o.label)
+        # A schedule that diverged or failed in any seed ranks after every one that trained
+        # cleanly, however good it looked at the point it was compared.
+        broken = any(t.status in (STATUS_DIVERGED, STATUS_FAILED) for t in o.trials)
+        delta = o.matched_delta.mean
+        group = 2 + (2 if broken else 0) + (1 if delta is None else 0)
+        return (group, delta if delta is not None else 0.0, o.label)
 
     return sorted(outcomes, key=order)
 

@@ -54,13 +54,16 @@ TABLE_COLUMNS: Final = (
     "Seeds",
     "Final eval loss",
     "Loss @ baseline compute",
-    "Δ vs baseline",
+    "Δ loss at equal compute",
     "Compute to baseline loss",
     "Speedup",
     "Total compute",
     "Status",
 )
 REPORT_ARTIFACT_DIR: Final = "report"
+_LEFT_COLUMNS: Final = frozenset({"Schedule", "Seeds", "Status"})
+_AT_BASELINE: Final = 1 - 1e-9
+"""A matched fraction at least this is the baseline's own compute (no "@ NN%" marker)."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,45 @@ def _signed(st: Stat) -> str:
     return text
 
 
+def _pct(fraction: float) -> str:
+    """A share of the baseline's compute; never rounds a point below it up to 100%."""
+    if fraction >= _AT_BASELINE:
+        return "100%"
+    text = f"{fraction * 100:.0f}%"
+    if text == "100%":
+        text = f"{fraction * 100:.1f}%"
+    return ">99.9%" if text == "100.0%" else text
+
+
+def _where(fraction: Stat) -> str:
+    """Where the seeds were compared at equal compute, when below the baseline's compute."""
+    vals = fraction.values
+    if not vals or min(vals) >= _AT_BASELINE:
+        return ""
+    lo, hi = _pct(min(vals)), _pct(max(vals))
+    return lo if lo == hi else f"{lo}–{hi}"
+
+
+def _equal_compute_text(o: Outcome) -> str:
+    """Signed eval-loss delta at equal compute (± CI), "@ NN%" when short of the baseline's."""
+    if o.is_baseline:
+        return "0 (reference)"
+    st = o.matched_delta
+    if st.mean is None:
+        return (
+            "no overlap"
+            if o.trials and all(t.final_eval_compute is not None for t in o.trials)
+            else "—"
+        )
+    text = _signed(st)
+    where = _where(o.matched_fraction)
+    if where:
+        text += f" @ {where}"
+    if st.n < o.n_seeds:
+        text += f" ({st.n}/{o.n_seeds} seeds)"
+    return text
+
+
 def _status_text(o: Outcome) -> str:
     counts: dict[str, int] = {}
     for t in o.trials:
@@ -117,14 +159,18 @@ def _cells(o: Outcome) -> list[str]:
     n = o.n_seeds
     seeds = ", ".join(str(t.seed) for t in o.trials)
     loss_at = _stat_text(o.loss_at_baseline_compute, ".4f")
-    delta = _signed(o.loss_delta)
     got_there = o.loss_at_baseline_compute.n
+    short = sum(t.stopped_short for t in o.trials)
     if 0 < got_there < n:
-        # The other seeds stopped before the baseline's compute.
+        # The other seeds did not get to the baseline's compute (most stopped short of it).
         loss_at += f" ({got_there}/{n} seeds)"
-        delta += f" ({got_there}/{n} seeds)"
     elif got_there == 0:
-        loss_at = "stopped short"
+        # The equal-compute column still compares these, where they stopped.
+        loss_at = (
+            "stopped short" if short == n
+            else f"stopped short ({short}/{n} seeds)" if short
+            else "—"
+        )  # fmt: skip
     if o.is_baseline:
         to_loss, speed = "100% (reference)", "1.00×"
     elif o.n_reached == 0:
@@ -139,7 +185,7 @@ def _cells(o: Outcome) -> list[str]:
         seeds,
         _stat_text(o.final_eval_loss, ".4f"),
         loss_at,
-        "0 (reference)" if o.is_baseline else delta,
+        _equal_compute_text(o),
         to_loss,
         speed,
         _stat_text(o.total_compute, ".3e"),
@@ -236,6 +282,22 @@ def _first_reach(group: Sequence[Outcome]) -> Outcome | None:
     return min(reached, key=lambda o: o.compute_fraction.mean or math.inf) if reached else None
 
 
+def _equal_compute_pick(group: Sequence[Outcome]) -> Outcome | None:
+    """The schedule of a group (in its order) quoted at equal compute.
+
+    The first one compared at (within 1 % of) the baseline's compute; else, as budget-matched
+    and shorter continual lengths end short of it, the one compared furthest along.
+    """
+    have = [
+        o for o in group
+        if o.matched_delta.mean is not None and o.matched_fraction.mean is not None
+    ]  # fmt: skip
+    near = [o for o in have if (o.matched_fraction.mean or 0.0) >= 0.99]
+    if near:
+        return near[0]
+    return max(have, key=lambda o: o.matched_fraction.mean or 0.0) if have else None
+
+
 def paper_verdict(
     study: StudyResults,
     outcomes: Sequence[Outcome],
@@ -303,12 +365,15 @@ def paper_verdict(
         ref = group[0].baseline_compute.mean
         if stages_end is not None and ref:
             details.append(f"its stages alone cost {_ratio(stages_end / ref)}")
-        at_equal = next((o for o in group if o.loss_delta.mean is not None), None)
-        if at_equal is not None and at_equal.loss_delta.mean is not None:
-            details.append(
-                f"at the baseline's compute its eval loss was {at_equal.loss_delta.mean:+.4f} "
-                "vs the baseline's"
-            )
+        at_equal = _equal_compute_pick(group)
+        if at_equal is not None:
+            d, f = at_equal.matched_delta.mean, at_equal.matched_fraction.mean
+            assert d is not None and f is not None
+            where = (
+                "at the baseline's compute" if f >= _AT_BASELINE
+                else f"at equal compute, {_pct(f)} of the baseline's (where it ended),"
+            )  # fmt: skip
+            details.append(f"{where} its eval loss was {d:+.4f} vs the baseline's")
         if details:
             text += "; " + ", and ".join(details)
         per_s.append(text)
@@ -386,6 +451,11 @@ def outcome_rows(outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
             "speedup",
             "baseline_final_loss",
             "baseline_compute",
+            "matched_compute",
+            "loss_at_matched",
+            "baseline_loss_at_matched",
+            "matched_delta",
+            "matched_fraction",
         ):
             row[f] = _stat_dict(getattr(o, f))
         row["params"] = dict(o.params)
@@ -400,8 +470,8 @@ def outcome_table(outcomes: Sequence[Outcome]) -> Table:
     from rich.table import Table
 
     table = Table(box=box.SIMPLE_HEAD)
-    for i, col in enumerate(TABLE_COLUMNS):
-        table.add_column(col, justify="left" if i in (0, 1, 8) else "right")
+    for col in TABLE_COLUMNS:
+        table.add_column(col, justify="left" if col in _LEFT_COLUMNS else "right")
     for o in outcomes:
         table.add_row(*_cells(o), style="bold" if o.is_baseline else None)
     return table
@@ -447,9 +517,7 @@ def _md_escape(text: str) -> str:
 def _markdown_table(outcomes: Sequence[Outcome]) -> str:
     lines = [
         "| " + " | ".join(TABLE_COLUMNS) + " |",
-        "|"
-        + "|".join("---" if i in (0, 1, 8) else "---:" for i in range(len(TABLE_COLUMNS)))
-        + "|",
+        "|" + "|".join("---" if c in _LEFT_COLUMNS else "---:" for c in TABLE_COLUMNS) + "|",
     ]
     for o in outcomes:
         cells = [_md_escape(c) for c in _cells(o)]
@@ -475,7 +543,12 @@ def _baseline_line(outcomes: Sequence[Outcome], convention: str) -> str:
 
 _COLUMN_NOTES: Final = (
     "Every schedule is compared with the full-depth baseline of the same seed on the compute "
-    "axis. *Loss @ baseline compute*: eval loss (interpolated) at the FLOPs the baseline spent. "
+    "axis. *Loss @ baseline compute*: eval loss (interpolated) at the FLOPs the baseline spent "
+    "(*stopped short*: the schedule's last evaluation came before that). *Δ loss at equal "
+    "compute*: its eval loss minus the baseline's, both interpolated at the lesser of the two "
+    "final computes (negative: better); *@ NN%* marks a comparison below the baseline's "
+    "compute, where the schedule ended: budget-matched schedules end a step or so short and "
+    "shorter continual training well short, while the baseline's curve is known below its end. "
     "*Compute to baseline loss*: share of the baseline's FLOPs needed to first reach its final "
     "eval loss. *Speedup*: baseline FLOPs / that compute. ± is the half-width of a 95% "
     "Student-t interval over seeds."
@@ -546,8 +619,8 @@ def _write_html(
     for o in outcomes:
         cells = _cells(o)
         tds = "".join(
-            f"<td{'' if i in (0, 1, 8) else ' class=num'}>{esc(c)}</td>"
-            for i, c in enumerate(cells)
+            f"<td{'' if col in _LEFT_COLUMNS else ' class=num'}>{esc(c)}</td>"
+            for col, c in zip(TABLE_COLUMNS, cells)
         )
         body.append(f"<tr{' class=baseline' if o.is_baseline else ''}>{tds}</tr>")
     figs = plotly_figures(study, outcomes, convention=convention)
