@@ -124,6 +124,38 @@ def test_connect_refuses_an_unreachable_address(monkeypatch: pytest.MonkeyPatch)
         connect(None)
 
 
+@pytest.fixture
+def http_server() -> Iterator[str]:
+    """A plain HTTP server on loopback: a port that answers, but not as Ray."""
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # the CLI's stderr is checked
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_connect_refuses_a_service_that_is_not_ray_at_once(http_server: str) -> None:
+    """ray.init would retry such an address for minutes (measured: > 5 min)."""
+    import time
+
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError) as err:
+        connect(http_server)
+    assert time.monotonic() - t0 < 15
+    assert err.value.field == "--address" and "not a Ray head's GCS" in str(err.value)
+    assert "6379" in str(err.value)
+
+
 def _one_line_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     code = main(argv)
     err = capsys.readouterr().err
@@ -158,6 +190,17 @@ def test_cli_unreachable_address_exits_2_and_creates_nothing(
     )  # fmt: skip
     assert "--address" in line and address in line
     assert not out.exists() and not work.exists()
+
+
+def test_cli_address_of_a_non_ray_service_exits_2_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], http_server: str
+) -> None:
+    work = tmp_path / "work"
+    line = _one_line_exit_2(
+        ["run", "--address", http_server, "--workdir", str(work), *_fast_flags()], capsys
+    )
+    assert "--address" in line and http_server in line and "not a Ray head's GCS" in line
+    assert not work.exists()
 
 
 @pytest.mark.parametrize("command", ["run", "train"])

@@ -31,9 +31,10 @@ class _Parser(argparse.ArgumentParser):
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (merged over the preset)")
-    p.add_argument(
-        "--preset", help="named preset: tiny (default), llama-tiny, paper-tiny, paper-gpt2-124m"
-    )
+    from stagetune.config import PRESETS
+
+    names = ", ".join(f"{n} (default)" if n == "tiny" else n for n in PRESETS)
+    p.add_argument("--preset", help=f"named preset: {names}")
     p.add_argument(
         "--set",
         dest="overrides",

@@ -52,6 +52,43 @@ def _check_address_reachable(address: str) -> None:
             f"cannot reach a Ray head there ({exc.strerror or exc}); start one with "
             "'ray start --head' or drop --address to run locally",
         ) from None
+    if address.startswith("ray://"):
+        return  # a Ray Client server, not a GCS
+    why = _not_a_gcs(f"{host}:{port}")
+    if why:
+        raise ConfigError(
+            "--address",
+            address,
+            f"something listens there but it is not a Ray head's GCS ({why}); pass the port "
+            "'ray start --head' printed (6379 by default) or drop --address to run locally",
+        )
+
+
+def _not_a_gcs(target: str, timeout: float = 5.0) -> str | None:
+    """Why ``target`` is not a Ray GCS, or None if one answered.
+
+    ``ray.init`` retries a non-Ray service for minutes before it gives up; one GCS call with a
+    deadline tells at once. Any reply of the GCS counts, a refusal for lack of an
+    authentication token included: the driver's own token is ``ray.init``'s business.
+    """
+    import grpc
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+        try:
+            request = gcs_service_pb2.GetClusterIdRequest()  # type: ignore[attr-defined]
+            stub.GetClusterId(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code in (
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                grpc.StatusCode.UNIMPLEMENTED,
+            ):
+                detail = (exc.details() or "").split(":")[-1].strip()
+                return f"{code.name.lower()}" + (f": {detail[:80]}" if detail else "")
+    return None
 
 
 def connect(address: str | None, *, num_cpus: int | None = None) -> ClusterInfo:
