@@ -147,8 +147,9 @@ class DataConfig:
     """Where tokens come from. The default is fully offline: the interpreter's stdlib source."""
 
     source: str = "builtin"
-    """``builtin`` (stdlib source), or a path / directory / glob of .txt, .jsonl, .parquet,
-    or uint16 token shards (.bin, .npy)."""
+    """``builtin`` (stdlib source), the name of a registered source (an installed package's
+    ``stagetune.data_sources`` entry point, or ``register_source``), or a path / directory /
+    glob of .txt, .jsonl, .parquet, or uint16 token shards (.bin, .npy)."""
     tokenizer: str = "builtin"
     """``builtin`` (byte-level BPE trained on the corpus and cached) or a tokenizer.json path."""
     vocab_size: int = 1024
@@ -186,13 +187,22 @@ class DataConfig:
         _require(
             self.max_corpus_mb > 0, "data.max_corpus_mb", self.max_corpus_mb, "use a positive size"
         )
-        # Globs are resolved by the data layer; a plain path must exist now.
-        if self.source != "builtin" and not any(ch in self.source for ch in "*?["):
+        # Globs are resolved by the data layer; a plain path must exist now, unless it names a
+        # registered source (imported only then: the data layer is heavier than the config).
+        if (
+            self.source != "builtin"
+            and not any(ch in self.source for ch in "*?[")
+            and not Path(self.source).expanduser().exists()
+        ):
+            from stagetune.data.sources import registered_sources
+
+            names = registered_sources()
             _require(
-                Path(self.source).expanduser().exists(),
+                self.source in names,
                 "data.source",
                 self.source,
-                "the path does not exist; point to an existing file or directory, or use 'builtin'",
+                "no such path and no source of that name (registered: "
+                f"{', '.join(names)}); point to an existing file or directory, or name a source",
             )
         if self.tokenizer != "builtin":
             _require(

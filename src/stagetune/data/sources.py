@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from importlib.metadata import entry_points
 
 from stagetune.config import DataConfig
 from stagetune.data.base import DataSource
@@ -12,12 +14,50 @@ from stagetune.data.paths import TOKEN_SUFFIXES, resolve_files
 from stagetune.data.shards import TokenShards
 from stagetune.errors import ConfigError
 
-__all__ = ["SourceFactory", "register_source", "registered_sources", "source_from_config"]
+_log = logging.getLogger(__name__)
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "SourceFactory",
+    "register_source",
+    "registered_sources",
+    "source_from_config",
+]
 
 SourceFactory = Callable[[DataConfig], DataSource]
 """Builds a source from the data config (for sources selected by a name in ``data.source``)."""
 
+ENTRY_POINT_GROUP = "stagetune.data_sources"
+"""Entry-point group of installed packages' sources: ``name = "module:factory"``.
+
+A name registered in the driver alone would not exist in the Ray workers that train each trial
+(they read the config and prepare the data themselves); an installed package's entry point
+exists in every process of the environment, so a YAML config can name it anywhere. The config
+only names a source; what runs is code the environment installed.
+"""
+
 _REGISTRY: dict[str, SourceFactory] = {}
+_plugins_loaded = False
+
+
+def _load_plugins() -> None:
+    """Register the installed packages' sources, once per process (explicit ones win)."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in _REGISTRY:
+            continue
+        try:
+            factory = ep.load()
+        except Exception as exc:  # a broken plugin must not hide the others
+            _log.warning("data source plugin %s = %s does not load: %s", ep.name, ep.value, exc)
+            continue
+        if callable(factory):
+            register_source(ep.name, factory)
+        else:
+            _log.warning("data source plugin %s = %s is not callable; ignored", ep.name, ep.value)
 
 
 def register_source(name: str, factory: SourceFactory, *, replace: bool = False) -> None:
@@ -33,7 +73,8 @@ def register_source(name: str, factory: SourceFactory, *, replace: bool = False)
 
 
 def registered_sources() -> list[str]:
-    """Names usable as ``data.source`` besides file paths."""
+    """Names usable as ``data.source`` besides file paths (installed plugins included)."""
+    _load_plugins()
     return sorted(_REGISTRY)
 
 
@@ -47,6 +88,7 @@ def source_from_config(cfg: DataConfig) -> DataSource:
     Raises:
         ConfigError: missing path, no matching files, or text files mixed with token shards.
     """
+    _load_plugins()
     factory = _REGISTRY.get(cfg.source)
     if factory is not None:
         return factory(cfg)
