@@ -52,7 +52,6 @@ import itertools
 import json
 import math
 import os
-import platform
 import random
 import statistics
 import sys
@@ -62,11 +61,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+from _common import machine, set_offline_env
+
+set_offline_env()
 
 TARGET = 0.40
 TOLERANCE = 0.005
@@ -366,13 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "benchmark": "search_efficiency",
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "loadavg_before": [round(x, 2) for x in load_before],
-            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": machine(load_before),
         "config": {"overrides": overrides},
         "target": TARGET,
         "tolerance": TOLERANCE,

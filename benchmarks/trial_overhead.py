@@ -50,7 +50,6 @@ import datetime as _dt
 import itertools
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -59,11 +58,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+from _common import machine, set_offline_env
+
+set_offline_env()
 
 TARGETS = {1: 3.0, 2: 10.0}
 """Overhead targets in seconds, by workers per trial."""
@@ -410,13 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "benchmark": "trial_overhead",
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "loadavg_before": [round(x, 2) for x in load_before],
-            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": machine(load_before),
         "config": {"preset": "smoke", "overrides": ["search.space=compact", *args.set]},
         "reps": args.reps,
         "trials_per_study": args.trials,
