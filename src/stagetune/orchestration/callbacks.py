@@ -24,6 +24,7 @@ from stagetune.metrics import (
     STATUS_STOPPED,
 )
 from stagetune.results import MlflowTracker
+from stagetune.results.analysis import at_equal_compute
 
 __all__ = ["MlflowCallback", "ProgressCallback", "TrialLedger"]
 
@@ -95,10 +96,10 @@ class TrialLedger:
                     continue
                 xs = np.array([c[0] for c in curve])
                 ys = np.array([c[1] for c in curve])
-                at = min(float(xs[-1]), float(bx[-1]))
-                if at < max(xs[0], bx[0]):
+                matched = at_equal_compute(xs, ys, bx, by)
+                if matched is None:
                     continue  # no overlap on the compute axis yet
-                mine, base = float(np.interp(at, xs, ys)), float(np.interp(at, bx, by))
+                at, mine, base = matched
                 if best is None or mine - base < best[1] - best[2]:
                     best = (t, mine, base, at)
             if best is None:

@@ -59,6 +59,7 @@ __all__ = [
     "StudyResults",
     "TrialOutcome",
     "TrialResult",
+    "at_equal_compute",
     "compute_matched",
     "load_study",
     "pareto_front",
@@ -490,7 +491,7 @@ def _first_crossing(c: np.ndarray, loss: np.ndarray, target: float) -> float | N
     return c0 + (l0 - target) / (l0 - l1) * (c1 - c0)
 
 
-def _at_equal_compute(
+def at_equal_compute(
     c: np.ndarray, loss: np.ndarray, bc: np.ndarray, bl: np.ndarray
 ) -> tuple[float, float, float] | None:
     """(compute, trial's loss, baseline's loss) at the lesser of the two curves' ends.
@@ -542,7 +543,7 @@ def _trial_outcome(
     else:
         loss_at = _interp_at(c, loss, c_b, rel_tol)
         to = _first_crossing(c, loss, l_b)
-        matched = _at_equal_compute(c, loss, bc, bl)
+        matched = at_equal_compute(c, loss, bc, bl)
     at, mine, theirs = matched if matched is not None else (None, None, None)
     return TrialOutcome(
         trial_id=t.trial_id,
