@@ -102,6 +102,8 @@ class Node:
     node_id: str = ""
     killed: bool = False
     started_pids: set[int] = field(default_factory=set)
+    args: list[str] = field(default_factory=list)
+    """What ``ray start`` was given besides the per-start ports (to start the node again)."""
 
     def tree(self) -> set[int]:
         return ({self.proc.pid} | descendants(self.proc.pid)) if is_alive(self.proc.pid) else set()
@@ -144,7 +146,8 @@ class LoopbackCluster:
 
     def _start(self, name: str, args: list[str]) -> Node:
         nm_port = free_port()
-        log = open(self.logdir / f"ray-{name}.log", "wb")  # noqa: SIM115 - owned by the child
+        # Appends: a node started again keeps the first attempt's output above its own.
+        log = open(self.logdir / f"ray-{name}.log", "ab")  # noqa: SIM115 - owned by the child
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", *args,
@@ -154,7 +157,7 @@ class LoopbackCluster:
             )  # fmt: skip
         finally:
             log.close()
-        node = Node(name=name, proc=proc, node_manager_port=nm_port)
+        node = Node(name=name, proc=proc, node_manager_port=nm_port, args=list(args))
         self.nodes.append(node)
         return node
 
@@ -194,7 +197,27 @@ class LoopbackCluster:
         return p.read_text(errors="replace") if p.is_file() else ""
 
     def wait_nodes(self, *, timeout: float = 150) -> dict[str, str]:
-        """Wait until every started node is alive in the GCS; fills ``Node.node_id``."""
+        """Wait until every started node is alive in the GCS; fills ``Node.node_id``.
+
+        A worker node whose ``ray start`` gave up (its raylet did not register within Ray's
+        fixed 30 s, e.g. on a loaded machine or a port taken between ``free_port`` and the
+        bind) is started once more, with fresh ports, before this fails.
+        """
+        try:
+            return self._wait_nodes(timeout)
+        except RuntimeError:
+            gave_up = [
+                n for n in self.nodes
+                if n.name != "head" and not n.killed and n.proc.poll() is not None
+            ]  # fmt: skip
+            if not gave_up:
+                raise
+        for node in gave_up:
+            self.nodes.remove(node)
+            self._start(node.name, node.args)
+        return self._wait_nodes(timeout)
+
+    def _wait_nodes(self, timeout: float) -> dict[str, str]:
         want = {n.node_manager_port: n for n in self.nodes if not n.killed}
         script = (
             "import json, sys, time, ray\n"
