@@ -86,6 +86,7 @@ def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
             "wordsalad": "toy_stagetune_plugin:make_source",
             "broken": "toy_stagetune_plugin_missing:make_source",
             "notcallable": "toy_stagetune_plugin:NOT_A_FACTORY",
+            "not*a*word": "toy_stagetune_plugin:make_source",
         },
     )
     monkeypatch.syspath_prepend(str(site))
@@ -102,9 +103,11 @@ def test_an_installed_plugin_is_a_source_a_config_can_name(
 ) -> None:
     names = registered_sources()
     assert "wordsalad" in names and "builtin" in names
-    # A plugin that does not import, or is not a factory, is skipped with a warning.
-    assert "broken" not in names and "notcallable" not in names
-    assert "does not load" in caplog.text and "is not callable" in caplog.text
+    # A plugin that does not import, is not a factory or has no usable name is skipped with a
+    # warning, and the others still load.
+    assert not {"broken", "notcallable", "not*a*word"} & set(names)
+    assert "No module named 'toy_stagetune_plugin_missing'" in caplog.text
+    assert "not callable" in caplog.text and "must be a plain word" in caplog.text
     cfg = DataConfig(source="wordsalad", cache_dir=str(tmp_path / "cache"), vocab_size=300)
     src = source_from_config(cfg)
     assert type(src).__name__ == "WordSalad" and src.describe() == "400 generated documents"

@@ -51,13 +51,11 @@ def _load_plugins() -> None:
             continue
         try:
             factory = ep.load()
+            if not callable(factory):
+                raise TypeError("not callable")
+            register_source(ep.name, factory)  # refuses names that are not plain words
         except Exception as exc:  # a broken plugin must not hide the others
-            _log.warning("data source plugin %s = %s does not load: %s", ep.name, ep.value, exc)
-            continue
-        if callable(factory):
-            register_source(ep.name, factory)
-        else:
-            _log.warning("data source plugin %s = %s is not callable; ignored", ep.name, ep.value)
+            _log.warning("data source plugin %s = %s ignored: %s", ep.name, ep.value, exc)
 
 
 def register_source(name: str, factory: SourceFactory, *, replace: bool = False) -> None:
