@@ -46,11 +46,13 @@ class _DyingSession(LocalSession):
 
 
 def test_resume_mid_stage_gives_identical_losses(fast_config, tmp_path: Path) -> None:
+    """Bit for bit, with dropout: the checkpoint carries the generators' states."""
     torch.set_num_threads(1)
     cfg = fast_config(
         "schedule.increments=[2, 2]",
         "model.n_layer=4",
-        "schedule.growth=copy_top",
+        "model.dropout=0.1",
+        "schedule.growth=random",  # draws its own randomness at the stage boundary
         "train.checkpoint_every=5",
         "schedule.optimizer_policy=carry",
     )
@@ -74,9 +76,9 @@ def test_resume_mid_stage_gives_identical_losses(fast_config, tmp_path: Path) ->
     assert resumed.records, "the resumed run reported nothing"
     for rec in resumed.records:
         ref = by_step[rec["step"]]
-        assert rec["eval_loss"] == pytest.approx(ref["eval_loss"], abs=1e-6)
-        assert rec["flops"] == ref["flops"] and rec["tokens"] == ref["tokens"]
-    assert result.final_eval_loss == pytest.approx(full.records[-1]["eval_loss"], abs=1e-6)
+        for key in ("eval_loss", "train_loss", "lr", "flops", "tokens"):
+            assert rec[key] == ref[key], (key, rec["step"], rec[key], ref[key])
+    assert result.final_eval_loss == full.records[-1]["eval_loss"]
 
 
 def test_divergence_stops_the_run_with_status(fast_config, tmp_path: Path) -> None:
