@@ -115,6 +115,40 @@ def test_phase_boundaries_grow_and_account_compute(fast_config, tmp_path: Path) 
         assert any(0 <= r["flops"] - k * interval < step_flops + 1 for r in session.records)
 
 
+@pytest.mark.parametrize("lr_schedule", ["cosine", "wsd"])
+def test_logged_lr_is_the_rate_the_step_trained_with(
+    fast_config, tmp_path: Path, lr_schedule: str
+) -> None:
+    cfg = fast_config(
+        f"train.lr_schedule={lr_schedule}",
+        "train.warmup_steps=3",
+        "schedule.baseline_steps=12",
+        "train.eval_points=12",  # a record after every step
+    )
+    spec = _spec(cfg)
+    session = LocalSession(tmp_path / "run")
+    trainer = StagedTrainer(spec, session)
+    used: list[float] = []
+    trainer.optimizer.register_step_pre_hook(
+        lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"])
+    )
+    trainer.run()
+    t = cfg.train
+    assert [r["step"] for r in session.records] == list(range(1, 13))
+    for rec in session.records:
+        step_lr = lr_at(
+            rec["step"] - 1,
+            peak=spec.lr,
+            total_steps=spec.schedule.total_steps,
+            schedule=lr_schedule,
+            warmup_steps=spec.warmup_steps,
+            min_lr_ratio=t.min_lr_ratio,
+            decay_fraction=t.decay_fraction,
+        )
+        assert rec["lr"] == step_lr == used[rec["step"] - 1], rec["step"]
+    assert len(set(used)) > 3, "the schedule must vary the rate for this test to mean anything"
+
+
 def test_lr_schedules() -> None:
     assert lr_at(0, peak=1.0, total_steps=10) == 1.0
     assert lr_at(0, peak=1.0, total_steps=10, warmup_steps=4) == pytest.approx(0.25)

@@ -31,7 +31,7 @@ METRIC_KEYS: Final = (
     "seconds",  # cumulative training wall-clock seconds (eval excluded)
     "train_loss",  # mean training loss since the previous record
     "eval_loss",  # held-out loss at this compute point
-    "lr",
+    "lr",  # the learning rate the last step before this record trained with: lr_at(step - 1)
     "stage",  # 1-based stage; continual training is num_stages + 1
     "phase_id",  # see PHASE_IDS
     "active_depth",

@@ -241,10 +241,10 @@ class StagedTrainer:
         return self._ddp if self._ddp is not None else self.model
 
     # ------------------------------------------------------------------ the step
-    def _lr(self) -> float:
+    def _lr(self, step: int) -> float:
         t = self.cfg.train
         return lr_at(
-            self.step,
+            step,
             peak=self.spec.lr,
             total_steps=self.total_steps,
             schedule=t.lr_schedule,
@@ -255,7 +255,7 @@ class StagedTrainer:
 
     def train_step(self) -> float:
         """One optimizer step; returns the (rank-averaged) training loss."""
-        lr = self._lr()
+        lr = self._lr(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         t0 = time.perf_counter()
@@ -523,7 +523,7 @@ class StagedTrainer:
             "seconds": round(self.seconds, 4),
             "train_loss": train_loss,
             "eval_loss": eval_loss,
-            "lr": self._lr(),
+            "lr": self._lr(self.step - 1),  # the rate of the step that led here
             "stage": ph.stage,
             "phase_id": PHASE_IDS[ph.kind],
             "phase": ph.kind,
