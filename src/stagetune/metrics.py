@@ -11,6 +11,7 @@ from typing import Final
 __all__ = [
     "CONTINUAL",
     "FLOPS",
+    "FLOPS_BY_CONVENTION",
     "FLOPS_PAPER",
     "METRIC_KEYS",
     "PHASE_IDS",
@@ -19,9 +20,11 @@ __all__ = [
 ]
 
 FLOPS: Final = "flops"
-"""Cumulative training FLOPs, standard convention (Tune's ``time_attr`` for ASHA)."""
+"""Cumulative training FLOPs, standard convention (ASHA's ``time_attr`` by default)."""
 FLOPS_PAPER: Final = "flops_paper"
 """Cumulative training FLOPs, the paper's convention."""
+FLOPS_BY_CONVENTION: Final = {"standard": FLOPS, "paper": FLOPS_PAPER}
+"""The cumulative-FLOPs metric of each FLOPs convention (``budget.convention``)."""
 
 METRIC_KEYS: Final = (
     "step",  # optimizer steps done
