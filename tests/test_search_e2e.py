@@ -11,9 +11,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from stagetune.cli import main
+from stagetune.metrics import FLOPS_BY_CONVENTION
 from tests.conftest import FAST
 
 pytestmark = pytest.mark.slow
+GRACE = 0.25
 
 
 def _run_args(workdir: Path, *extra: str) -> list[str]:
@@ -30,8 +32,9 @@ def _children(workdir: Path, experiment: str) -> list:
     return runs
 
 
+@pytest.mark.parametrize("convention", ["standard", "paper"])
 def test_search_with_asha_on_flops(
-    ray_local: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ray_local: None, tmp_path: Path, capsys: pytest.CaptureFixture[str], convention: str
 ) -> None:
     workdir = tmp_path / "work"
     code = main(
@@ -44,11 +47,13 @@ def test_search_with_asha_on_flops(
             "--set",
             "name=e2e",
             "--set",
-            "search.grace_fraction=0.25",
+            f"search.grace_fraction={GRACE}",
             "--set",
             "search.reduction_factor=2",
             "--set",
             "train.eval_points=8",
+            "--set",
+            f"budget.convention={convention}",
         )
     )
     assert code == 0
@@ -69,6 +74,18 @@ def test_search_with_asha_on_flops(
     stopped = [r for r in runs if r.data.tags.get("stagetune.status") == "stopped"]
     assert stopped, "ASHA stopped no trial"
     assert all("stagetune.asha_rung" in r.data.tags for r in stopped)
+    # Each stopped trial's last record is the first to reach a rung, and the rungs sit at
+    # GRACE × 2^k of the budget, all in the FLOPs of the convention the budget is matched in.
+    exp = client.get_experiment_by_name("e2e")
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`stagetune.role` = 'parent'")
+    budget = float(parent.data.tags["stagetune.budget_flops"])  # in `convention`
+    rungs = [GRACE * budget * 2**k for k in range(8)]
+    unit = FLOPS_BY_CONVENTION[convention]
+    for r in stopped:
+        hist = [0.0] + [m.value for m in client.get_metric_history(r.info.run_id, unit)]
+        before, last = hist[-2], hist[-1]
+        assert any(before < m * (1 + 1e-5) and last >= m * (1 - 1e-5) for m in rungs), (
+            r.info.run_id, before, last, rungs[:4])  # fmt: skip
 
     study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{workdir / 'optuna.db'}")
     assert len(study.trials) >= 6

@@ -11,6 +11,7 @@ from typing import Final
 __all__ = [
     "CONTINUAL",
     "FLOPS",
+    "FLOPS_BY_CONVENTION",
     "FLOPS_PAPER",
     "METRIC_KEYS",
     "PHASE_IDS",
@@ -19,9 +20,11 @@ __all__ = [
 ]
 
 FLOPS: Final = "flops"
-"""Cumulative training FLOPs, standard convention (Tune's ``time_attr`` for ASHA)."""
+"""Cumulative training FLOPs, standard convention (ASHA's ``time_attr`` by default)."""
 FLOPS_PAPER: Final = "flops_paper"
 """Cumulative training FLOPs, the paper's convention."""
+FLOPS_BY_CONVENTION: Final = {"standard": FLOPS, "paper": FLOPS_PAPER}
+"""The cumulative-FLOPs metric of each FLOPs convention (``budget.convention``)."""
 
 METRIC_KEYS: Final = (
     "step",  # optimizer steps done
@@ -31,7 +34,7 @@ METRIC_KEYS: Final = (
     "seconds",  # cumulative training wall-clock seconds (eval excluded)
     "train_loss",  # mean training loss since the previous record
     "eval_loss",  # held-out loss at this compute point
-    "lr",
+    "lr",  # the learning rate the last step before this record trained with: lr_at(step - 1)
     "stage",  # 1-based stage; continual training is num_stages + 1
     "phase_id",  # see PHASE_IDS
     "active_depth",

@@ -21,8 +21,9 @@ from stagetune.cli import main
 from stagetune.data import prepare_data
 from stagetune.errors import StagetuneError
 from stagetune.schedule import build_schedule
-from stagetune.trainables.checkpoint import MANIFEST, CorruptCheckpointError
+from stagetune.trainables.checkpoint import MANIFEST, CorruptCheckpointError, write_manifest
 from stagetune.trainables.loop import StagedTrainer
+from stagetune.trainables.rng_state import RNG_FILE
 from stagetune.trainables.session import LocalSession
 from stagetune.trainables.spec import TrialSpec
 from tests.faults.conftest import fast_args
@@ -66,6 +67,11 @@ def corrupt(ckpt: Path, how: str) -> None:
         data = bytearray(f.read_bytes())
         data[len(data) // 2] ^= 0xFF  # same size, one bit pattern changed
         f.write_bytes(bytes(data))
+    elif how == "flip-rng-byte":
+        f = ckpt / RNG_FILE
+        data = bytearray(f.read_bytes())
+        data[-1] ^= 0xFF  # inside the last generator state
+        f.write_bytes(bytes(data))
     elif how == "edit-state":
         f = ckpt / "trainer_state.json"
         state = json.loads(f.read_text())
@@ -91,7 +97,15 @@ def _interrupted_run(fast_config: Any, tmp_path: Path) -> tuple[TrialSpec, Path,
 
 
 @pytest.mark.parametrize(
-    "how", ["truncate-weights", "flip-optimizer-byte", "edit-state", "no-manifest", "missing-file"]
+    "how",
+    [
+        "truncate-weights",
+        "flip-optimizer-byte",
+        "flip-rng-byte",
+        "edit-state",
+        "no-manifest",
+        "missing-file",
+    ],
 )
 def test_corrupt_newest_checkpoint_resumes_from_previous_good(
     how: str, fast_config: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -116,6 +130,38 @@ def test_corrupt_newest_checkpoint_resumes_from_previous_good(
     for rec in session.records:
         assert rec["eval_loss"] == pytest.approx(by_step[rec["step"]]["eval_loss"], abs=1e-6)
         assert rec["flops"] == by_step[rec["step"]]["flops"]
+
+
+def test_checkpoint_without_rng_state_resumes_with_a_note(
+    fast_config: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A checkpoint written before stagetune saved generator states still resumes."""
+    spec, out, ckpts = _interrupted_run(fast_config, tmp_path)
+    for c in ckpts:  # what an older stagetune wrote: no RNG file, a manifest without it
+        (c / RNG_FILE).unlink()
+        write_manifest(c)
+    capsys.readouterr()
+    trainer = StagedTrainer(spec, LocalSession(out))
+    result = trainer.run()
+    printed = capsys.readouterr().out
+    assert trainer.resumed_from_step == 16 and result.status == "finished"
+    notes = [line for line in printed.splitlines() if "RNG state" in line]
+    assert len(notes) == 1 and str(ckpts[-1]) in notes[0], printed
+    assert "skipping corrupt" not in printed
+
+
+def test_a_tampered_rng_state_is_refused(fast_config: Any, tmp_path: Path) -> None:
+    """A generator state of the wrong size, with the manifest rewritten to match, is refused
+    before anything is restored."""
+    from safetensors.torch import save_file
+
+    spec, out, ckpts = _interrupted_run(fast_config, tmp_path)
+    for c in ckpts:
+        save_file({"rank0.cpu": torch.zeros(7, dtype=torch.uint8)}, str(c / RNG_FILE))
+        write_manifest(c)
+    with pytest.raises(CorruptCheckpointError) as err:
+        StagedTrainer(spec, LocalSession(out)).run()
+    assert f"{RNG_FILE} entry 'rank0.cpu' is no generator state" in str(err.value)
 
 
 def test_no_valid_checkpoint_left_fails_with_a_clear_message(

@@ -20,9 +20,9 @@ from stagetune.errors import ConfigError
 from stagetune.metrics import FLOPS, STATUS_DIVERGED, STATUS_FINISHED, STATUS_STOPPED
 from stagetune.orchestration.callbacks import MlflowCallback, ProgressCallback, TrialLedger
 from stagetune.orchestration.cluster import check_placeable, connect, max_concurrent_trials
+from stagetune.orchestration.early_stopping import make_asha
 from stagetune.orchestration.searcher import (
     STATUS_INTERRUPTED,
-    BaselineKeepingASHA,
     ResumableOptunaSearch,
     counts_against_budget,
     ensure_baseline,
@@ -294,18 +294,7 @@ def run_study(prep: PreparedStudy, *, quiet: bool = False, address: str | None =
         )
 
     searcher: Any = None
-    max_flops = prep.ctx.budget_flops * (1.0 + prep.space.max_continual_multiple) * 1.05 + 1.0
-    scheduler = None
-    if cfg.search.early_stopping and not multi:
-        scheduler = BaselineKeepingASHA(
-            time_attr=FLOPS,
-            metric=METRIC,
-            mode="min",
-            max_t=int(max_flops),
-            grace_period=max(1, int(cfg.search.grace_fraction * prep.ctx.budget_flops)),
-            reduction_factor=cfg.search.reduction_factor,
-            stop_last_trials=False,
-        )
+    scheduler = make_asha(cfg.search, prep.space, prep.ctx, metric=METRIC)
     concurrency = cfg.search.max_concurrent or max_concurrent_trials(cfg.resources, info)
     planned = cfg.search.num_trials * prep.ctx.budget_flops
 

@@ -1,5 +1,6 @@
 """Checkpoints with checksums: the model at its active depth (Hugging Face safetensors, loadable
-with ``from_pretrained``), the optimizer, and the trainer's counters.
+with ``from_pretrained``), the optimizer, the trainer's counters, and the random-number
+generators' states (:mod:`stagetune.trainables.rng_state`).
 
 Every file is listed in ``manifest.json`` with its SHA-256, so a truncated or altered
 checkpoint is detected before anything is loaded from it.

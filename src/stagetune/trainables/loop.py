@@ -29,6 +29,7 @@ from stagetune.errors import StagetuneError
 from stagetune.metrics import PHASE_IDS, STATUS_DIVERGED, STATUS_FINISHED
 from stagetune.models import StagedModel, build_model
 from stagetune.schedule import Phase
+from stagetune.trainables import rng_state
 from stagetune.trainables.checkpoint import (
     HF_DIR,
     OPTIM,
@@ -44,6 +45,7 @@ from stagetune.trainables.session import Session
 from stagetune.trainables.spec import TrialSpec
 
 __all__ = ["StagedTrainer", "TrainResult"]
+_Weights = dict[str, torch.Tensor]
 
 # Checkpoints call save_pretrained often; its progress bars would flood trial logs.
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -239,10 +241,10 @@ class StagedTrainer:
         return self._ddp if self._ddp is not None else self.model
 
     # ------------------------------------------------------------------ the step
-    def _lr(self) -> float:
+    def _lr(self, step: int) -> float:
         t = self.cfg.train
         return lr_at(
-            self.step,
+            step,
             peak=self.spec.lr,
             total_steps=self.total_steps,
             schedule=t.lr_schedule,
@@ -253,7 +255,7 @@ class StagedTrainer:
 
     def train_step(self) -> float:
         """One optimizer step; returns the (rank-averaged) training loss."""
-        lr = self._lr()
+        lr = self._lr(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         t0 = time.perf_counter()
@@ -407,6 +409,7 @@ class StagedTrainer:
             }
         else:
             state = self.state_dict()
+        rng = rng_state.gather(self.device, rank=self.rank, world_size=self.world_size)
         if self.rank != 0:
             return None
         root = self.session.checkpoint_root()
@@ -417,6 +420,7 @@ class StagedTrainer:
         tmp.mkdir(parents=True)
         self.model.save_pretrained(tmp / HF_DIR, state_dict=full_model)
         torch.save(state["optimizer"], tmp / OPTIM)
+        rng_state.save(tmp, rng)
         (tmp / STATE).write_text(json.dumps(state["trainer"], indent=1))
         write_manifest(tmp)
         shutil.rmtree(final, ignore_errors=True)
@@ -426,8 +430,8 @@ class StagedTrainer:
 
     def _read_valid(
         self, candidates: list[Path]
-    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:
-        """Everything of the newest checkpoint that verifies and loads safely; the model is
+    ) -> tuple[Path, dict[str, Any], dict[str, Any], _Weights, rng_state.RngStates | None]:
+        """The newest checkpoint that verifies and loads safely, and all of it; the model is
         not touched until one does, so a bad candidate leaves nothing half-applied."""
         skipped: list[str] = []
         for cand in newest_first(candidates):
@@ -443,6 +447,7 @@ class StagedTrainer:
                     raise CorruptCheckpointError(
                         f"checkpoint {cand}: unreadable model weights ({exc})"
                     ) from None
+                rng = rng_state.load(cand)
             except CorruptCheckpointError as exc:
                 skipped.append(str(exc))
                 print(f"[stagetune] skipping corrupt checkpoint: {exc}", flush=True)
@@ -453,7 +458,7 @@ class StagedTrainer:
                     f"(step {trainer_state['step']})",
                     flush=True,
                 )
-            return trainer_state, optim_state, weights
+            return cand, trainer_state, optim_state, weights, rng
         raise CorruptCheckpointError(
             f"no valid checkpoint left to resume from ({len(skipped)} found, all corrupt): "
             + "; ".join(skipped)
@@ -464,15 +469,16 @@ class StagedTrainer:
         candidates = self.session.restore_candidates()
         if not candidates:
             return
-        trainer_state, optim_state, weights = self._read_valid(candidates)
+        source, trainer_state, optim_state, weights, rng = self._read_valid(candidates)
         depth = int(trainer_state["active_depth"])
         if depth > self.model.active_depth:
             self.model.grow(depth, "random", seed=0)  # weights are overwritten just below
         self._load_model_weights(weights)
         self.load_state_dict({"trainer": trainer_state, "optimizer": optim_state})
+        rng_state.restore(rng, source, self.device, rank=self.rank)  # last: grow() reseeds CUDA
         self.resumed_from_step = self.step
 
-    def _load_model_weights(self, weights: dict[str, torch.Tensor]) -> None:
+    def _load_model_weights(self, weights: _Weights) -> None:
         target = self.model.hf_model
         if self._fsdp:
             from torch.distributed.checkpoint.state_dict import (
@@ -517,7 +523,7 @@ class StagedTrainer:
             "seconds": round(self.seconds, 4),
             "train_loss": train_loss,
             "eval_loss": eval_loss,
-            "lr": self._lr(),
+            "lr": self._lr(self.step - 1),  # the rate of the step that led here
             "stage": ph.stage,
             "phase_id": PHASE_IDS[ph.kind],
             "phase": ph.kind,
