@@ -40,13 +40,14 @@ def token_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def ray_local(token_cache: Path) -> Iterator[None]:
-    """A real local Ray instance, started once per test session."""
+    """A real local Ray instance on loopback only, started once per test session."""
     import ray
 
+    from stagetune.orchestration.cluster import start_local
+
     if not ray.is_initialized():
-        ray.init(
+        start_local(
             num_cpus=2,
-            include_dashboard=False,
             log_to_driver=False,
             runtime_env={"env_vars": {"STAGETUNE_CACHE": str(token_cache), "HF_HUB_OFFLINE": "1"}},
         )

@@ -4,6 +4,7 @@ YAML that cannot run code."""
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import re
 import signal
@@ -11,6 +12,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,22 +36,28 @@ def _fast_args() -> list[str]:
 # servers bind to 127.0.0.1 unless a host is passed
 
 
-def listening_addresses(port: int) -> set[str]:
-    """Addresses with a socket in LISTEN state on ``port`` (from /proc/net/tcp and tcp6)."""
-    found: set[str] = set()
+def _listen_table() -> dict[int, tuple[str, int]]:
+    """Socket inode -> (address, port) of every TCP socket in LISTEN state, from the kernel's
+    own tables (/proc/net/tcp and tcp6)."""
+    found: dict[int, tuple[str, int]] = {}
     for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
         with contextlib.suppress(FileNotFoundError):
             for line in Path(table).read_text().splitlines()[1:]:
                 fields = line.split()
-                local, state = fields[1], fields[3]
-                ip_hex, port_hex = local.split(":")
-                if state != "0A" or int(port_hex, 16) != port:
+                local, state, inode = fields[1], fields[3], int(fields[9])
+                if state != "0A":
                     continue
+                ip_hex, port_hex = local.split(":")
                 raw = bytes.fromhex(ip_hex)
                 # The kernel prints each 32-bit word in host (little-endian) order.
                 raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-                found.add(socket.inet_ntop(family, raw))
+                found[inode] = (socket.inet_ntop(family, raw), int(port_hex, 16))
     return found
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Addresses with a socket in LISTEN state on ``port``."""
+    return {addr for addr, p in _listen_table().values() if p == port}
 
 
 def _free_port() -> int:
@@ -133,11 +142,156 @@ def test_start_ui_defaults_to_loopback(store: Path) -> None:
         assert listening_addresses(port) == {"127.0.0.1"}
 
 
-def test_ray_dashboard_is_not_started_for_local_runs() -> None:
-    # connect() starts a local Ray instance without its dashboard (an HTTP server on 0.0.0.0
-    # by default in some Ray versions).
-    text = (SRC / "orchestration" / "cluster.py").read_text()
-    assert 'kwargs["include_dashboard"] = False' in text
+# ---------------------------------------------------------------------------------------------
+# a local Ray instance listens on loopback only (``--address`` joins a cluster as configured)
+
+
+def listening_sockets(pids: set[int]) -> dict[tuple[str, int], int]:
+    """(address, port) -> pid, for every listening TCP socket one of ``pids`` holds open."""
+    table = _listen_table()
+    out: dict[tuple[str, int], int] = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):  # the process ended meanwhile
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if link.startswith("socket:[") and int(link[8:-1]) in table:
+                        out[table[int(link[8:-1])]] = pid
+    return out
+
+
+def is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # a dual-stack socket bound to ::ffff:127.0.0.1
+    return ip.is_loopback
+
+
+RAY_SERVERS = {
+    "GCS": "/gcs_server ",
+    "raylet": "/raylet ",
+    "dashboard agent": "ray::DashboardAgent",
+    "runtime-env agent": "ray::RuntimeEnvAgent",
+}
+"""Ray processes that must be listening (on loopback) before the socket table is judged, by
+what their command line holds; the driver and a worker are checked by pid."""
+
+
+def ray_session_listeners(
+    driver: subprocess.Popen[Any], worker_pid: int | None = None, timeout: float = 150
+) -> dict[tuple[str, int], str]:
+    """Every listening socket of the Ray session ``driver`` started, once each of its servers
+    listens and the table has been steady for a few seconds: (address, port) -> who."""
+    from tests.loopback_cluster import cmdline, descendants
+
+    deadline = time.monotonic() + timeout
+    last: dict[tuple[str, int], str] = {}
+    steady = 0
+    while time.monotonic() < deadline:
+        assert driver.poll() is None, f"the driver exited with {driver.returncode}"
+        pids = {driver.pid} | descendants(driver.pid)
+        who = {p: cmdline(p) for p in pids}
+        socks = {
+            addr: f"pid {pid} {who.get(pid, '')[:60]!r}"
+            for addr, pid in listening_sockets(pids).items()
+        }
+        holders = {int(w.split()[1]) for w in socks.values()}
+        ready = (
+            all(any(mark in who[p] for p in holders) for mark in RAY_SERVERS.values())
+            and driver.pid in holders
+            and (worker_pid is None or worker_pid in holders)
+        )
+        steady = steady + 1 if ready and socks == last else 0
+        if steady >= 3:
+            return socks
+        last = socks
+        time.sleep(1)
+    missing = [n for n, m in RAY_SERVERS.items() if not any(m in w for w in last.values())]
+    raise AssertionError(f"Ray never listened fully (missing {missing}): {last}")
+
+
+def outward_address() -> str | None:
+    """The host's non-loopback address Ray would bind without the fix (None: there is none)."""
+    from ray._common.network_utils import node_ip_address_from_perspective
+
+    address = node_ip_address_from_perspective()
+    return None if is_loopback(address) else str(address)
+
+
+def assert_loopback_only(socks: dict[tuple[str, int], str]) -> None:
+    outside = {addr: who for addr, who in socks.items() if not is_loopback(addr[0])}
+    assert not outside, f"listening beyond loopback: {outside}"
+    # Whatever serves on these ports (gRPC, the agents' HTTP, Prometheus metrics) must not
+    # answer on the host's outward address.
+    host = outward_address()
+    if host is None:
+        return
+    for _, port in socks:
+        with pytest.raises(urllib.error.URLError) as exc:
+            urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5)
+        assert isinstance(exc.value.reason, ConnectionRefusedError), (port, exc.value)
+
+
+LOCAL_RAY_DRIVER = """
+import os, sys, ray
+from stagetune.orchestration.cluster import connect
+connect(None, num_cpus=1)
+print(ray.get(ray.remote(lambda: os.getpid()).remote()), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_local_ray_listens_on_loopback_only(token_cache: Path) -> None:
+    """``connect()`` without an address (as ``stagetune run`` starts Ray): every server of the
+    session (GCS, raylet, agents, metrics exporters, a core worker and the driver) listens on
+    loopback only, read from the kernel's socket table."""
+    from tests.faults.conftest import cli_env, kill_group
+
+    driver = subprocess.Popen(
+        [sys.executable, "-c", LOCAL_RAY_DRIVER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=cli_env(token_cache),
+        start_new_session=True,
+    )
+    try:
+        assert driver.stdout is not None
+        worker = int(driver.stdout.readline() or 0)
+        assert worker, f"the driver exited with {driver.poll()}"
+        socks = ray_session_listeners(driver, worker)
+        assert_loopback_only(socks)
+    finally:
+        kill_group(driver)
+
+
+def test_ray_local_fixture_is_loopback_only(ray_local: None) -> None:
+    import ray
+
+    assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
+
+
+@pytest.mark.slow
+def test_local_study_listens_on_loopback_only(token_cache: Path, tmp_path: Path) -> None:
+    """``stagetune run`` with a trial running: the study's whole Ray session is on loopback."""
+    from tests.faults.conftest import Cli, fast_args, mlflow_trial_runs_sqlite
+
+    cli = Cli(token_cache, tmp_path / "logs")
+    work = tmp_path / "work"
+    proc = cli.start(
+        ["run", "--workdir", str(work), "--trials", "2", "--quiet",
+         *fast_args("schedule.baseline_steps=200")],
+        name="run",
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while "RUNNING" not in (mlflow_trial_runs_sqlite(work / "mlflow.db") or {}).values():
+            assert proc.poll() is None, cli.output("run")[1][-3000:]
+            assert time.monotonic() < deadline, "no trial started"
+            time.sleep(0.5)
+        assert_loopback_only(ray_session_listeners(proc))
+    finally:
+        cli.cleanup()
 
 
 # ---------------------------------------------------------------------------------------------
