@@ -38,15 +38,32 @@ def token_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ["STAGETUNE_CACHE"] = old
 
 
+@pytest.fixture(scope="session", autouse=True)
+def signing_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The key that signs Tune state (created on first use): the session's own, never the
+    user's ``~/.config/stagetune/key``. Subprocesses inherit it through the environment."""
+    from stagetune.orchestration.integrity import KEY_ENV
+
+    key = tmp_path_factory.mktemp("stagetune-key") / "key"
+    old = os.environ.get(KEY_ENV)
+    os.environ[KEY_ENV] = str(key)
+    yield key
+    if old is None:
+        os.environ.pop(KEY_ENV, None)
+    else:
+        os.environ[KEY_ENV] = old
+
+
 @pytest.fixture(scope="session")
 def ray_local(token_cache: Path) -> Iterator[None]:
-    """A real local Ray instance, started once per test session."""
+    """A real local Ray instance on loopback only, started once per test session."""
     import ray
 
+    from stagetune.orchestration.cluster import start_local
+
     if not ray.is_initialized():
-        ray.init(
+        start_local(
             num_cpus=2,
-            include_dashboard=False,
             log_to_driver=False,
             runtime_env={"env_vars": {"STAGETUNE_CACHE": str(token_cache), "HF_HUB_OFFLINE": "1"}},
         )

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from stagetune.config import ResourcesConfig
 from stagetune.errors import ConfigError
 
-__all__ = ["ClusterInfo", "check_placeable", "connect", "max_concurrent_trials"]
+__all__ = [
+    "LOOPBACK",
+    "ClusterInfo",
+    "check_placeable",
+    "connect",
+    "max_concurrent_trials",
+    "start_local",
+]
+
+LOOPBACK = "127.0.0.1"
+"""The only address a local Ray instance of stagetune listens on."""
+
+_SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 _EPS = 1e-6
 """Slack for float sums of resources (Ray itself counts in units of 1e-4): 3 x 0.1 fits 0.3."""
@@ -91,8 +105,52 @@ def _not_a_gcs(target: str, timeout: float = 5.0) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _single_machine_ray() -> Iterator[None]:
+    """Ray's single-machine mode, while a local instance starts.
+
+    Ray 2.60 binds the GCS, raylet and core-worker gRPC servers to every interface, and its
+    agents and metrics exporters to the node's address, unless that address is loopback: then
+    all of them listen on 127.0.0.1 only. ``ray.init`` replaces a loopback
+    ``_node_ip_address`` by the host's outward address except in single-machine mode
+    (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, Ray's default on macOS and Windows), whose other
+    effect is that ``ray start --address`` refuses to add a node. Ray reads the variable when
+    it is imported, so the driver's copy of the flag is switched too. Both hold only while the
+    instance starts (its processes inherit the variable): a ``ray start`` this process runs
+    later, e.g. a test's multi-node cluster, is unaffected.
+    """
+    from ray._private import ray_constants
+
+    old_env = os.environ.get(_SINGLE_MACHINE_ENV)
+    old_flag = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_SINGLE_MACHINE_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = old_flag
+        if old_env is None:
+            os.environ.pop(_SINGLE_MACHINE_ENV, None)
+        else:
+            os.environ[_SINGLE_MACHINE_ENV] = old_env
+
+
+def start_local(**kwargs: Any) -> None:
+    """``ray.init`` a new local Ray instance that listens on loopback only.
+
+    Every server of the instance (GCS, raylet, core workers and the driver, the dashboard and
+    runtime-env agents, the metrics exporters) binds 127.0.0.1, and no dashboard is started.
+    ``kwargs`` go to ``ray.init`` (``num_cpus``, ``runtime_env``, ...).
+    """
+    import ray
+
+    with _single_machine_ray():
+        ray.init(include_dashboard=False, _node_ip_address=LOOPBACK, **kwargs)
+
+
 def connect(address: str | None, *, num_cpus: int | None = None) -> ClusterInfo:
-    """``ray.init`` once: join ``address`` (or ``$RAY_ADDRESS``), else start a local instance."""
+    """``ray.init`` once: join ``address`` (or ``$RAY_ADDRESS``) as configured there, else start
+    a local instance on loopback only (:func:`start_local`)."""
     import ray
 
     addr = address or os.environ.get("RAY_ADDRESS") or None
@@ -102,13 +160,14 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> ClusterInfo:
         kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False}
         if addr:
             kwargs["address"] = addr
-        else:
-            kwargs["include_dashboard"] = False
-            if num_cpus is not None:
-                kwargs["num_cpus"] = num_cpus
+        elif num_cpus is not None:
+            kwargs["num_cpus"] = num_cpus
         # Workers must not re-run the project's runtime env; the package is installed.
         try:
-            ray.init(**kwargs)
+            if addr:
+                ray.init(**kwargs)
+            else:
+                start_local(**kwargs)
         except (ConnectionError, RuntimeError) as exc:
             if not addr:
                 raise

@@ -21,6 +21,7 @@ from stagetune.metrics import FLOPS, STATUS_DIVERGED, STATUS_FINISHED, STATUS_ST
 from stagetune.orchestration.callbacks import MlflowCallback, ProgressCallback, TrialLedger
 from stagetune.orchestration.cluster import check_placeable, connect, max_concurrent_trials
 from stagetune.orchestration.early_stopping import make_asha
+from stagetune.orchestration.integrity import TuneStateSigner, load_key
 from stagetune.orchestration.searcher import (
     STATUS_INTERRUPTED,
     ResumableOptunaSearch,
@@ -236,6 +237,16 @@ def run_study(prep: PreparedStudy, *, quiet: bool = False, address: str | None =
     from ray import tune
 
     cfg, paths = prep.config, prep.paths
+    storage_root = cfg.resources.storage_path or str(paths.ray_storage)
+    exp_uri = f"{storage_root.rstrip('/')}/{cfg.name}"
+    signer = TuneStateSigner(
+        experiment_uri=exp_uri,
+        workdir=paths.workdir,
+        name=cfg.name,
+        key=load_key(workdir=paths.workdir, create=True),
+    )
+    # Before Ray, MLflow or Tune read anything: Tune's restore unpickles the experiment's files.
+    restore = prep.resume and signer.restore_verified()
     info = connect(address or cfg.resources.address)
     check_placeable(cfg.resources, info)
 
@@ -310,12 +321,9 @@ def run_study(prep: PreparedStudy, *, quiet: bool = False, address: str | None =
         storage_path=str(cfg.resources.storage_path or paths.ray_storage),
         failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        callbacks=callbacks,
+        callbacks=[*callbacks, signer],
         verbose=0,
     )
-    storage_root = cfg.resources.storage_path or str(paths.ray_storage)
-    exp_uri = f"{storage_root.rstrip('/')}/{cfg.name}"
-    restore = prep.resume and tune.Tuner.can_restore(exp_uri)
     interrupted, replay = _reconcile(
         prep,
         storage=storage,
@@ -341,7 +349,7 @@ def run_study(prep: PreparedStudy, *, quiet: bool = False, address: str | None =
             exp_uri, trainable=trainable, resume_unfinished=True, resume_errored=False
         )
         # Callbacks hold live clients (MLflow, locks): fresh ones replace the pickled copies.
-        tuner._local_tuner.get_run_config().callbacks = callbacks  # type: ignore[union-attr]
+        tuner._local_tuner.get_run_config().callbacks = [*callbacks, signer]  # type: ignore[union-attr]
         searcher = tuner._local_tuner._tune_config.search_alg  # type: ignore[union-attr]
     else:
         searcher = make_searcher()
@@ -357,6 +365,7 @@ def run_study(prep: PreparedStudy, *, quiet: bool = False, address: str | None =
             ),
             run_config=run_config,
         )
+        signer.sign_tuner()
     grid = tuner.fit()
 
     trial_status = dict(ledger.status)
