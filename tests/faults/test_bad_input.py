@@ -8,6 +8,7 @@ the YAML side and the ``run`` / ``train`` / ``report`` / ``ui`` flags; the ``--s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 from collections.abc import Callable
@@ -69,6 +70,20 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _workdir(id: str, workdir: str, *args: str, needles: tuple[str, ...],
+             files: dict[str, str | bytes] | None = None) -> Case:  # fmt: skip
+    """``run --workdir WORKDIR`` (``{d}``: the scratch directory) with the FAST settings."""
+
+    def argv(d: Path) -> list[str]:
+        return ["run", "--workdir", workdir.replace("{d}", str(d)),
+                *(a.replace("{d}", str(d)) for a in args), *fast_args()]  # fmt: skip
+
+    return Case(id=f"workdir-{id}", argv=argv, needles=needles, files=files)
+
+
+_POINT = "search.points_to_evaluate=[{num_stages: 1, lr: %s, warmup_steps: %d}]"
 
 
 CASES: list[Case] = [
@@ -145,10 +160,29 @@ CASES: list[Case] = [
     _run("override-torn-list", "--set", "schedule.increments=[2,2",
          needles=("schedule.increments='[2,2'", "expected a list")),
     _run("override-empty-source", "--set", "data.source=", needles=("data.source=''", "builtin")),
+    # -- the work directory: a directory of its own, holding no other files
+    _workdir("root", "/", needles=("workdir='/'", "/ is the root directory", "one of its own")),
+    _workdir("top-level", "/usr", needles=("workdir='/usr'", "a top-level system directory")),
+    _workdir("top-level-empty", "/mnt", needles=("workdir='/mnt'", "a top-level system directory")),
+    _workdir("not-empty", "{d}", files={"notes.txt": "x", "data": "y"},
+             needles=("workdir=", "not empty (data, notes.txt) and holds no study",
+                      "choose an empty or new --workdir")),
+    # -- points to evaluate first
+    _run("point-outside-space", "--set", _POINT % ("100", 0),
+         needles=("search.points_to_evaluate[0].lr=100", "use a number in")),
+    _run("point-incomplete", "--set", "search.points_to_evaluate=[{num_stages: 1}]",
+         needles=("search.points_to_evaluate[0].lr=None", "missing")),
+    _run("point-is-baseline", "--set", "train.lr=0.002", "--set", "train.warmup_steps=3",
+         "--set", _POINT % ("0.002", 3), needles=("search.points_to_evaluate[0]=", "is the baseline")),
+    _run("points-over-budget", "--trials", "2", "--set",
+         "search.points_to_evaluate=[{lr: 1}, {lr: 2}]",
+         needles=("search.points_to_evaluate='2 point(s)'", "num_trials >= 3")),
     # -- train flags
     _run("workers-zero", "--workers", "0", command="train", needles=("--workers=0", "at least 1")),
     _run("out-not-empty", "--out", "{d}", files={"keep.txt": "x"}, command="train",
          needles=("--out=", "not empty; pass --resume")),
+    _run("out-top-level", "--out", "/opt", command="train",
+         needles=("--out='/opt'", "a top-level system directory")),
 ]
 
 
@@ -245,6 +279,8 @@ STORE_CASES: list[tuple[str, Callable[[dict[str, Path]], list[str]], tuple[str, 
     ("resume-with-set", lambda s: ["run", "--resume", "--workdir", str(s["good"]),
                                    "--set", "train.lr=1"],
      ("--set='train.lr=1'", "drop the flag")),
+    ("run-into-a-study", lambda s: ["run", "--workdir", str(s["good"])],
+     ("workdir=", "holds study 'study-a'", "continue it with --resume or choose another --workdir")),
     ("ui-port-range", lambda s: ["ui", "--workdir", str(s["good"]), "--port", "70000"],
      ("--port=70000", "0-65535")),
     ("ui-bad-host", lambda s: ["ui", "--workdir", str(s["good"]), "--host", "999.1.1.1",
@@ -280,6 +316,37 @@ def test_bad_input_on_stores(
     after = {p: p.stat().st_mtime_ns for p in stores["root"].rglob("*")}
     changed = sorted(str(p) for p in set(after) | set(before) if after.get(p) != before.get(p))
     assert not changed, "nothing may be created or changed"
+
+
+def _hashes(root: Path) -> dict[str, tuple[str, int]]:
+    return {str(p): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir",
+                     p.stat().st_mtime_ns) for p in root.rglob("*")}  # fmt: skip
+
+
+def test_fresh_run_into_a_study_changes_nothing(
+    stores: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The issue's case: a new study with another depth in an L=4 study's directory."""
+    good = stores["good"]
+    before = _hashes(good)
+    assert main(["run", "--workdir", str(good), "--set", "model.n_layer=2", *fast_args()]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "holds study 'study-a'; continue it with --resume" in lines[0]
+    assert _hashes(good) == before
+
+
+def test_home_directory_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home" / "me"
+    home.mkdir(parents=True)  # empty: refused for what it is, not for what it holds
+    monkeypatch.setenv("HOME", str(home))
+    for workdir, what in (("~/", "your home directory"),
+                          (str(home.parent), "an ancestor of your home directory")):  # fmt: skip
+        assert main(["run", "--workdir", workdir, *fast_args()]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and what in lines[0] and f"e.g. {home}/stagetune-work" in lines[0]
+    assert not any(home.iterdir())
 
 
 def test_ui_port_in_use(stores: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
