@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import optuna
 import pytest
 
 from stagetune.cli import main
@@ -167,6 +169,23 @@ CASES: list[Case] = [
     _workdir("not-empty", "{d}", files={"notes.txt": "x", "data": "y"},
              needles=("workdir=", "not empty (data, notes.txt) and holds no study",
                       "choose an empty or new --workdir")),
+    # -- the tracking store, probed before Ray starts
+    _workdir("tracking-garbage", "{d}/work", "--tracking-uri", "garbage",
+             needles=("tracking.tracking_uri='garbage'", "file store, which MLflow 3 refuses",
+                      "sqlite:///")),
+    _workdir("tracking-file-uri", "{d}/work", "--tracking-uri", "file:///nonexistent/x",
+             needles=("tracking.tracking_uri='file:///nonexistent/x'", "file store")),
+    _workdir("tracking-dead-server", "{d}/work", "--tracking-uri",
+             f"http://127.0.0.1:{_free_port()}",
+             needles=("tracking.tracking_uri='http://127.0.0.1:", "no MLflow server answers there",
+                      "Connection refused", "start it or fix the URI")),
+    _workdir("tracking-not-a-database", "{d}/work", "--tracking-uri", "sqlite:///{d}/notes.db",
+             files={"notes.db": "these are notes, not a database\n" * 100},
+             needles=("tracking.tracking_uri=", "is not a usable SQLite database")),
+    _workdir("tracking-in-memory", "{d}/work", "--tracking-uri", "sqlite://",
+             needles=("tracking.tracking_uri='sqlite://'", "an in-memory store keeps nothing")),
+    _workdir("tracking-unknown-scheme", "{d}/work", "--tracking-uri", "foo://bar",
+             needles=("tracking.tracking_uri='foo://bar'", "MLflow cannot use it")),
     # -- points to evaluate first
     _run("point-outside-space", "--set", _POINT % ("100", 0),
          needles=("search.points_to_evaluate[0].lr=100", "use a number in")),
@@ -242,7 +261,12 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from stagetune.config import config_to_dict, load_config
 
     (no_optuna / "study.json").write_text(json.dumps(config_to_dict(load_config())))
-    return {"root": root, "good": good, "torn": torn, "no_optuna": no_optuna}
+    resumable = root / "resumable"
+    resumable.mkdir()
+    (resumable / "study.json").write_text(json.dumps(config_to_dict(load_config())))
+    optuna.create_study(storage=f"sqlite:///{resumable / 'optuna.db'}", study_name="x")
+    return {"root": root, "good": good, "torn": torn, "no_optuna": no_optuna,
+            "resumable": resumable}  # fmt: skip
 
 
 def _busy_port() -> socket.socket:
@@ -279,6 +303,17 @@ STORE_CASES: list[tuple[str, Callable[[dict[str, Path]], list[str]], tuple[str, 
     ("resume-with-set", lambda s: ["run", "--resume", "--workdir", str(s["good"]),
                                    "--set", "train.lr=1"],
      ("--set='train.lr=1'", "drop the flag")),
+    ("resume-tracking-garbage",
+     lambda s: ["run", "--resume", "--workdir", str(s["resumable"]), "--tracking-uri", "garbage"],
+     ("tracking.tracking_uri='garbage'", "file store")),
+    ("resume-tracking-file-uri",
+     lambda s: ["run", "--resume", "--workdir", str(s["resumable"]), "--tracking-uri",
+                "file:///nonexistent/x"],
+     ("tracking.tracking_uri='file:///nonexistent/x'", "file store")),
+    ("resume-tracking-dead-server",
+     lambda s: ["run", "--resume", "--workdir", str(s["resumable"]), "--tracking-uri",
+                f"http://127.0.0.1:{_free_port()}"],
+     ("no MLflow server answers there", "Connection refused")),
     ("run-into-a-study", lambda s: ["run", "--workdir", str(s["good"])],
      ("workdir=", "holds study 'study-a'", "continue it with --resume or choose another --workdir")),
     ("ui-port-range", lambda s: ["ui", "--workdir", str(s["good"]), "--port", "70000"],
@@ -347,6 +382,26 @@ def test_home_directory_is_refused(
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and what in lines[0] and f"e.g. {home}/stagetune-work" in lines[0]
     assert not any(home.iterdir())
+
+
+def test_unresponsive_tracking_server_is_refused_in_seconds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A server that accepts the connection and never answers: one short attempt, not
+    MLflow's default of retries with 120 s timeouts (minutes)."""
+    from stagetune.results.store import PROBE_TIMEOUT_S
+
+    with _busy_port() as s:  # listens (the kernel completes the handshake), never answers
+        uri = f"http://127.0.0.1:{s.getsockname()[1]}"
+        t0 = time.monotonic()
+        code = main(["run", "--workdir", str(tmp_path / "work"), "--tracking-uri", uri,
+                     *fast_args()])  # fmt: skip
+        elapsed = time.monotonic() - t0
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    assert f"no answer within {PROBE_TIMEOUT_S} s" in lines[0]
+    assert elapsed < 4 * PROBE_TIMEOUT_S, elapsed  # a bound relative to the probe's own limit
+    assert not (tmp_path / "work").exists()
 
 
 def test_ui_port_in_use(stores: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,7 +1,7 @@
 """Build and run a study: Ray Tune + OptunaSearch + ASHA-on-FLOPs, tracked in MLflow.
 
 The order matters for the "nothing half-written" rule: everything that can be refused (config,
-work directory, data, cluster shape) is checked before the first file or run
+work directory, tracking store, data, cluster shape) is checked before the first file or run
 is created. A work directory holds one study, driven by one process at a time: a new study
 needs a directory of its own (empty, or new), and the driver holds the directory's lock from
 before its first write until it ends (:func:`hold_workdir`).
@@ -40,7 +40,7 @@ from stagetune.orchestration.storage import (
     check_writable,
 )
 from stagetune.results import MlflowTracker
-from stagetune.results.store import sqlite_path
+from stagetune.results.store import check_tracking_uri, sqlite_path
 from stagetune.search_spaces import SearchSpace, SpaceContext, get_search_space
 from stagetune.trainables.tune_trainable import StudyContext, make_trial_spec
 from stagetune.trainables.tune_trainable import train_trial as _train_trial
@@ -127,6 +127,7 @@ def prepare_study(
             cfg = config_from_dict({**config_to_dict(cfg), "workdir": workdir})
         paths = StudyPaths(cfg.workdir_path)
         _check_workdir(paths, fresh=True)
+    check_tracking_uri(cfg.resolved_tracking_uri())
     check_writable(paths.workdir, WORKDIR_FIELD)
     if cfg.resources.storage_path and "://" not in cfg.resources.storage_path:
         check_writable(Path(cfg.resources.storage_path).expanduser(), "resources.storage_path")
