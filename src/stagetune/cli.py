@@ -495,6 +495,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from stagetune.config import validate_name
     from stagetune.errors import ConfigError
     from stagetune.results import MlflowTracker
+    from stagetune.results.store import check_tracking_uri
 
     workdir = Path(args.workdir).expanduser().resolve()
     name, uri = _study_name_from_workdir(workdir)
@@ -505,6 +506,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         )
     validate_name(experiment, "--experiment")
     tracking_uri = args.tracking_uri or uri or f"sqlite:///{workdir / 'mlflow.db'}"
+    check_tracking_uri(tracking_uri, "--tracking-uri")
     if args.sync:
         tracker = MlflowTracker(tracking_uri, experiment, spool_dir=workdir / "mlflow_spool")
         synced = tracker.sync_spool()

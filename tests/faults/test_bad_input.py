@@ -289,6 +289,9 @@ STORE_CASES: list[tuple[str, Callable[[dict[str, Path]], list[str]], tuple[str, 
      lambda s: ["report", "--workdir", str(s["root"] / "empty"), "--experiment", "e",
                 "--tracking-uri", f"sqlite:///{s['root'] / 'typo.db'}"],
      ("typo.db", "no MLflow database")),
+    ("report-tracking-garbage",
+     lambda s: ["report", "--workdir", str(s["good"]), "--tracking-uri", "garbage"],
+     ("--tracking-uri='garbage'", "file store")),
     ("report-torn-study-file", lambda s: ["report", "--workdir", str(s["torn"])],
      ("study.json", "unreadable")),
     ("resume-empty-workdir", lambda s: ["run", "--resume", "--workdir", str(s["root"] / "empty")],
@@ -402,6 +405,17 @@ def test_unresponsive_tracking_server_is_refused_in_seconds(
     assert f"no answer within {PROBE_TIMEOUT_S} s" in lines[0]
     assert elapsed < 4 * PROBE_TIMEOUT_S, elapsed  # a bound relative to the probe's own limit
     assert not (tmp_path / "work").exists()
+
+
+def test_file_store_is_left_to_mlflow_when_allowed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow 3 takes a file store only with MLFLOW_ALLOW_FILE_STORE=true: then so do we."""
+    from stagetune.results.store import check_tracking_uri
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    check_tracking_uri((tmp_path / "mlruns").as_uri())
+    assert not any(tmp_path.iterdir())
 
 
 def test_ui_port_in_use(stores: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:

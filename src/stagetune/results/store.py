@@ -174,7 +174,8 @@ def check_tracking_uri(uri: str, field: str = "tracking.tracking_uri") -> None:
     A SQLite store is only checked to be a SQLite database when its file exists (the caller
     checks that its directory is writable); a tracking server must answer one request within
     :data:`PROBE_TIMEOUT_S`, whatever retries are configured for the study itself; a plain
-    path or ``file:`` URI (MLflow 3 refuses file stores) and unknown schemes are refused.
+    path or ``file:`` URI (a file store: MLflow 3 refuses those unless
+    ``MLFLOW_ALLOW_FILE_STORE=true``) and unknown schemes are refused.
     Other database URIs (PostgreSQL, MySQL...) are opened the way the study will open them.
     """
     db = sqlite_path(uri)
@@ -190,13 +191,17 @@ def check_tracking_uri(uri: str, field: str = "tracking.tracking_uri") -> None:
         return
     if uri.startswith("sqlite:"):
         raise ConfigError(field, uri, f"an in-memory store keeps nothing; {_FIX_URI}")
+    from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE
     from mlflow.utils.uri import get_uri_scheme, is_databricks_uri
 
     if get_uri_scheme(uri) in ("", "file") and not is_databricks_uri(uri):
+        if MLFLOW_ALLOW_FILE_STORE.get():
+            return  # the user opted in to MLflow's file store, which makes its own directory
         raise ConfigError(
             field,
             uri,
-            f"a path or file: URI means a file store, which MLflow 3 refuses; {_FIX_URI}",
+            "a path or file: URI means a file store, which MLflow 3 refuses (unless "
+            f"MLFLOW_ALLOW_FILE_STORE=true); {_FIX_URI}",
         )
     if is_http(uri):
         try:
