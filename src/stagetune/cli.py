@@ -350,7 +350,8 @@ def _train_distributed(spec: Any, out: Path) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from stagetune.orchestration.study import hold_workdir, prepare_study
+    from stagetune.config import ExperimentConfig
+    from stagetune.orchestration.lock import check_unlocked
 
     extra = []
     for flag, key, value in (
@@ -394,12 +395,17 @@ def cmd_run(args: argparse.Namespace) -> int:
                     "--resume continues the study with the config it started with; drop the "
                     "flag, or start a new study in another --workdir",
                 )
-        prep = prepare_study(
-            None, workdir=args.workdir, resume=True, tracking_uri=args.tracking_uri
-        )
+        cfg, workdir = None, Path(args.workdir or ExperimentConfig.workdir)
     else:
         cfg = _load(args, extra)
-        prep = prepare_study(cfg)
+        workdir = cfg.workdir_path
+    # Refuse a directory in use at once, not after the study's imports (seconds).
+    check_unlocked(workdir.expanduser().resolve(), field="workdir")
+    from stagetune.orchestration.study import hold_workdir, prepare_study
+
+    prep = prepare_study(
+        cfg, workdir=args.workdir, resume=args.resume, tracking_uri=args.tracking_uri
+    )
     with hold_workdir(prep):
         return _run_prepared(args, prep)
 
