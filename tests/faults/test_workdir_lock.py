@@ -46,7 +46,9 @@ def _holder_pid(lock: Path) -> int | None:
         return None
 
 
-def _wait_for(what: str, ready: Callable[[], bool], cli: Cli, proc: Any, timeout: float = 240) -> None:
+def _wait_for(
+    what: str, ready: Callable[[], bool], cli: Cli, proc: Any, timeout: float = 240
+) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
         if proc.poll() is not None:

@@ -56,10 +56,12 @@ class Holder:
 
     @classmethod
     def me(cls, command: str) -> Holder:
+        """This process, taking a lock now to run ``command``."""
         since = datetime.now().astimezone().isoformat(timespec="seconds")
         return cls(pid=os.getpid(), host=socket.gethostname(), since=since, command=command)
 
     def describe(self) -> str:
+        """E.g. ``stagetune run (pid 12 on host h, since 2025-01-02T03:04:05+01:00)``."""
         return f"{self.command} (pid {self.pid} on host {self.host}, since {self.since})"
 
     def exited(self) -> bool:
@@ -157,9 +159,11 @@ class DirectoryLock:
 
     @property
     def path(self) -> Path:
+        """The lock file."""
         return self.directory / LOCK_FILE
 
     def acquire(self) -> DirectoryLock:
+        """Take the lock (see the class); returns ``self``."""
         missing = []
         p = self.directory
         while not p.exists() and p.parent != p:
