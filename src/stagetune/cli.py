@@ -15,9 +15,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from stagetune.errors import StagetuneError
+
+if TYPE_CHECKING:
+    from stagetune.orchestration.study import PreparedStudy
 
 __all__ = ["main"]
 
@@ -217,10 +220,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from stagetune.data import prepare_data
     from stagetune.errors import ConfigError
-    from stagetune.orchestration.storage import check_writable
+    from stagetune.orchestration.lock import LOCK_FILE, DirectoryLock, check_unlocked
+    from stagetune.orchestration.storage import TRAIN_DIR, check_own_directory, check_writable
     from stagetune.schedule import build_schedule
-    from stagetune.trainables.loop import StagedTrainer
-    from stagetune.trainables.session import LocalSession
     from stagetune.trainables.spec import TrialSpec
 
     extra = []
@@ -229,9 +231,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("--workers", args.workers, "use at least 1 worker")
         extra.append(f"resources.workers_per_trial={args.workers}")
     cfg = _load(args, extra)
-    out = Path(args.out).expanduser() if args.out else cfg.workdir_path / "train" / cfg.name
+    out = Path(args.out).expanduser() if args.out else cfg.workdir_path / TRAIN_DIR / cfg.name
+    check_own_directory(out, "--out")
+    check_unlocked(out, field="--out")
     check_writable(out, "--out")
-    if out.exists() and any(out.iterdir()) and not args.resume:
+    if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()) and not args.resume:
         raise ConfigError(
             "--out", str(out), "the directory is not empty; pass --resume or another --out"
         )
@@ -239,12 +243,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     vocab = cfg.model.vocab_size or prepared.vocab_size
     schedule = build_schedule(cfg, vocab_size=vocab)
     spec = TrialSpec.from_config(cfg, schedule=schedule, vocab_size=vocab)
-    if cfg.resources.workers_per_trial > 1:
+    with DirectoryLock(out, field="--out", command="stagetune train"):
+        return _train_into(out, spec, schedule, as_json=args.json)
+
+
+def _train_into(out: Path, spec: Any, schedule: Any, *, as_json: bool) -> int:
+    from stagetune.trainables.loop import StagedTrainer
+    from stagetune.trainables.session import LocalSession
+
+    if spec.config.resources.workers_per_trial > 1:
         result = _train_distributed(spec, out)
     else:
 
         def echo(rec: dict[str, Any]) -> None:
-            if not args.json:
+            if not as_json:
                 print(
                     f"step {rec['step']:>6}/{rec['total_steps']}  stage {rec['stage']} {rec['phase']:<9} "
                     f"depth {rec['active_depth']}  train {rec['train_loss']:.4f}  eval {rec['eval_loss']:.4f}  "
@@ -266,7 +278,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         }
     summary = {**result, "schedule": schedule.to_dict(), "label": schedule.label(), "out": str(out)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    if args.json:
+    if as_json:
         print(json.dumps(summary))
     else:
         print(
@@ -338,7 +350,8 @@ def _train_distributed(spec: Any, out: Path) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from stagetune.orchestration.study import prepare_study, run_study
+    from stagetune.config import ExperimentConfig
+    from stagetune.orchestration.lock import check_unlocked
 
     extra = []
     for flag, key, value in (
@@ -382,12 +395,24 @@ def cmd_run(args: argparse.Namespace) -> int:
                     "--resume continues the study with the config it started with; drop the "
                     "flag, or start a new study in another --workdir",
                 )
-        prep = prepare_study(
-            None, workdir=args.workdir, resume=True, tracking_uri=args.tracking_uri
-        )
+        cfg, workdir = None, Path(args.workdir or ExperimentConfig.workdir)
     else:
         cfg = _load(args, extra)
-        prep = prepare_study(cfg)
+        workdir = cfg.workdir_path
+    # Refuse a directory in use at once, not after the study's imports (seconds).
+    check_unlocked(workdir.expanduser().resolve(), field="workdir")
+    from stagetune.orchestration.study import hold_workdir, prepare_study
+
+    prep = prepare_study(
+        cfg, workdir=args.workdir, resume=args.resume, tracking_uri=args.tracking_uri
+    )
+    with hold_workdir(prep):
+        return _run_prepared(args, prep)
+
+
+def _run_prepared(args: argparse.Namespace, prep: PreparedStudy) -> int:
+    from stagetune.orchestration.study import run_study
+
     t0 = time.time()
     # With --json, stdout carries only the JSON document; Ray's own chatter goes to stderr.
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
@@ -476,6 +501,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from stagetune.config import validate_name
     from stagetune.errors import ConfigError
     from stagetune.results import MlflowTracker
+    from stagetune.results.store import check_tracking_uri
 
     workdir = Path(args.workdir).expanduser().resolve()
     name, uri = _study_name_from_workdir(workdir)
@@ -486,6 +512,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         )
     validate_name(experiment, "--experiment")
     tracking_uri = args.tracking_uri or uri or f"sqlite:///{workdir / 'mlflow.db'}"
+    check_tracking_uri(tracking_uri, "--tracking-uri")
     if args.sync:
         tracker = MlflowTracker(tracking_uri, experiment, spool_dir=workdir / "mlflow_spool")
         synced = tracker.sync_spool()

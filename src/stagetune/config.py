@@ -402,6 +402,9 @@ class SearchConfig:
     """ASHA reduction factor."""
     max_concurrent: int | None = None
     """Concurrent trials; ``None`` derives it from the cluster's resources."""
+    points_to_evaluate: list[dict[str, Any]] = field(default_factory=list)
+    """Points of the space a new study evaluates right after the baseline, each a complete
+    mapping of the space's params, e.g. ``{num_stages: 1, lr: 0.004, warmup_steps: 0}``."""
 
     def __post_init__(self) -> None:
         _choice(self.space, SEARCH_SPACES, "search.space")
@@ -425,6 +428,20 @@ class SearchConfig:
             _require(
                 self.max_concurrent >= 1, "search.max_concurrent", self.max_concurrent, "use >= 1"
             )
+        for i, point in enumerate(self.points_to_evaluate):
+            _require(
+                isinstance(point, dict) and all(isinstance(k, str) for k in point),
+                f"search.points_to_evaluate[{i}]",
+                point,
+                "expected a mapping of param names to values",
+            )
+        _require(
+            len(self.points_to_evaluate) < self.num_trials,
+            "search.points_to_evaluate",
+            f"{len(self.points_to_evaluate)} point(s)",
+            f"with the baseline they need num_trials >= {len(self.points_to_evaluate) + 1}; "
+            "raise search.num_trials or drop points",
+        )
 
 
 @dataclass(kw_only=True)

@@ -8,12 +8,15 @@ the YAML side and the ``run`` / ``train`` / ``report`` / ``ui`` flags; the ``--s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import optuna
 import pytest
 
 from stagetune.cli import main
@@ -69,6 +72,20 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _workdir(id: str, workdir: str, *args: str, needles: tuple[str, ...],
+             files: dict[str, str | bytes] | None = None) -> Case:  # fmt: skip
+    """``run --workdir WORKDIR`` (``{d}``: the scratch directory) with the FAST settings."""
+
+    def argv(d: Path) -> list[str]:
+        return ["run", "--workdir", workdir.replace("{d}", str(d)),
+                *(a.replace("{d}", str(d)) for a in args), *fast_args()]  # fmt: skip
+
+    return Case(id=f"workdir-{id}", argv=argv, needles=needles, files=files)
+
+
+_POINT = "search.points_to_evaluate=[{num_stages: 1, lr: %s, warmup_steps: %d}]"
 
 
 CASES: list[Case] = [
@@ -145,10 +162,46 @@ CASES: list[Case] = [
     _run("override-torn-list", "--set", "schedule.increments=[2,2",
          needles=("schedule.increments='[2,2'", "expected a list")),
     _run("override-empty-source", "--set", "data.source=", needles=("data.source=''", "builtin")),
+    # -- the work directory: a directory of its own, holding no other files
+    _workdir("root", "/", needles=("workdir='/'", "/ is the root directory", "one of its own")),
+    _workdir("top-level", "/usr", needles=("workdir='/usr'", "a top-level system directory")),
+    _workdir("top-level-empty", "/mnt", needles=("workdir='/mnt'", "a top-level system directory")),
+    _workdir("not-empty", "{d}", files={"notes.txt": "x", "data": "y"},
+             needles=("workdir=", "not empty (data, notes.txt) and holds no study",
+                      "choose an empty or new --workdir")),
+    # -- the tracking store, probed before Ray starts
+    _workdir("tracking-garbage", "{d}/work", "--tracking-uri", "garbage",
+             needles=("tracking.tracking_uri='garbage'", "file store, which MLflow 3 refuses",
+                      "sqlite:///")),
+    _workdir("tracking-file-uri", "{d}/work", "--tracking-uri", "file:///nonexistent/x",
+             needles=("tracking.tracking_uri='file:///nonexistent/x'", "file store")),
+    _workdir("tracking-dead-server", "{d}/work", "--tracking-uri",
+             f"http://127.0.0.1:{_free_port()}",
+             needles=("tracking.tracking_uri='http://127.0.0.1:", "no MLflow server answers there",
+                      "Connection refused", "start it or fix the URI")),
+    _workdir("tracking-not-a-database", "{d}/work", "--tracking-uri", "sqlite:///{d}/notes.db",
+             files={"notes.db": "these are notes, not a database\n" * 100},
+             needles=("tracking.tracking_uri=", "is not a usable SQLite database")),
+    _workdir("tracking-in-memory", "{d}/work", "--tracking-uri", "sqlite://",
+             needles=("tracking.tracking_uri='sqlite://'", "an in-memory store keeps nothing")),
+    _workdir("tracking-unknown-scheme", "{d}/work", "--tracking-uri", "foo://bar",
+             needles=("tracking.tracking_uri='foo://bar'", "MLflow cannot use it")),
+    # -- points to evaluate first
+    _run("point-outside-space", "--set", _POINT % ("100", 0),
+         needles=("search.points_to_evaluate[0].lr=100", "use a number in")),
+    _run("point-incomplete", "--set", "search.points_to_evaluate=[{num_stages: 1}]",
+         needles=("search.points_to_evaluate[0].lr=None", "missing")),
+    _run("point-is-baseline", "--set", "train.lr=0.002", "--set", "train.warmup_steps=3",
+         "--set", _POINT % ("0.002", 3), needles=("search.points_to_evaluate[0]=", "is the baseline")),
+    _run("points-over-budget", "--trials", "2", "--set",
+         "search.points_to_evaluate=[{lr: 1}, {lr: 2}]",
+         needles=("search.points_to_evaluate='2 point(s)'", "num_trials >= 3")),
     # -- train flags
     _run("workers-zero", "--workers", "0", command="train", needles=("--workers=0", "at least 1")),
     _run("out-not-empty", "--out", "{d}", files={"keep.txt": "x"}, command="train",
          needles=("--out=", "not empty; pass --resume")),
+    _run("out-top-level", "--out", "/opt", command="train",
+         needles=("--out='/opt'", "a top-level system directory")),
 ]
 
 
@@ -208,7 +261,12 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from stagetune.config import config_to_dict, load_config
 
     (no_optuna / "study.json").write_text(json.dumps(config_to_dict(load_config())))
-    return {"root": root, "good": good, "torn": torn, "no_optuna": no_optuna}
+    resumable = root / "resumable"
+    resumable.mkdir()
+    (resumable / "study.json").write_text(json.dumps(config_to_dict(load_config())))
+    optuna.create_study(storage=f"sqlite:///{resumable / 'optuna.db'}", study_name="x")
+    return {"root": root, "good": good, "torn": torn, "no_optuna": no_optuna,
+            "resumable": resumable}  # fmt: skip
 
 
 def _busy_port() -> socket.socket:
@@ -231,6 +289,9 @@ STORE_CASES: list[tuple[str, Callable[[dict[str, Path]], list[str]], tuple[str, 
      lambda s: ["report", "--workdir", str(s["root"] / "empty"), "--experiment", "e",
                 "--tracking-uri", f"sqlite:///{s['root'] / 'typo.db'}"],
      ("typo.db", "no MLflow database")),
+    ("report-tracking-garbage",
+     lambda s: ["report", "--workdir", str(s["good"]), "--tracking-uri", "garbage"],
+     ("--tracking-uri='garbage'", "file store")),
     ("report-torn-study-file", lambda s: ["report", "--workdir", str(s["torn"])],
      ("study.json", "unreadable")),
     ("resume-empty-workdir", lambda s: ["run", "--resume", "--workdir", str(s["root"] / "empty")],
@@ -245,6 +306,19 @@ STORE_CASES: list[tuple[str, Callable[[dict[str, Path]], list[str]], tuple[str, 
     ("resume-with-set", lambda s: ["run", "--resume", "--workdir", str(s["good"]),
                                    "--set", "train.lr=1"],
      ("--set='train.lr=1'", "drop the flag")),
+    ("resume-tracking-garbage",
+     lambda s: ["run", "--resume", "--workdir", str(s["resumable"]), "--tracking-uri", "garbage"],
+     ("tracking.tracking_uri='garbage'", "file store")),
+    ("resume-tracking-file-uri",
+     lambda s: ["run", "--resume", "--workdir", str(s["resumable"]), "--tracking-uri",
+                "file:///nonexistent/x"],
+     ("tracking.tracking_uri='file:///nonexistent/x'", "file store")),
+    ("resume-tracking-dead-server",
+     lambda s: ["run", "--resume", "--workdir", str(s["resumable"]), "--tracking-uri",
+                f"http://127.0.0.1:{_free_port()}"],
+     ("no MLflow server answers there", "Connection refused")),
+    ("run-into-a-study", lambda s: ["run", "--workdir", str(s["good"])],
+     ("workdir=", "holds study 'study-a'", "continue it with --resume or choose another --workdir")),
     ("ui-port-range", lambda s: ["ui", "--workdir", str(s["good"]), "--port", "70000"],
      ("--port=70000", "0-65535")),
     ("ui-bad-host", lambda s: ["ui", "--workdir", str(s["good"]), "--host", "999.1.1.1",
@@ -280,6 +354,68 @@ def test_bad_input_on_stores(
     after = {p: p.stat().st_mtime_ns for p in stores["root"].rglob("*")}
     changed = sorted(str(p) for p in set(after) | set(before) if after.get(p) != before.get(p))
     assert not changed, "nothing may be created or changed"
+
+
+def _hashes(root: Path) -> dict[str, tuple[str, int]]:
+    return {str(p): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir",
+                     p.stat().st_mtime_ns) for p in root.rglob("*")}  # fmt: skip
+
+
+def test_fresh_run_into_a_study_changes_nothing(
+    stores: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The issue's case: a new study with another depth in an L=4 study's directory."""
+    good = stores["good"]
+    before = _hashes(good)
+    assert main(["run", "--workdir", str(good), "--set", "model.n_layer=2", *fast_args()]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "holds study 'study-a'; continue it with --resume" in lines[0]
+    assert _hashes(good) == before
+
+
+def test_home_directory_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home" / "me"
+    home.mkdir(parents=True)  # empty: refused for what it is, not for what it holds
+    monkeypatch.setenv("HOME", str(home))
+    for workdir, what in (("~/", "your home directory"),
+                          (str(home.parent), "an ancestor of your home directory")):  # fmt: skip
+        assert main(["run", "--workdir", workdir, *fast_args()]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and what in lines[0] and f"e.g. {home}/stagetune-work" in lines[0]
+    assert not any(home.iterdir())
+
+
+def test_unresponsive_tracking_server_is_refused_in_seconds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A server that accepts the connection and never answers: one short attempt, not
+    MLflow's default of retries with 120 s timeouts (minutes)."""
+    from stagetune.results.store import PROBE_TIMEOUT_S
+
+    with _busy_port() as s:  # listens (the kernel completes the handshake), never answers
+        uri = f"http://127.0.0.1:{s.getsockname()[1]}"
+        t0 = time.monotonic()
+        code = main(["run", "--workdir", str(tmp_path / "work"), "--tracking-uri", uri,
+                     *fast_args()])  # fmt: skip
+        elapsed = time.monotonic() - t0
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    assert f"no answer within {PROBE_TIMEOUT_S} s" in lines[0]
+    assert elapsed < 4 * PROBE_TIMEOUT_S, elapsed  # a bound relative to the probe's own limit
+    assert not (tmp_path / "work").exists()
+
+
+def test_file_store_is_left_to_mlflow_when_allowed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow 3 takes a file store only with MLFLOW_ALLOW_FILE_STORE=true: then so do we."""
+    from stagetune.results.store import check_tracking_uri
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    check_tracking_uri((tmp_path / "mlruns").as_uri())
+    assert not any(tmp_path.iterdir())
 
 
 def test_ui_port_in_use(stores: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,9 +1,9 @@
 """Fault: a trial's loss becomes NaN (an absurd learning rate that is still inside the space).
 
-Injection: a custom point is enqueued in the study's Optuna storage before ``stagetune run``
-(exactly how a user evaluates a chosen point first): the full-depth schedule at the space's
-highest lr, 4 × ``train.lr``, without warmup. With ``train.lr=8`` and warmup over the whole
-run, the baseline stays finite; lr 32 from step 0 makes the loss NaN within a few steps.
+Injection: a chosen point that the study evaluates first, given the way a user gives one
+(``search.points_to_evaluate``): the full-depth schedule at the space's highest lr,
+4 × ``train.lr``, without warmup. With ``train.lr=8`` and warmup over the whole run, the
+baseline stays finite; lr 32 from step 0 makes the loss NaN within a few steps.
 """
 
 from __future__ import annotations
@@ -29,31 +29,30 @@ def test_diverging_trial_is_stopped_marked_and_reported(
     ray_local: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     workdir = tmp_path / "work"
-    workdir.mkdir()
     storage = f"sqlite:///{workdir / 'optuna.db'}"
-    study = optuna.create_study(study_name=NAME, storage=storage, direction="minimize")
-    study.enqueue_trial(ABSURD, user_attrs={"custom_point": True})
-
     code = main(["run", "--workdir", str(workdir), "--trials", "3", "--space", "wide",
                  "--json", "--quiet",
-                 *fast_args(f"name={NAME}", "train.lr=8", "train.warmup_steps=24")])  # fmt: skip
+                 *fast_args(f"name={NAME}", "train.lr=8", "train.warmup_steps=24",
+                            f"search.points_to_evaluate={json.dumps([ABSURD])}")])  # fmt: skip
     out = capsys.readouterr()
     assert code == 0, out.err[-3000:]
     report = json.loads(out.out)
 
-    # Optuna: the search went on (3 trials: the custom point, the baseline, one sampled);
-    # the custom point is FAIL with stagetune's status; the baseline was enqueued once.
+    # Optuna: the search went on (3 trials: the baseline, the custom point, one sampled);
+    # the custom point (enqueued, so fixed params) is FAIL with stagetune's status; the
+    # baseline was enqueued once, first.
     trials = optuna.load_study(study_name=NAME, storage=storage).trials
     assert len(trials) == 3
-    custom = [t for t in trials if t.user_attrs.get("custom_point")]
+    custom = [t for t in trials if t.params == ABSURD]
     assert len(custom) == 1
     ot = custom[0]
-    assert ot.params == ABSURD
+    assert ot.system_attrs.get("fixed_params") == ABSURD
     assert ot.state == optuna.trial.TrialState.FAIL
     assert ot.user_attrs["stagetune_status"] == "diverged"
     tid = ot.user_attrs["stagetune_trial_id"]
     base = [t for t in trials if t.user_attrs.get("stagetune_baseline")]
     assert len(base) == 1 and base[0].state == optuna.trial.TrialState.COMPLETE
+    assert base[0].number == 0 and ot.number == 1
     assert all(t.user_attrs.get("stagetune_status") for t in trials)
 
     # Tune: stopped at once, with the status in its last result.

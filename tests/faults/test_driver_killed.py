@@ -3,7 +3,9 @@
 Injection: the run is a subprocess in its own process group. The test waits until one trial
 has finished and another has started (its MLflow child run exists) *after* Tune's last
 experiment snapshot, freezes the whole group with SIGSTOP to check that state atomically, then
-SIGKILLs the group. ``stagetune run --resume --workdir W`` then finishes the study.
+SIGKILLs the group. ``stagetune run --resume --workdir W`` then takes over the work
+directory's lock the dead driver left behind (stale: the kernel dropped its OS lock) and
+finishes the study.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from stagetune.cli import main
+from stagetune.orchestration.lock import LOCK_FILE
 from tests.faults.conftest import (
     Cli,
     fast_args,
@@ -118,6 +121,10 @@ def test_driver_sigkill_then_resume(
     )
     assert len(parents_before) == 1
 
+    lock = workdir / LOCK_FILE
+    dead = json.loads(lock.read_text())  # the killed driver's record is left behind
+    assert dead["pid"] == proc.pid
+
     t0 = time.monotonic()
     code = main(["run", "--resume", "--workdir", str(workdir), "--json", "--quiet"])
     captured = capsys.readouterr()
@@ -125,6 +132,11 @@ def test_driver_sigkill_then_resume(
     report = json.loads(captured.out)
     assert report["outcomes"]
     assert "interrupted" in captured.err  # the CLI says which trials it closed
+    assert [line for line in captured.err.splitlines() if "stale lock" in line] == [
+        f"stagetune: took over the stale lock of {workdir} left by stagetune run "
+        f"(pid {proc.pid} on host {dead['host']}, since {dead['since']}): that process is gone"
+    ]
+    assert not lock.exists()
     print(f"resume took {time.monotonic() - t0:.0f}s; orphans {sorted(orphans)}")
 
     # Optuna: the same study continued; finished trials unchanged; orphans FAIL/interrupted;

@@ -11,7 +11,8 @@ After a driver crash the two disagree in two ways:
   ``stagetune_status=interrupted`` before the search resumes.
 
 Budget rule (documented in ``tests/faults/README.md``): a study asks Optuna for at most
-``search.num_trials`` trials in total over a run and all its resumes. Every asked trial counts, whatever
+``search.num_trials`` trials in total over its first run and all its resumes (a study is only
+ever continued by ``--resume``: a new run refuses a work directory that holds one). Every asked trial counts, whatever
 its end (finished, stopped, diverged, failed, interrupted), except an interrupted *baseline*
 trial: the baseline is enqueued again (every comparison needs it) and its interrupted attempt
 does not count. So a resumed study samples only what is left, never one trial too many.

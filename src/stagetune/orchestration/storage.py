@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -9,14 +10,31 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from stagetune.errors import ConfigError
+from stagetune.orchestration.lock import LOCK_FILE
 
-__all__ = ["MIN_FREE_BYTES", "StudyPaths", "check_writable"]
+__all__ = [
+    "MIN_FREE_BYTES",
+    "MLFLOW_DB",
+    "TRAIN_DIR",
+    "StudyPaths",
+    "check_fresh_workdir",
+    "check_own_directory",
+    "check_writable",
+]
 
 MIN_FREE_BYTES = 64 * 1024 * 1024
 """Refuse a work directory with less free space than this: a search writes checkpoints."""
+MLFLOW_DB: Final = "mlflow.db"
+"""The default MLflow store of a study (``sqlite:///<workdir>/mlflow.db``)."""
+MLFLOW_ARTIFACTS: Final = "mlartifacts"
+"""Artifacts of the default store, beside it (see ``results.store.artifact_location``)."""
+TRAIN_DIR: Final = "train"
+"""Where ``stagetune train`` writes without ``--out`` (``<workdir>/train/<name>``)."""
+_SQLITE_SIDE_FILES: Final = ("-journal", "-wal", "-shm")
+_SHOWN_NAMES: Final = 3
 
 
 @dataclass(frozen=True)
@@ -54,6 +72,21 @@ class StudyPaths:
     @property
     def report_dir(self) -> Path:
         return self.workdir / "report"
+
+    @property
+    def study_markers(self) -> tuple[Path, ...]:
+        """Files whose presence means the directory holds a study (config or a store of one)."""
+        return (self.study_file, self.optuna_db, self.workdir / MLFLOW_DB)
+
+    @property
+    def own_names(self) -> frozenset[str]:
+        """Names of everything stagetune itself creates in a work directory."""
+        made = (self.ray_storage, self.train_storage, self.spool_dir, self.report_dir)
+        return frozenset(
+            {p.name for p in (*self.study_markers, *made)}
+            | {self.study_file.with_suffix(".tmp").name, MLFLOW_ARTIFACTS, TRAIN_DIR, LOCK_FILE}
+            | {m.name + s for m in self.study_markers for s in _SQLITE_SIDE_FILES}
+        )
 
     def save_study(self, config: dict[str, Any]) -> None:
         tmp = self.study_file.with_suffix(".tmp")
@@ -130,4 +163,70 @@ def check_writable(path: Path, field: str, *, min_free: int = MIN_FREE_BYTES) ->
             str(path),
             f"only {free // (1024 * 1024)} MiB free in {base} (need {min_free // (1024 * 1024)} MiB); "
             "free space or choose another path",
+        )
+
+
+def check_own_directory(path: Path, field: str) -> None:
+    """Refuse the root, a top-level directory (``/usr``, ``/etc``, ``/tmp``, ``/home``...) and
+    the home directory or its ancestors: stagetune fills the directory with its own files."""
+    p = path.expanduser().resolve()
+    try:
+        home: Path | None = Path.home().resolve()
+    except (RuntimeError, KeyError):  # no HOME and no passwd entry
+        home = None
+    if p.parent == p:
+        what = "the root directory"
+    elif home is not None and p == home:
+        what = "your home directory"
+    elif p.parent.parent == p.parent:
+        what = "a top-level system directory"
+    elif home is not None and p in home.parents:
+        what = "an ancestor of your home directory"
+    else:
+        return
+    example = (home or Path("/srv/me")) / "stagetune-work"
+    raise ConfigError(
+        field,
+        str(path),
+        f"{p} is {what}; stagetune fills the directory with its own files (and you may want to "
+        f"delete it later), so give it one of its own, e.g. {example}",
+    )
+
+
+def _held_study(paths: StudyPaths) -> str | None:
+    """'study NAME' (or 'a study (FILES)') when the directory holds one, else ``None``."""
+    held = [p.name for p in paths.study_markers if p.exists()]
+    if not held:
+        return None
+    with contextlib.suppress(OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        name = json.loads(paths.study_file.read_text(encoding="utf-8")).get("name")
+        if isinstance(name, str) and name:
+            return f"study {name!r}"
+    return f"a study ({', '.join(held)})"
+
+
+def check_fresh_workdir(paths: StudyPaths, field: str = "workdir") -> None:
+    """Refuse a work directory for a new study unless it is missing, empty, or holds only
+    what stagetune itself leaves there (a stale lock, ``train/`` runs); reads only."""
+    if not paths.workdir.is_dir():
+        return  # created later; a file in the way is check_writable's to refuse
+    try:
+        names = sorted(e.name for e in paths.workdir.iterdir())
+    except OSError:
+        return  # unreadable: check_writable says why
+    study = _held_study(paths)
+    if study is not None:
+        raise ConfigError(
+            field,
+            str(paths.workdir),
+            f"holds {study}; continue it with --resume or choose another --workdir",
+        )
+    foreign = [n for n in names if n not in paths.own_names]
+    if foreign:
+        shown = ", ".join(foreign[:_SHOWN_NAMES]) + (", ..." if len(foreign) > _SHOWN_NAMES else "")
+        raise ConfigError(
+            field,
+            str(paths.workdir),
+            f"the directory is not empty ({shown}) and holds no study; choose an empty or "
+            "new --workdir",
         )

@@ -1,14 +1,19 @@
 """Build and run a study: Ray Tune + OptunaSearch + ASHA-on-FLOPs, tracked in MLflow.
 
 The order matters for the "nothing half-written" rule: everything that can be refused (config,
-data, work directory, cluster shape) is checked before the first file or run is created.
+work directory, tracking store, data, cluster shape) is checked before the first file or run
+is created. A work directory holds one study, driven by one process at a time: a new study
+needs a directory of its own (empty, or new), and the driver holds the directory's lock from
+before its first write until it ends (:func:`hold_workdir`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,16 +27,21 @@ from stagetune.orchestration.callbacks import MlflowCallback, ProgressCallback, 
 from stagetune.orchestration.cluster import check_placeable, connect, max_concurrent_trials
 from stagetune.orchestration.early_stopping import make_asha
 from stagetune.orchestration.integrity import TuneStateSigner, load_key
+from stagetune.orchestration.lock import DirectoryLock, check_unlocked
 from stagetune.orchestration.searcher import (
     STATUS_INTERRUPTED,
     ResumableOptunaSearch,
-    counts_against_budget,
     ensure_baseline,
     reconcile_optuna,
 )
-from stagetune.orchestration.storage import StudyPaths, check_writable
+from stagetune.orchestration.storage import (
+    StudyPaths,
+    check_fresh_workdir,
+    check_own_directory,
+    check_writable,
+)
 from stagetune.results import MlflowTracker
-from stagetune.results.store import sqlite_path
+from stagetune.results.store import check_tracking_uri, sqlite_path
 from stagetune.search_spaces import SearchSpace, SpaceContext, get_search_space
 from stagetune.trainables.tune_trainable import StudyContext, make_trial_spec
 from stagetune.trainables.tune_trainable import train_trial as _train_trial
@@ -40,6 +50,7 @@ __all__ = [
     "TAG_INTERRUPTED",
     "PreparedStudy",
     "StudyRun",
+    "hold_workdir",
     "prepare_study",
     "run_study",
     "train_trial",
@@ -48,6 +59,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 METRIC = "eval_loss"
+WORKDIR_FIELD = "workdir"
 TAG_INTERRUPTED = "stagetune.interrupted"
 """MLflow tag on a trial run the driver's death left unfinished (status ``failed``)."""
 
@@ -90,12 +102,15 @@ def prepare_study(
 ) -> PreparedStudy:
     """Validate everything that can be refused; returns without creating anything.
 
-    On ``resume`` the config is the study's own (``study.json``); only ``tracking_uri`` (a
-    tracking server that moved) may replace the stored one.
+    The work directory must be a directory of its own (not ``/``, a top-level directory or the
+    home directory) that no live driver holds; a new study's must hold no study and nothing
+    foreign. On ``resume`` the config is the study's own (``study.json``); only
+    ``tracking_uri`` (a tracking server that moved) may replace the stored one.
     """
     if resume:
         base = Path(workdir or (cfg.workdir if cfg else "stagetune-work")).expanduser().resolve()
         paths = StudyPaths(base)
+        _check_workdir(paths, fresh=False)
         stored = paths.load_study()
         if tracking_uri:
             tracking = {**(stored.get("tracking") or {}), "tracking_uri": tracking_uri}
@@ -112,7 +127,9 @@ def prepare_study(
         if workdir:
             cfg = config_from_dict({**config_to_dict(cfg), "workdir": workdir})
         paths = StudyPaths(cfg.workdir_path)
-    check_writable(paths.workdir, "workdir")
+        _check_workdir(paths, fresh=True)
+    check_tracking_uri(cfg.resolved_tracking_uri())
+    check_writable(paths.workdir, WORKDIR_FIELD)
     if cfg.resources.storage_path and "://" not in cfg.resources.storage_path:
         check_writable(Path(cfg.resources.storage_path).expanduser(), "resources.storage_path")
     db = sqlite_path(cfg.resolved_tracking_uri())
@@ -131,9 +148,44 @@ def prepare_study(
     # The baseline is every study's first point: a config it cannot be built from is refused
     # here, not as a failed first trial.
     space.build(space.baseline_point(ctx), ctx)
+    for i, point in enumerate(cfg.search.points_to_evaluate):
+        _check_point(space, ctx, point, i)
     return PreparedStudy(
         config=cfg, paths=paths, vocab_size=vocab, space=space, ctx=ctx, resume=resume
     )
+
+
+def _check_workdir(paths: StudyPaths, *, fresh: bool) -> None:
+    check_own_directory(paths.workdir, WORKDIR_FIELD)
+    # A directory in use is named as such first: its holder explains what else is there.
+    check_unlocked(paths.workdir, field=WORKDIR_FIELD)
+    if fresh:
+        check_fresh_workdir(paths, WORKDIR_FIELD)
+
+
+def _check_point(space: SearchSpace, ctx: SpaceContext, point: dict[str, Any], i: int) -> None:
+    """A point to evaluate must be a complete point of the space, other than the baseline."""
+    where = f"search.points_to_evaluate[{i}]"
+    try:
+        plan = space.build(point, ctx)
+    except ConfigError as exc:
+        name = exc.field.rsplit(".", 1)[-1]
+        raise ConfigError(f"{where}.{name}", exc.value, exc.fix) from None
+    if plan.is_baseline:
+        raise ConfigError(where, point, "is the baseline, which every study runs anyway; drop it")
+
+
+@contextlib.contextmanager
+def hold_workdir(prep: PreparedStudy) -> Iterator[DirectoryLock]:
+    """Hold the study's work directory for the driver's whole life (see :mod:`.lock`).
+
+    A new study's directory is checked once more under the lock: another driver may have
+    started a study there since :func:`prepare_study` looked.
+    """
+    with DirectoryLock(prep.paths.workdir, field=WORKDIR_FIELD, command="stagetune run") as lock:
+        if not prep.resume:
+            check_fresh_workdir(prep.paths, WORKDIR_FIELD)
+        yield lock
 
 
 def make_sampler(cfg: ExperimentConfig, space: SearchSpace, ctx: SpaceContext) -> Any:
@@ -301,7 +353,7 @@ def run_study(prep: PreparedStudy, *, quiet: bool = False, address: str | None =
             sampler=sampler,
             study_name=cfg.name,
             storage=storage,
-            max_trials=cfg.search.num_trials + asked_before,
+            max_trials=cfg.search.num_trials,
         )
 
     searcher: Any = None
@@ -332,16 +384,7 @@ def run_study(prep: PreparedStudy, *, quiet: bool = False, address: str | None =
         snapshot=_snapshot_trials(exp_uri) if restore else {},
     )
     trainable = _trainable(study, cfg, replay)
-    # num_trials is the study's budget over all its resumed runs; a fresh run in a work
-    # directory whose study already holds trials adds num_trials to them (as it always did).
-    asked_before = 0
-    if not prep.resume:
-        asked_before = sum(
-            counts_against_budget(t)
-            for t in optuna.load_study(study_name=cfg.name, storage=storage).get_trials(
-                deepcopy=False
-            )
-        )
+    # num_trials is the study's budget over its first run and all its resumes.
     if restore:
         # Errored trials stay errored (Optuna holds them as FAIL); unfinished ones continue
         # from their newest valid checkpoint.
@@ -413,7 +456,8 @@ def _reconcile(
 ) -> tuple[list[str], dict[str, dict[str, Any]]]:
     """Make Optuna and MLflow agree with the Tune experiment that is about to run.
 
-    A fresh study is created in Optuna with the baseline enqueued. On resume, trials that ran
+    A fresh study is created in Optuna with the baseline enqueued, then the config's
+    ``search.points_to_evaluate``. On resume, trials that ran
     when the driver died but are unknown to Tune's ``snapshot`` are closed: their Optuna
     trial becomes FAIL (``stagetune_status=interrupted``) and their MLflow run ``failed`` with
     tag ``stagetune.interrupted=true`` (or the status Optuna recorded, when the trial finished
@@ -471,6 +515,10 @@ def _reconcile(
                     log.info("trial %s ended before the driver died: replayed", trial_id)
     if ensure_baseline(ot_study, space.baseline_point(ctx), is_baseline=is_baseline):
         log.info("baseline enqueued in Optuna study %s", cfg.name)
+    if not prep.resume:
+        for point in cfg.search.points_to_evaluate:
+            # As the space reads it (types normalised, keys it does not use left out).
+            ot_study.enqueue_trial(space.build(point, ctx).params)
     return interrupted, replay
 
 

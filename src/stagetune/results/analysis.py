@@ -50,7 +50,7 @@ from stagetune.results.naming import (
     TAG_STUDY,
     TAG_TRIAL_ID,
 )
-from stagetune.results.store import is_http, make_client
+from stagetune.results.store import error_reason, is_http, make_client
 
 __all__ = [
     "Curve",
@@ -198,10 +198,9 @@ def _experiment_or_error(client: Any, tracking_uri: str, experiment: str) -> Any
         exp = client.get_experiment_by_name(experiment)
         names = [] if exp is not None else [e.name for e in client.search_experiments()]
     except Exception as exc:  # connection refused, DNS, timeouts: say so in one line
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         fix = "start the MLflow server or pass the right tracking URI"
         raise ConfigError(
-            "tracking_uri", tracking_uri, f"MLflow is unreachable ({reason}); {fix}"
+            "tracking_uri", tracking_uri, f"MLflow is unreachable ({error_reason(exc)}); {fix}"
         ) from exc
     if exp is None or exp.lifecycle_stage == "deleted":
         existing = ", ".join(sorted(n for n in names if n != "Default")) or "none"
