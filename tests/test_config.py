@@ -95,6 +95,9 @@ def test_huge_lists_and_field_names_are_capped() -> None:
     assert len(msg) < 4 * MAX_SHOWN_CHARS and msg.endswith("...]: fix")
     msg = str(ConfigError("k" * 10**6, 1, "fix"))
     assert len(msg) < 4 * MAX_SHOWN_CHARS and msg.endswith("=1: fix")
+    # A fix that quotes user data (the keys of a JSONL record, say) is cut as well.
+    msg = str(ConfigError("data.text_field", "text", f"found {['k' * 10**6]}; name a field"))
+    assert len(msg) < 6 * MAX_SHOWN_CHARS and msg.endswith("; name a field")
     # Ordinary values are shown whole.
     assert str(ConfigError("data.source", "/a/b/c.txt", "fix")) == "data.source='/a/b/c.txt': fix"
 

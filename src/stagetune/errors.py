@@ -38,6 +38,14 @@ class _ShortRepr(reprlib.Repr):
 _SHORT = _ShortRepr()
 
 
+def _cut(text: str, most: int) -> str:
+    """``text`` cut in the middle to about ``most`` characters (a fix may quote user data)."""
+    if len(text) <= most:
+        return text
+    half = most // 2
+    return f"{text[:half]} ... {text[-half:]}"
+
+
 def shown(value: Any) -> str:
     """How an error line echoes ``value``: its ``repr``, at most about 200 characters."""
     text = _SHORT.repr(value)
@@ -67,9 +75,8 @@ class ConfigError(StagetuneError, ValueError):
         self.value = value
         self.fix = fix
         # The one place a value is formatted: capped, so a huge value gives a short line.
-        half = MAX_SHOWN_CHARS // 2
-        name = field if len(field) <= MAX_SHOWN_CHARS else f"{field[:half]}...{field[-half:]}"
-        super().__init__(f"{name}={shown(value)}: {fix}")
+        name, why = _cut(field, MAX_SHOWN_CHARS), _cut(fix, 5 * MAX_SHOWN_CHARS)
+        super().__init__(f"{name}={shown(value)}: {why}")
 
 
 class DivergenceError(RuntimeError):

@@ -12,7 +12,7 @@ from stagetune.data.base import TextSource
 from stagetune.data.cache import stable_hash
 from stagetune.data.decode import read_utf8_chunks
 from stagetune.data.paths import TEXT_SUFFIXES, resolve_files
-from stagetune.errors import ConfigError
+from stagetune.errors import ConfigError, shown
 
 __all__ = ["TextFiles"]
 
@@ -94,7 +94,7 @@ class TextFiles(TextSource):
                     raise ConfigError(
                         "data.text_field",
                         field,
-                        f"{path}:{lineno} has no {field!r} key (found {keys}); "
+                        f"{path}:{lineno} has no {field!r} key (found {shown(keys)}); "
                         "set data.text_field to the key holding the text",
                     )
                 value = record[field]
