@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,6 +43,16 @@ CASES = [
         ["estimate", "--set", "train.batch_size=10", "--set", "resources.workers_per_trial=3"],
         "train.batch_size",
     ),
+    # Bounds live in the config: flags, --set and YAML share them (issue 9, item 9).
+    (["run", "--trials", "1000000000"], "--trials=1000000000: more than 10,000 trials"),
+    (["run", "--budget-factor", "1e9"], "--budget-factor=1000000000.0: a budget above 100×"),
+    (["run", "--budget-factor", "1e-9"], "smallest factor that fits is 1"),
+    (["estimate", "--set", "budget.factor=1e9"], "budget.factor=1000000000.0"),
+    (["estimate", "--set", "train.seed=-5"], "train.seed=-5"),
+    (["estimate", "--stages", "3", "--set", "budget.factor=0.3"], "smallest factor that fits is 1"),
+    (["estimate", "--increments", ""], "--increments=''"),
+    (["estimate", "--increments", "2,2", "--stages", "3", "--set", "model.n_layer=4"],
+     "contradicts schedule.increments=[2, 2]"),
 ]
 
 
@@ -101,3 +112,58 @@ def test_estimate_json_contract() -> None:
     assert data["ratio"] == pytest.approx(data["incremental_flops"] / data["baseline_flops"])
     assert data["ratio"] == pytest.approx(0.53125)
     assert data["baseline_steps"] == 9536 and data["continual_steps_matched"] > 0
+
+
+def _estimate(*argv: str) -> dict:
+    code_out = subprocess.run(
+        [sys.executable, "-m", "stagetune.cli", "estimate", *argv, "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(code_out)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "continual"),
+    [
+        (["schedule.continual_steps=10"], lambda matched: 10),
+        (["schedule.continual_multiple=0.5"], lambda matched: round(0.5 * matched)),
+        ([], lambda matched: matched),
+    ],
+    ids=["continual-steps", "continual-multiple", "matched"],
+)
+def test_estimate_shows_the_schedule_train_runs(overrides: list[str], continual: Any) -> None:
+    """The phase table is the schedule `train` builds (it showed the budget-matched length
+    even when the config set another: JSON 10, table 60), with its total cost; the matched
+    length is reported on its own."""
+    from stagetune.config import load_config
+    from stagetune.schedule import build_schedule
+
+    sets = ["schedule.num_stages=2", "model.n_layer=4", *overrides]
+    data = _estimate(*(a for o in sets for a in ("--set", o)))
+    cfg = load_config(overrides=sets)
+    assert data["schedule"] == build_schedule(cfg, vocab_size=cfg.data.vocab_size).to_dict()
+    expected = continual(data["continual_steps_matched"])
+    assert data["continual_steps"] == data["schedule"]["continual_steps"] == expected
+    for conv, c in data["conventions"].items():
+        last = c["phases"][-1]
+        assert (last["phase"], last["steps"]) == ("continual", expected), conv
+        assert c["total_flops"] == pytest.approx(sum(ph["flops"] for ph in c["phases"]))
+        assert c["total_ratio"] == pytest.approx(c["total_flops"] / c["baseline_flops"])
+        assert c["budget_flops"] == pytest.approx(c["baseline_flops"] * data["budget_factor"])
+    # The chosen convention's numbers are also at the top level (the existing keys too).
+    chosen = data["conventions"][data["convention"]]
+    for key in ("baseline_flops", "incremental_flops", "ratio", "continual_steps_matched",
+                "total_flops", "total_ratio", "budget_flops"):  # fmt: skip
+        assert data[key] == chosen[key]
+
+
+def test_estimate_text_prints_the_total(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["estimate", "--stages", "2", "--set", "schedule.continual_steps=10"]) == 0
+    out = capsys.readouterr().out
+    assert "what 'stagetune train' runs" in out and "continual steps 10" in out
+    rows = [r for r in map(str.split, out.splitlines()) if len(r) == 5 and r[1] == "continual"]
+    # One phase table per convention, both ending with the 10 configured continual steps.
+    assert len(rows) == 2 and all(row[2:4] == ["6", "10"] for row in rows)
+    assert out.count("total ") == 2 and "× the baseline (budget " in out

@@ -12,6 +12,8 @@ import json
 import multiprocessing
 import pickle
 import random
+import subprocess
+import sys
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
@@ -46,8 +48,12 @@ from stagetune.data import (
     source_from_config,
     train_tokenizer,
 )
+from stagetune.data import pieces as pieces_module
 from stagetune.data import prepare as prepare_module
+from stagetune.data import tokenizer as tokenizer_module
 from stagetune.data.cache import stable_hash
+from stagetune.data.decode import read_utf8_chunks
+from stagetune.data.pieces import document_pieces
 from stagetune.data.sources import _REGISTRY
 from stagetune.errors import ConfigError
 
@@ -358,14 +364,142 @@ def test_user_tokenizer_json(tmp_path: Path) -> None:
     assert not (tmp_path / "cache" / "tokenizers").exists()
 
 
-def test_piecewise_encoding_equals_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+# Texts whose pieces must tokenise as the whole: one long line of words, indented code,
+# runs of spaces and tabs, unicode, and a long run with no whitespace at all.
+_PIECE_TEXTS = {
+    "code": "".join(DOCS) + "    indented\n\n  \nx = 1\n" * 20,
+    "one-line": " ".join(make_docs(40, seed=5)).replace("\n", " ") + "  tail\t \t end",
+    "unicode": "déjà vu — π≈3.14 ünïcödé  日本語 テキスト " * 60,
+    "spaces": "a" + "  b   c\t\td" * 90,
+}
+
+
+@pytest.fixture
+def small_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pieces_module, "PIECE_CHARS", 100)
+    monkeypatch.setattr(pieces_module, "MAX_PIECE_CHARS", 400)
+
+
+@pytest.mark.parametrize("name", sorted(_PIECE_TEXTS))
+def test_piecewise_encoding_equals_whole(name: str, small_pieces: None) -> None:
     tok = train_tokenizer(DOCS, 300)
-    text = "".join(DOCS) + "    indented\n\n  \nx = 1\n" * 20
-    monkeypatch.setattr(prepare_module, "_PIECE_CHARS", 100)
-    pieces = list(prepare_module._pieces(text))
+    text = _PIECE_TEXTS[name]
+    rng = random.Random(0)
+    cuts = sorted(rng.sample(range(1, len(text)), 30))
+    # However the text arrives (whole, or in chunks that split words), same pieces.
+    chunks = [text[a:b] for a, b in itertools.pairwise([0, *cuts, len(text)])]
+    pieces = list(document_pieces([text]))
+    assert list(document_pieces(chunks)) == pieces
     assert len(pieces) > 5 and "".join(pieces) == text
-    got = prepare_module._encode_batch(tok, [text], eot_id=0)
+    assert all(0 < len(p) <= pieces_module.MAX_PIECE_CHARS for p in pieces)
+    got = prepare_module._encode_batch(tok, pieces, [True] + [False] * (len(pieces) - 1), 0)
     assert got.tolist() == [0, *tok.encode(text).ids]
+    # BPE training counts the same words in the pieces as in the whole: the same tokenizer.
+    whole, split = train_tokenizer([text], 320), train_tokenizer(pieces, 320)
+    assert whole.get_vocab() == split.get_vocab()
+
+
+def test_text_without_whitespace_is_cut_at_the_cap(small_pieces: None) -> None:
+    text = "x" * 1000 + " y" * 10
+    pieces = list(document_pieces(iter([text[:150], text[150:]])))
+    assert "".join(pieces) == text
+    assert [len(p) for p in pieces[:2]] == [400, 400]
+
+
+def _write_single_line(path: Path, megabytes: float) -> Path:
+    """A text of pseudo-words on one line (no newline at all), ``megabytes`` MiB long."""
+    rng = random.Random(0)
+    words = ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(2, 9)))
+             for _ in range(5000)]  # fmt: skip
+    target = int(megabytes * 1024 * 1024)
+    with open(path, "w", encoding="utf-8") as handle:
+        written = 0
+        while written < target:
+            line = " ".join(rng.choices(words, k=10_000)) + " "
+            handle.write(line)
+            written += len(line)
+    return path
+
+
+def test_tokenizer_sample_of_a_long_document_is_capped(
+    tmp_path: Path, small_pieces: None
+) -> None:
+    """A single-line document larger than data.max_corpus_mb enters the BPE sample only up to
+    the cap (it used to enter whole, with all of it in memory at once)."""
+    path = _write_single_line(tmp_path / "long.txt", 0.05)
+    cap = 10_000
+    sample = list(tokenizer_module._capped(TextFiles(str(path)), cap))
+    assert cap <= sum(len(p) for p in sample) <= cap + pieces_module.MAX_PIECE_CHARS
+    assert path.read_text().startswith("".join(sample))
+
+
+def test_txt_is_read_in_chunks_like_a_whole_decode(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Chunked decoding equals bytes.decode(errors='replace'), multi-byte characters split
+    across chunks included; a few undecodable bytes are replaced with a warning."""
+    good = "déjà vu — π≈3.14 日本語 " * 15
+    data = good.encode() + b"\xff" + good.encode() + b"\xc3(" + good.encode()
+    path = tmp_path / "mixed.txt"
+    path.write_bytes(data)
+    with caplog.at_level("WARNING", logger="stagetune.data.decode"):
+        chunks = list(read_utf8_chunks(path, chunk_bytes=7))
+    assert "".join(chunks) == data.decode("utf-8", errors="replace")
+    assert len(chunks) > 100 and all(len(c.encode()) <= 3 * 7 for c in chunks)
+    [record] = caplog.records
+    assert str(path) in record.getMessage() and f"2 of its {len(data)} bytes" in record.getMessage()
+
+
+def test_binary_txt_is_refused(tmp_path: Path) -> None:
+    """A .txt that is mostly not UTF-8 is refused with its share of undecodable bytes (it
+    used to train on replacement characters without a word)."""
+    rng = random.Random(1)
+    path = tmp_path / "blob.txt"
+    path.write_bytes(b"some text " * 50 + bytes(rng.randrange(256) for _ in range(5000)))
+    with pytest.raises(ConfigError) as exc:
+        prepare_data(cfg_for(tmp_path, str(path)))
+    msg = one_line(exc)
+    assert msg.startswith(f"data.source='{path}': ") and "are not UTF-8" in msg
+    bad = int(msg.split(" of its ")[0].split(": ")[-1].replace(",", ""))
+    share = f"({bad / path.stat().st_size:.1%})"
+    assert share in msg and "convert it to UTF-8" in msg
+    # Nothing half-built is left in the cache.
+    assert not list((tmp_path / "cache").rglob("*.bin"))
+    assert not list((tmp_path / "cache").rglob("tokenizer.json"))
+
+
+_MEMORY_CHILD = """
+import resource, sys
+from stagetune.config import DataConfig
+from stagetune.data import prepare_data
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+prepared = prepare_data(DataConfig(source=sys.argv[1], cache_dir=sys.argv[2]))
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(prepared.num_tokens, before * 1024, after * 1024)
+"""
+
+
+@pytest.mark.slow
+def test_long_single_line_txt_prepares_in_bounded_memory(tmp_path: Path) -> None:
+    """A 30 MiB text on a single line: tokenizer training and tokenisation stream it.
+
+    Measured on the 2-core CI machine: before, peak RSS 6.08 GiB (BPE training on the whole
+    line; its encoding alone 4.6 GiB); after, 381 MiB (223 MiB of it the imports).
+    """
+    path = _write_single_line(tmp_path / "one-line.txt", 30)
+    assert b"\n" not in path.read_bytes()[-1000:]
+    out = subprocess.run(
+        [sys.executable, "-c", _MEMORY_CHILD, str(path), str(tmp_path / "cache")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    ).stdout.split()
+    num_tokens, before, after = (int(x) for x in out)
+    assert num_tokens > 1_000_000
+    gib = 1024**3
+    assert after < gib, f"peak RSS {after / gib:.2f} GiB"
+    assert after - before < 0.6 * gib, f"RSS grew by {(after - before) / gib:.2f} GiB"
 
 
 def _prepare_in_child(cfg: DataConfig, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]

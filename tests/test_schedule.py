@@ -15,8 +15,8 @@ from stagetune.schedule import (
     even_increments,
     from_increments,
     matched_continual_steps,
-    paper_schedule,
     split_steps,
+    uniform_schedule,
 )
 
 DIMS = ModelDims(
@@ -32,8 +32,15 @@ DIMS = ModelDims(
 TPS = 524_288
 
 
+def _paper(num_layers: int, num_stages: int, *, baseline_steps: int) -> Schedule:
+    """The paper's schedule: L/S layers a stage, each phase T/(2S) steps, its freeze policy."""
+    return uniform_schedule(
+        num_layers, num_stages, stage_steps=baseline_steps, freeze_policy="paper", growth="random"
+    )
+
+
 def test_paper_schedule_shape_and_paper_convention_ratio() -> None:
-    s = paper_schedule(12, 4, baseline_steps=9536)
+    s = _paper(12, 4, baseline_steps=9536)
     assert s.depths == [3, 6, 9, 12] and s.increments == [3, 3, 3, 3]
     assert s.freeze_policy == "paper" and s.growth == "random"
     # Each phase T/(2S) steps; stage 1 has no older blocks, so both its phases train everything.
@@ -48,7 +55,7 @@ def test_paper_schedule_shape_and_paper_convention_ratio() -> None:
 
 
 def test_budget_matching_spends_the_budget_and_no_more() -> None:
-    s = paper_schedule(12, 4, baseline_steps=1000)
+    s = _paper(12, 4, baseline_steps=1000)
     base = baseline_schedule(12, 1000)
     for conv in ("standard", "paper"):
         for factor in (1.0, 1.5):
@@ -65,7 +72,32 @@ def test_budget_matching_spends_the_budget_and_no_more() -> None:
             one_more = s.with_continual(n + 1).flops(DIMS, tokens_per_step=TPS, convention=conv)
             assert spent <= budget < one_more
     # A schedule that already spends the budget gets no continual steps.
-    assert matched_continual_steps(base, baseline_steps=500, dims=DIMS, tokens_per_step=TPS) == 0
+    assert matched_continual_steps(base, baseline_steps=1000, dims=DIMS, tokens_per_step=TPS) == 0
+
+
+def test_budget_matching_refuses_stages_over_budget() -> None:
+    """Stages that alone spend more than the budget are refused, naming the smallest factor
+    that fits (it used to answer 0 continual steps: a run at twice its budget)."""
+    base = baseline_schedule(12, 1000)
+    with pytest.raises(ConfigError) as err:
+        matched_continual_steps(base, baseline_steps=500, dims=DIMS, tokens_per_step=TPS)
+    assert err.value.field == "budget.factor"
+    assert "alone spend 2.0000× the baseline's compute" in str(err.value)
+    assert str(err.value).endswith("the smallest factor that fits is 2")
+    # That factor fits, exactly.
+    assert (
+        matched_continual_steps(
+            base, baseline_steps=500, dims=DIMS, tokens_per_step=TPS, budget_factor=2.0
+        )
+        == 0
+    )
+    # A budget below the baseline's own compute is refused for any schedule.
+    staged = _paper(12, 4, baseline_steps=1000)
+    with pytest.raises(ConfigError, match=r"leaves the baseline .* over budget; the smallest "
+                       r"factor that fits is 1$"):  # fmt: skip
+        matched_continual_steps(
+            staged, baseline_steps=1000, dims=DIMS, tokens_per_step=TPS, budget_factor=0.3
+        )
 
 
 def test_builders_validate_and_split_exactly() -> None:

@@ -23,7 +23,7 @@ from stagetune import config as config_mod
 from stagetune.compute import ModelDims
 from stagetune.config import ExperimentConfig, ModelConfig, ScheduleConfig
 from stagetune.errors import ConfigError
-from stagetune.schedule import baseline_schedule, build_schedule, paper_schedule
+from stagetune.schedule import Stage, baseline_schedule, build_schedule
 from stagetune.search_spaces import (
     SEARCH_SPACES,
     CompactSpace,
@@ -68,8 +68,8 @@ def _ctx(n_layer: int, steps: int, **kw: Any) -> SpaceContext:
 
 
 # Study shapes that stress different corners: the default config, a deep model with the
-# paper convention and a bigger budget, steps that no stage count divides with a budget
-# below the stages' own cost, and one with barely a step per layer.
+# paper convention and a bigger budget, steps that no stage count divides with the tightest
+# budget there is (the baseline's own compute), and one with barely a step per layer.
 CONTEXTS = {
     # Pinned (not the package defaults) so the expectations below stay put: L = 4, T = 120.
     "default": SpaceContext.from_config(
@@ -79,7 +79,7 @@ CONTEXTS = {
     "deep-paper": _ctx(
         12, 120, convention="paper", budget_factor=1.5, base_warmup=20, family="llama"
     ),
-    "odd-steps": _ctx(6, 25, budget_factor=0.8, freeze_policy="paper", step_spread="depth"),
+    "odd-steps": _ctx(6, 25, budget_factor=1.0, freeze_policy="paper", step_spread="depth"),
     "tight": _ctx(3, 3, freeze_policy="none", base_warmup=1),
 }
 
@@ -142,6 +142,8 @@ def _assert_valid_plan(
         )
 
     stage_flops = flops(include_continual=False)
+    # No point is over budget: the stages alone always fit (the budget holds the baseline).
+    assert stage_flops <= ctx.budget_flops * (1 + 1e-12)
     allowed = (
         stage_flops
         + space.max_continual_multiple * max(0.0, ctx.budget_flops - stage_flops)
@@ -341,6 +343,15 @@ def test_context_rejects_inconsistent_values() -> None:
         dataclasses.replace(CONTEXTS["default"], growth="copytop")
 
 
+@pytest.mark.parametrize("factor", [0.3, 0.8, 0.999])
+def test_context_refuses_a_budget_below_the_baseline(factor: float) -> None:
+    """Below the baseline's compute the reference itself is over budget, and so are the
+    stages of some points (S = 3 costs 0.6 × the baseline): no space may sample those."""
+    with pytest.raises(ConfigError, match=r"smallest factor that fits is 1$") as err:
+        dataclasses.replace(CONTEXTS["default"], budget_factor=factor)
+    assert err.value.field == "budget.factor"
+
+
 def test_plans_match_the_train_command() -> None:
     # The same knobs through config → build_schedule and through a space: same schedule.
     cfg = ExperimentConfig(
@@ -397,7 +408,14 @@ def test_paper_space_is_the_papers_schedule() -> None:
     assert space.max_continual_multiple == 2.0
     for s in (2, 3, 4, 6, 12):
         plan = space.build({"num_stages": s, "continual_multiple": 0.0}, ctx)
-        assert plan.schedule == paper_schedule(12, s, baseline_steps=120)
+        # Each phase T/(2S) steps; stage 1 has no older blocks, so it trains all of them.
+        phase = 120 // (2 * s)
+        assert plan.schedule.stages == tuple(
+            Stage(depth=12 // s * (i + 1), phase1_steps=phase if i else 0,
+                  phase2_steps=phase if i else 2 * phase)
+            for i in range(s)
+        )  # fmt: skip
+        assert (plan.schedule.growth, plan.schedule.freeze_policy) == ("random", "paper")
         assert plan.lr == ctx.base_lr and plan.warmup_steps == ctx.base_warmup
     one = space.build({"num_stages": 4, "continual_multiple": 1.0}, ctx).schedule
     two = space.build({"num_stages": 4, "continual_multiple": 2.0}, ctx).schedule

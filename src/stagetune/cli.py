@@ -113,62 +113,88 @@ def _build_parser() -> argparse.ArgumentParser:
 # -------------------------------------------------------------------------------------------
 
 
-def _load(args: argparse.Namespace, extra: list[str] | None = None):  # type: ignore[no-untyped-def]
-    from stagetune.config import load_config
+_Flag = tuple[str, str, Any]
+"""A command-line flag that sets a config field: (flag, dotted field, value or None)."""
 
-    overrides = list(args.overrides) + list(extra or [])
+
+def _load(args: argparse.Namespace, flags: Sequence[_Flag] = ()):  # type: ignore[no-untyped-def]
+    """The validated config of ``args``: preset, ``--config``, ``--set``, then the flags.
+
+    One validation for every command (``run``, ``train``, ``estimate``), before anything is
+    created: the config's own checks, then the schedule it describes (contradictions, the
+    budget rule). An error about a field that a flag set names the flag.
+    """
+    from stagetune.config import load_config
+    from stagetune.errors import ConfigError
+    from stagetune.schedule import build_schedule
+
+    given = [(flag, key, value) for flag, key, value in flags if value is not None]
+    overrides = list(args.overrides) + [f"{key}={value}" for _, key, value in given]
     if getattr(args, "workdir", None):
         overrides.append(f"workdir={args.workdir}")
-    return load_config(args.config, preset=args.preset, overrides=overrides)
+    try:
+        cfg = load_config(args.config, preset=args.preset, overrides=overrides)
+        # The tokenizer's vocabulary is not known yet; it moves FLOPs a little, never validity.
+        build_schedule(cfg, vocab_size=cfg.model.vocab_size or cfg.data.vocab_size)
+    except ConfigError as exc:
+        flag = {key: flag for flag, key, _ in given}.get(exc.field)
+        if flag is None:
+            raise
+        raise ConfigError(flag, exc.value, f"{exc.fix} (the flag sets {exc.field})") from None
+    return cfg
 
 
-def _positive(name: str, value: float | None) -> None:
+def _increments(text: str | None) -> str | None:
+    """``--increments 2,2,4`` as a YAML list; ``None`` when the flag is not given."""
     from stagetune.errors import ConfigError
 
-    if value is not None and value <= 0:
-        raise ConfigError(name, value, "use a positive value")
+    if text is None:
+        return None
+    try:
+        incs = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError(
+            "--increments",
+            text,
+            "use comma-separated layer counts, e.g. 2,2,4,4 (leave the flag out for the "
+            "configured schedule)",
+        ) from None
+    return json.dumps(incs)
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
     from stagetune.compute import ModelDims
-    from stagetune.errors import ConfigError
-    from stagetune.schedule import baseline_schedule, build_schedule
+    from stagetune.schedule import baseline_schedule, build_schedule, matched_continual_steps
 
-    extra = []
-    if args.stages is not None:
-        _positive("--stages", args.stages)
-        extra.append(f"schedule.num_stages={args.stages}")
-    if args.increments:
-        try:
-            incs = [int(x) for x in args.increments.split(",")]
-        except ValueError:
-            raise ConfigError(
-                "--increments", args.increments, "use comma-separated integers, e.g. 2,2,4,4"
-            ) from None
-        extra.append(f"schedule.increments={json.dumps(incs)}")
-    if args.convention:
-        extra.append(f"budget.convention={args.convention}")
-    cfg = _load(args, extra)
+    cfg = _load(
+        args,
+        [
+            ("--stages", "schedule.num_stages", args.stages),
+            ("--increments", "schedule.increments", _increments(args.increments)),
+            ("--convention", "budget.convention", args.convention),
+        ],
+    )
     vocab = cfg.model.vocab_size or cfg.data.vocab_size
     dims = ModelDims.from_model_config(cfg.model, vocab_size=vocab, seq_len=cfg.data.seq_len)
     tps = cfg.train.batch_size * cfg.data.seq_len
     T = cfg.schedule.baseline_steps
+    # Exactly what `stagetune train` would run: the same builder.
     sched = build_schedule(cfg, vocab_size=vocab)
     base = baseline_schedule(cfg.model.n_layer, T)
+    stages_only = sched.with_continual(0)
     out: dict[str, Any] = {
         "model": f"{cfg.model.family} L={cfg.model.n_layer} d={cfg.model.n_embd} V={vocab}",
         "tokens_per_step": tps,
         "baseline_steps": T,
         "schedule": sched.to_dict(),
+        "continual_steps": sched.continual_steps,
         "budget_factor": cfg.budget.factor,
         "conventions": {},
     }
-    from stagetune.schedule import matched_continual_steps
-
-    stages_only = sched.with_continual(0)
     for conv in ("standard", "paper"):
         b = base.flops(dims, tokens_per_step=tps, convention=conv)
         inc = stages_only.flops(dims, tokens_per_step=tps, convention=conv)
+        total = sched.flops(dims, tokens_per_step=tps, convention=conv)
         matched = matched_continual_steps(
             stages_only,
             baseline_steps=T,
@@ -179,30 +205,33 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         )
         phases = [
             {"stage": ph.stage, "phase": ph.kind, "depth": ph.depth, "steps": ph.steps, "flops": f}
-            for ph, f in stages_only.with_continual(matched).phase_flops(
-                dims, tokens_per_step=tps, convention=conv
-            )
+            for ph, f in sched.phase_flops(dims, tokens_per_step=tps, convention=conv)
         ]
         out["conventions"][conv] = {
             "baseline_flops": b,
+            "budget_flops": cfg.budget.factor * b,
             "incremental_flops": inc,
             "ratio": inc / b,
             "continual_steps_matched": matched,
+            "total_flops": total,
+            "total_ratio": total / b,
             "phases": phases,
         }
     chosen = out["conventions"][cfg.budget.convention]
     out.update(
         convention=cfg.budget.convention,
-        baseline_flops=chosen["baseline_flops"],
-        incremental_flops=chosen["incremental_flops"],
-        ratio=chosen["ratio"],
-        continual_steps_matched=chosen["continual_steps_matched"],
+        **{k: v for k, v in chosen.items() if k != "phases"},
     )
     if args.json:
         print(json.dumps(out, indent=1))
         return 0
     print(f"model: {out['model']}, {tps} tokens/step, baseline {T} steps")
-    print(f"schedule: {sched.label()}  increments {sched.increments}")
+    print(
+        f"schedule (what 'stagetune train' runs): {sched.label()}  increments "
+        f"{sched.increments}  continual steps {sched.continual_steps} "
+        f"({_continual_source(cfg, sched)})"
+    )
+    print(f"budget: {cfg.budget.factor:g}× the baseline's compute, {cfg.budget.convention} convention")
     for conv, c in out["conventions"].items():
         print(f"\n[{conv} convention]")
         print(f"  {'stage':>5} {'phase':>9} {'depth':>5} {'steps':>7} {'FLOPs':>12}")
@@ -211,26 +240,39 @@ def cmd_estimate(args: argparse.Namespace) -> int:
                 f"  {ph['stage']:>5} {ph['phase']:>9} {ph['depth']:>5} {ph['steps']:>7} {ph['flops']:>12.4g}"
             )
         print(
-            f"  stages total {c['incremental_flops']:.4g} vs baseline {c['baseline_flops']:.4g} "
-            f"(ratio {c['ratio']:.4f}); continual steps to match the budget: {c['continual_steps_matched']}"
+            f"  stages {c['incremental_flops']:.4g} (ratio {c['ratio']:.4f} to the baseline "
+            f"{c['baseline_flops']:.4g}); continual steps that match the budget: "
+            f"{c['continual_steps_matched']}"
+        )
+        print(
+            f"  total {c['total_flops']:.4g}: {c['total_ratio']:.4f}× the baseline "
+            f"(budget {c['budget_flops']:.4g})"
         )
     return 0
 
 
+def _continual_source(cfg: Any, sched: Any) -> str:
+    """Where the continual length of the configured schedule comes from (for the reader)."""
+    sc = cfg.schedule
+    if sc.continual_steps is not None:
+        return "schedule.continual_steps"
+    if sched.num_stages == 1:
+        return "the baseline has none"
+    if sc.continual_multiple != 1.0:
+        return f"{sc.continual_multiple:g}× the budget-matched length"
+    return "budget-matched"
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from stagetune.data import prepare_data
+    from stagetune.data.prepare import model_vocab_size
     from stagetune.errors import ConfigError
     from stagetune.orchestration.lock import LOCK_FILE, DirectoryLock, check_unlocked
     from stagetune.orchestration.storage import TRAIN_DIR, check_own_directory, check_writable
     from stagetune.schedule import build_schedule
     from stagetune.trainables.spec import TrialSpec
 
-    extra = []
-    if args.workers is not None:
-        if args.workers < 1:
-            raise ConfigError("--workers", args.workers, "use at least 1 worker")
-        extra.append(f"resources.workers_per_trial={args.workers}")
-    cfg = _load(args, extra)
+    cfg = _load(args, [("--workers", "resources.workers_per_trial", args.workers)])
     out = Path(args.out).expanduser() if args.out else cfg.workdir_path / TRAIN_DIR / cfg.name
     check_own_directory(out, "--out")
     check_unlocked(out, field="--out")
@@ -240,9 +282,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             "--out", str(out), "the directory is not empty; pass --resume or another --out"
         )
     prepared = prepare_data(cfg.data)
-    vocab = cfg.model.vocab_size or prepared.vocab_size
+    vocab = model_vocab_size(cfg, prepared)
     schedule = build_schedule(cfg, vocab_size=vocab)
     spec = TrialSpec.from_config(cfg, schedule=schedule, vocab_size=vocab)
+    # Everything above can refuse; only from here on is --out created.
     with DirectoryLock(out, field="--out", command="stagetune train"):
         return _train_into(out, spec, schedule, as_json=args.json)
 
@@ -353,25 +396,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from stagetune.config import ExperimentConfig
     from stagetune.orchestration.lock import check_unlocked
 
-    extra = []
-    for flag, key, value in (
-        ("--trials", "search.num_trials", args.trials),
-        ("--workers-per-trial", "resources.workers_per_trial", args.workers_per_trial),
-        ("--seeds", "search.seeds", args.seeds),
-    ):
-        if value is not None:
-            if value < 1:
-                from stagetune.errors import ConfigError
-
-                raise ConfigError(flag, value, "use a positive integer")
-            extra.append(f"{key}={value}")
-    if args.space:
-        extra.append(f"search.space={args.space}")
-    if args.budget_factor is not None:
-        _positive("--budget-factor", args.budget_factor)
-        extra.append(f"budget.factor={args.budget_factor}")
-    if args.tracking_uri:
-        extra.append(f"tracking.tracking_uri={args.tracking_uri}")
     if args.resume:
         from stagetune.errors import ConfigError
 
@@ -397,7 +421,17 @@ def cmd_run(args: argparse.Namespace) -> int:
                 )
         cfg, workdir = None, Path(args.workdir or ExperimentConfig.workdir)
     else:
-        cfg = _load(args, extra)
+        cfg = _load(
+            args,
+            [
+                ("--trials", "search.num_trials", args.trials),
+                ("--workers-per-trial", "resources.workers_per_trial", args.workers_per_trial),
+                ("--seeds", "search.seeds", args.seeds),
+                ("--space", "search.space", args.space),
+                ("--budget-factor", "budget.factor", args.budget_factor),
+                ("--tracking-uri", "tracking.tracking_uri", args.tracking_uri or None),
+            ],
+        )
         workdir = cfg.workdir_path
     # Refuse a directory in use at once, not after the study's imports (seconds).
     check_unlocked(workdir.expanduser().resolve(), field="workdir")

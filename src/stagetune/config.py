@@ -7,7 +7,6 @@ the dotted field, the value and the fix.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import math
@@ -18,9 +17,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
-import yaml
-
+from stagetune.budget import MAX_BUDGET_FACTOR, MAX_CONTINUAL_MULTIPLE, check_budget_factor
+from stagetune.config_yaml import parse_value, read_config_file
 from stagetune.errors import ConfigError, suggest
+from stagetune.limits import (
+    EVAL_POINTS_REASON,
+    MAX_EVAL_POINTS,
+    MAX_SEED,
+    MAX_SEEDS,
+    MAX_STEPS,
+    MAX_TRIALS,
+    SEED_REASON,
+    SEEDS_REASON,
+    STEPS_REASON,
+    TRIALS_REASON,
+)
 
 __all__ = [
     "PRESETS",
@@ -51,6 +62,12 @@ SAMPLERS = ("auto", "tpe", "nsga2", "bruteforce", "random")
 def _require(cond: bool, field_name: str, value: Any, fix: str) -> None:
     if not cond:
         raise ConfigError(field_name, value, fix)
+
+
+def _bounded(value: float, low: float, high: float, field_name: str, why_high: str) -> None:
+    """``low <= value <= high``; past ``high`` the error says ``why_high`` (see limits)."""
+    _require(value >= low, field_name, value, f"use >= {low:g}")
+    _require(value <= high, field_name, value, why_high)
 
 
 def _choice(value: str, choices: tuple[str, ...], field_name: str) -> None:
@@ -267,7 +284,7 @@ class TrainConfig:
         )
         _require(self.lr > 0, "train.lr", self.lr, "use a positive learning rate")
         _choice(self.lr_schedule, ("constant", "cosine", "wsd"), "train.lr_schedule")
-        _require(self.warmup_steps >= 0, "train.warmup_steps", self.warmup_steps, "use >= 0")
+        _bounded(self.warmup_steps, 0, MAX_STEPS, "train.warmup_steps", STEPS_REASON)
         _require(
             0.0 <= self.min_lr_ratio <= 1.0, "train.min_lr_ratio", self.min_lr_ratio, "use [0, 1]"
         )
@@ -281,10 +298,9 @@ class TrainConfig:
         _require(0 <= self.beta1 < 1, "train.beta1", self.beta1, "use [0, 1)")
         _require(0 <= self.beta2 < 1, "train.beta2", self.beta2, "use [0, 1)")
         _require(self.grad_clip >= 0, "train.grad_clip", self.grad_clip, "use >= 0 (0 = off)")
-        _require(self.eval_points >= 2, "train.eval_points", self.eval_points, "use >= 2")
-        _require(
-            self.checkpoint_every >= 0, "train.checkpoint_every", self.checkpoint_every, "use >= 0"
-        )
+        _bounded(self.eval_points, 2, MAX_EVAL_POINTS, "train.eval_points", EVAL_POINTS_REASON)
+        _bounded(self.checkpoint_every, 0, MAX_STEPS, "train.checkpoint_every", STEPS_REASON)
+        _bounded(self.seed, 0, MAX_SEED, "train.seed", SEED_REASON)
         _choice(self.device, ("auto", "cpu", "cuda"), "train.device")
         _choice(self.dtype, ("auto", "float32", "bfloat16"), "train.dtype")
 
@@ -296,7 +312,8 @@ class ScheduleConfig:
     baseline_steps: int = 150
     """T: optimizer steps of the full-depth baseline; stages share T steps between them."""
     num_stages: int = 1
-    """S: number of stages (1 is the baseline). Ignored when ``increments`` is given."""
+    """S: number of stages (1 is the baseline). With ``increments`` it must be 1 (the default)
+    or their count."""
     increments: list[int] | None = None
     """Explicit layer increments Δ_i (must sum to model.n_layer), e.g. [2, 2, 4, 4]."""
     phase1_fraction: float = 0.5
@@ -307,7 +324,8 @@ class ScheduleConfig:
     continual_steps: int | None = None
     """Continual training steps at full depth; ``None`` derives them from the budget."""
     continual_multiple: float = 1.0
-    """Multiple of the budget-matched continual length (when ``continual_steps`` is None)."""
+    """Multiple of the budget-matched continual length (at most 10); only with
+    ``continual_steps`` null (set one of the two)."""
     growth: str = "random"
     """Growth operator for new blocks: random, copy_top, stack, copy_middle, zero."""
     freeze_policy: str = "new_only"
@@ -316,12 +334,7 @@ class ScheduleConfig:
     """At growth and at the start of continual training: ``reset`` or ``carry`` optimizer state."""
 
     def __post_init__(self) -> None:
-        _require(
-            self.baseline_steps >= 1,
-            "schedule.baseline_steps",
-            self.baseline_steps,
-            "use a positive number of steps",
-        )
+        _bounded(self.baseline_steps, 1, MAX_STEPS, "schedule.baseline_steps", STEPS_REASON)
         _require(self.num_stages >= 1, "schedule.num_stages", self.num_stages, "use >= 1")
         if self.increments is not None:
             _require(
@@ -330,6 +343,14 @@ class ScheduleConfig:
                 self.increments,
                 "list positive layer counts, e.g. [2, 2]",
             )
+            # num_stages = 1 is the default: it defers to the increments.
+            _require(
+                self.num_stages in (1, len(self.increments)),
+                "schedule.num_stages",
+                self.num_stages,
+                f"contradicts schedule.increments={self.increments} ({len(self.increments)} "
+                "stages); drop one of the two or make them agree",
+            )
         _require(
             0.0 <= self.phase1_fraction < 1.0,
             "schedule.phase1_fraction",
@@ -337,19 +358,31 @@ class ScheduleConfig:
             "use a fraction in [0, 1)",
         )
         _choice(self.step_spread, ("uniform", "depth"), "schedule.step_spread")
-        if self.continual_steps is not None:
-            _require(
-                self.continual_steps >= 0,
-                "schedule.continual_steps",
-                self.continual_steps,
-                "use >= 0, or null to derive it from the budget",
-            )
-        _require(
-            self.continual_multiple >= 0,
-            "schedule.continual_multiple",
+        _bounded(
             self.continual_multiple,
-            "use >= 0",
+            0,
+            MAX_CONTINUAL_MULTIPLE,
+            "schedule.continual_multiple",
+            f"more than {MAX_CONTINUAL_MULTIPLE:g}× the continual length the budget leaves is "
+            "another budget; raise budget.factor instead",
         )
+        if self.continual_steps is not None:
+            _bounded(
+                self.continual_steps,
+                0,
+                MAX_BUDGET_FACTOR * self.baseline_steps,
+                "schedule.continual_steps",
+                f"more than {MAX_BUDGET_FACTOR:g}× schedule.baseline_steps={self.baseline_steps} "
+                "of continual training; to train longer, raise schedule.baseline_steps",
+            )
+            # 1.0 is the default: a multiple is only meaningful for a derived length.
+            _require(
+                self.continual_multiple == 1.0,
+                "schedule.continual_multiple",
+                self.continual_multiple,
+                f"applies to the budget-matched length, but schedule.continual_steps="
+                f"{self.continual_steps} sets the length; drop one of the two",
+            )
         _choice(self.growth, GROWTH_OPERATORS, "schedule.growth")
         _choice(self.freeze_policy, FREEZE_POLICIES, "schedule.freeze_policy")
         _choice(self.optimizer_policy, ("reset", "carry"), "schedule.optimizer_policy")
@@ -360,17 +393,14 @@ class BudgetConfig:
     """The compute budget: the baseline's training FLOPs × ``factor``."""
 
     factor: float = 1.0
-    """Budget as a multiple of the baseline's training FLOPs (1.0 = equal compute)."""
+    """Budget as a multiple of the baseline's training FLOPs (1.0 = equal compute), in
+    [1, 100]: the budget must hold the baseline and every schedule's stages (see
+    :mod:`stagetune.budget`)."""
     convention: str = "standard"
     """FLOPs convention used for matching: ``standard`` or ``paper``."""
 
     def __post_init__(self) -> None:
-        _require(
-            self.factor > 0,
-            "budget.factor",
-            self.factor,
-            "use a positive multiple of the baseline's compute, e.g. 1.0",
-        )
+        check_budget_factor(self.factor)
         _choice(self.convention, CONVENTIONS, "budget.convention")
 
 
@@ -409,9 +439,12 @@ class SearchConfig:
     def __post_init__(self) -> None:
         _choice(self.space, SEARCH_SPACES, "search.space")
         _choice(self.sampler, SAMPLERS, "search.sampler")
-        _require(self.num_trials >= 1, "search.num_trials", self.num_trials, "use >= 1")
-        _require(self.seeds >= 1, "search.seeds", self.seeds, "use >= 1")
-        _require(self.repeat_top_k >= 1, "search.repeat_top_k", self.repeat_top_k, "use >= 1")
+        if self.sampler_seed is not None:
+            _bounded(self.sampler_seed, 0, MAX_SEED, "search.sampler_seed", SEED_REASON)
+        _bounded(self.num_trials, 1, MAX_TRIALS, "search.num_trials", TRIALS_REASON)
+        _require(self.seeds >= 1, "search.seeds", self.seeds, "use a positive number (1: none)")
+        _require(self.seeds <= MAX_SEEDS, "search.seeds", self.seeds, SEEDS_REASON)
+        _bounded(self.repeat_top_k, 1, MAX_TRIALS, "search.repeat_top_k", TRIALS_REASON)
         _require(
             0.0 < self.grace_fraction <= 1.0,
             "search.grace_fraction",
@@ -466,7 +499,7 @@ class ResourcesConfig:
             self.workers_per_trial >= 1,
             "resources.workers_per_trial",
             self.workers_per_trial,
-            "use >= 1",
+            "use a positive number of workers (at least 1)",
         )
         _require(
             self.cpus_per_worker > 0, "resources.cpus_per_worker", self.cpus_per_worker, "use > 0"
@@ -775,34 +808,7 @@ def load_config(
         raise ConfigError("preset", preset_name, suggest(preset_name, PRESETS))
     data: dict[str, Any] = copy.deepcopy(PRESETS[preset_name])
     if path is not None:
-        p = Path(path).expanduser()
-        if not p.is_file():
-            raise ConfigError("config", str(path), "the file does not exist; pass a YAML file path")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except UnicodeDecodeError:
-            raise ConfigError(
-                "config", str(path), "not a UTF-8 text file; pass a YAML file"
-            ) from None
-        except yaml.constructor.ConstructorError as exc:
-            # safe_load builds plain data only: tags such as !!python/object are refused.
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(
-                "config",
-                str(path),
-                f"unsupported YAML tag{where} ({exc.problem}); only plain YAML data is accepted",
-            ) from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(
-                "config", str(path), f"not valid YAML{where}; fix the syntax"
-            ) from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError("config", str(path), "the file must hold a mapping at top level")
+        loaded = read_config_file(path)
         data = _deep_merge(data, loaded)
     if overrides:
         data = apply_overrides(data, overrides)
@@ -810,7 +816,7 @@ def load_config(
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b=value`` overrides; values are parsed as YAML scalars (safe_load)."""
+    """Apply ``a.b=value`` overrides; values are parsed as YAML, like the config file."""
     out = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
@@ -819,14 +825,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         key = key.strip()
         if not key or any(not part for part in key.split(".")):
             raise ConfigError("--set", item, "use a dotted key, e.g. --set train.lr=1e-3")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
-        # YAML reads '1e-3' as a string; numbers in scientific notation are common here.
-        if isinstance(value, str):
-            with contextlib.suppress(ValueError):
-                value = float(value) if any(c in value for c in ".eE") else int(value)
+        value = parse_value(key, raw)
         node = out
         parts = key.split(".")
         for part in parts[:-1]:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from stagetune.budget import check_budget_factor
 from stagetune.compute import ModelDims, step_flops, step_work
 from stagetune.config import FREEZE_POLICIES, GROWTH_OPERATORS, ExperimentConfig
 from stagetune.errors import ConfigError, suggest
@@ -26,7 +27,6 @@ __all__ = [
     "even_increments",
     "from_increments",
     "matched_continual_steps",
-    "paper_schedule",
     "split_steps",
     "uniform_schedule",
 ]
@@ -370,39 +370,6 @@ def baseline_schedule(num_layers: int, steps: int) -> Schedule:
     )
 
 
-def paper_schedule(
-    num_layers: int, num_stages: int, *, baseline_steps: int, continual_steps: int = 0
-) -> Schedule:
-    """arXiv 2411.18700: L/S layers a stage, each phase T/(2S) steps, paper freeze, random growth."""
-
-    phase = baseline_steps // (2 * num_stages)
-    if phase < 1:
-        raise ConfigError(
-            "schedule.baseline_steps",
-            baseline_steps,
-            f"need at least 2·S={2 * num_stages} steps for the paper's phases",
-        )
-    # L/S layers a stage; when S does not divide L the top stages take one layer more.
-    depths = [sum(even_increments(num_layers, num_stages)[: i + 1]) for i in range(num_stages)]
-    # Stage 1 has no older blocks: its "phase 1" trains everything, i.e. it is phase 2.
-    stages = tuple(
-        Stage(
-            depth=d,
-            phase1_steps=0 if i == 0 else phase,
-            phase2_steps=2 * phase if i == 0 else phase,
-        )
-        for i, d in enumerate(depths)
-    )
-    return Schedule(
-        num_layers=num_layers,
-        stages=stages,
-        continual_steps=continual_steps,
-        growth="random",
-        freeze_policy="paper",
-        optimizer_policy="reset",
-    )
-
-
 def matched_continual_steps(
     schedule: Schedule,
     *,
@@ -414,15 +381,18 @@ def matched_continual_steps(
 ) -> int:
     """Continual steps that bring the schedule's compute up to baseline × ``budget_factor``.
 
-    Floors, so the schedule never spends more than the budget; 0 when the stages alone
-    already spend it.
+    Floors, so the schedule never spends more than the budget. A budget that the baseline or
+    the stages alone exceed is refused (:func:`stagetune.budget.check_budget_factor`).
     """
-    base = baseline_schedule(schedule.num_layers, baseline_steps)
-    budget = budget_factor * base.flops(
+    base_flops = baseline_schedule(schedule.num_layers, baseline_steps).flops(
         dims, tokens_per_step=tokens_per_step, convention=convention
     )
+    budget = budget_factor * base_flops
     spent = schedule.flops(
         dims, tokens_per_step=tokens_per_step, convention=convention, include_continual=False
+    )
+    check_budget_factor(
+        budget_factor, stages_ratio=spent / base_flops, schedule_label=schedule.label()
     )
     full = step_flops(
         dims,
@@ -440,23 +410,19 @@ def matched_continual_steps(
 
 
 def build_schedule(cfg: ExperimentConfig, *, vocab_size: int) -> Schedule:
-    """The schedule described by ``cfg.schedule``, with the continual length from the budget."""
+    """The schedule described by ``cfg.schedule``, with the continual length from the budget.
+
+    ``stagetune train`` trains it and ``stagetune estimate`` shows it: one builder, so the two
+    agree. Refuses a budget the stages do not fit in, and a step count too small for the
+    phases the config asks for (rather than dropping a phase).
+    """
     sc = cfg.schedule
     L = cfg.model.n_layer
     incs = sc.increments if sc.increments is not None else even_increments(L, sc.num_stages)
     if len(incs) == 1 and sc.continual_steps in (None, 0):
         return baseline_schedule(L, sc.baseline_steps)
-    sched = from_increments(
-        incs,
-        stage_steps=sc.baseline_steps,
-        phase1_fraction=sc.phase1_fraction,
-        step_spread=sc.step_spread,
-        growth=sc.growth,
-        freeze_policy=sc.freeze_policy,
-        optimizer_policy=sc.optimizer_policy,
-    )
-    if sc.continual_steps is not None:
-        return sched.with_continual(sc.continual_steps)
+    sched = from_increments(incs, stage_steps=sc.baseline_steps, **_stage_knobs(cfg))
+    _require_phase1(sched, cfg)
     dims = ModelDims.from_model_config(cfg.model, vocab_size=vocab_size, seq_len=cfg.data.seq_len)
     matched = matched_continual_steps(
         sched,
@@ -466,4 +432,51 @@ def build_schedule(cfg: ExperimentConfig, *, vocab_size: int) -> Schedule:
         convention=cfg.budget.convention,
         budget_factor=cfg.budget.factor,
     )
+    if sc.continual_steps is not None:
+        return sched.with_continual(sc.continual_steps)
     return sched.with_continual(round(matched * sc.continual_multiple))
+
+
+def _stage_knobs(cfg: ExperimentConfig) -> dict[str, Any]:
+    sc = cfg.schedule
+    return {
+        "phase1_fraction": sc.phase1_fraction,
+        "step_spread": sc.step_spread,
+        "growth": sc.growth,
+        "freeze_policy": sc.freeze_policy,
+        "optimizer_policy": sc.optimizer_policy,
+    }
+
+
+def _require_phase1(sched: Schedule, cfg: ExperimentConfig) -> None:
+    """Every stage that grows gets a phase 1 when the config asks for one.
+
+    :func:`from_increments` gives a stage too short for both phases no phase 1 at all; for a
+    configured schedule that silently drops what the config asked for, so it is refused.
+    """
+    sc = cfg.schedule
+    if sc.freeze_policy == "none" or sc.phase1_fraction == 0:
+        return
+    short = [i for i, st in enumerate(sched.stages, start=1) if i > 1 and not st.phase1_steps]
+    if not short:
+        return
+    # Enough steps: each growing stage gets more than 0.5 / phase1_fraction steps (so its
+    # phase 1 rounds to at least one step) even after losing one step to rounding.
+    per_stage = max(2, math.floor(0.5 / sc.phase1_fraction) + 1)
+    incs = sched.increments
+    depths = sched.depths
+    weights = depths if sc.step_spread == "depth" else [1] * len(incs)
+    enough = math.ceil(per_stage * sum(weights) / min(weights[1:])) + len(incs)
+    while any(
+        not st.phase1_steps
+        for st in from_increments(incs, stage_steps=enough, **_stage_knobs(cfg)).stages[1:]
+    ):
+        enough += 1
+    stage = short[0]
+    raise ConfigError(
+        "schedule.baseline_steps",
+        sc.baseline_steps,
+        f"stage {stage} of {len(incs)} gets {sched.stages[stage - 1].steps} step(s), too few "
+        f"for a phase 1 at schedule.phase1_fraction={sc.phase1_fraction}; use more steps "
+        f"({enough} are enough), fewer stages, or schedule.phase1_fraction=0",
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import socket
 import time
 from collections.abc import Callable
@@ -60,12 +61,29 @@ def _yaml(id: str, text: str, *needles: str, command: str = "run") -> Case:
 
 
 def _run(id: str, *args: str, needles: tuple[str, ...], files: dict[str, str | bytes] | None = None,
-         command: str = "run") -> Case:  # fmt: skip
+         command: str = "run", sets: tuple[str, ...] = ()) -> Case:  # fmt: skip
+    """A case of ``command`` with ``args``; ``sets`` are --set overrides laid over FAST's."""
+
     def argv(d: Path) -> list[str]:
         return [command, *(a.replace("{d}", str(d)) for a in args), "--workdir", str(d / "work"),
-                *fast_args()]  # fmt: skip
+                *fast_args(*sets)]  # fmt: skip
 
     return Case(id=f"{command}-{id}", argv=argv, needles=needles, files=files)
+
+
+def _bad_everywhere(id: str, *overrides: str, needles: tuple[str, ...]) -> list[Case]:
+    """The same bad ``--set`` s for every command that reads a config: invalid in all of them."""
+    return [_run(id, command=c, needles=needles, sets=overrides)
+            for c in ("run", "train", "estimate")]  # fmt: skip
+
+
+def _words(n: int) -> str:
+    rng = random.Random(0)
+    return " ".join("".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=3)) for _ in range(n))
+
+
+_BINARY = b"some text " * 20 + random.Random(1).randbytes(4000)
+_HUGE = "x" * 1_000_000
 
 
 def _free_port() -> int:
@@ -196,6 +214,52 @@ CASES: list[Case] = [
     _run("points-over-budget", "--trials", "2", "--set",
          "search.points_to_evaluate=[{lr: 1}, {lr: 2}]",
          needles=("search.points_to_evaluate='2 point(s)'", "num_trials >= 3")),
+    # -- YAML: keys given twice, huge values
+    _yaml("duplicate-key", "train:\n  lr: 0.1\n  lr: 0.2\n", "config=",
+          "key 'lr' is given twice (line 2 and line 3)"),
+    _yaml("duplicate-section", "train: {lr: 0.1}\nmodel: {n_layer: 4}\ntrain: {batch_size: 4}\n",
+          "config=", "key 'train' is given twice (line 1 and line 3)", "merge them"),
+    _yaml("huge-unknown-value", f"train: {{lr_typo: {_HUGE}}}\n", "train.lr_typo='xxx",
+          "(1,000,000 characters): unknown key"),
+    # -- numeric bounds (the config's, so YAML, --set and flags share them)
+    _yaml("trials-huge", "search: {num_trials: 1e9}\n", "search.num_trials=1000000000",
+          "not a laptop or cluster search"),
+    _yaml("budget-below-baseline", "budget: {factor: 0.5}\n", "budget.factor=0.5",
+          "leaves the baseline", "smallest factor that fits is 1"),
+    _run("trials-huge", "--trials", "1000000000",
+         needles=("--trials=1000000000", "more than 10,000 trials", "search.num_trials")),
+    _run("budget-factor-huge", "--budget-factor", "1e9",
+         needles=("--budget-factor=1000000000.0", "above 100×", "raise schedule.baseline_steps")),
+    _run("budget-factor-tiny", "--budget-factor", "1e-9",
+         needles=("--budget-factor=1e-09", "smallest factor that fits is 1")),
+    _run("seeds-huge", "--seeds", "1000", needles=("--seeds=1000", "more than 100 seeds")),
+    # -- the same bad value is refused by every command, before anything is created
+    *_bad_everywhere("seed-negative", "train.seed=-5", needles=("train.seed=-5", "use >= 0")),
+    *_bad_everywhere("steps-huge", "schedule.baseline_steps=1e12",
+                     needles=("schedule.baseline_steps=", "more than 10,000,000 optimizer steps")),
+    *_bad_everywhere("budget-below-baseline", "budget.factor=0.3",
+                     needles=("budget.factor=0.3", "smallest factor that fits is 1")),
+    *_bad_everywhere("continual-both-ways", "schedule.continual_steps=10",
+                     "schedule.continual_multiple=0.5",
+                     needles=("schedule.continual_multiple=0.5", "drop one of the two")),
+    *_bad_everywhere("phase1-dropped", "schedule.num_stages=4", "schedule.baseline_steps=7",
+                     needles=("schedule.baseline_steps=7", "stage 4 of 4 gets 1 step(s)")),
+    # -- estimate: contradictions are refused, not silently resolved
+    _run("stages-vs-increments", "--stages", "3", "--increments", "2,2", command="estimate",
+         needles=("--stages=3", "contradicts schedule.increments=[2, 2] (2 stages)")),
+    _run("increments-empty", "--increments", "", command="estimate",
+         needles=("--increments=''", "comma-separated layer counts")),
+    _run("phase1-dropped-flag", "--stages", "4", command="estimate",
+         sets=("schedule.baseline_steps=7",),
+         needles=("schedule.baseline_steps=7", "stage 4 of 4 gets 1 step(s)", "are enough")),
+    _run("stages-over-budget", "--stages", "3", "--set", "budget.factor=0.3", command="estimate",
+         needles=("budget.factor=0.3", "smallest factor that fits is 1")),
+    # -- data, refused before train creates --out
+    _run("txt-binary", "--set", "data.source={d}/blob.txt", files={"blob.txt": _BINARY},
+         command="train", needles=("data.source=", "blob.txt", "are not UTF-8", "%)")),
+    _run("too-few-tokens-for-a-batch", "--set", "data.source={d}/small.txt",
+         files={"small.txt": _words(1500)}, command="train",
+         needles=("data.source=", "one train batch (8×32)")),
     # -- train flags
     _run("workers-zero", "--workers", "0", command="train", needles=("--workers=0", "at least 1")),
     _run("out-not-empty", "--out", "{d}", files={"keep.txt": "x"}, command="train",

@@ -50,6 +50,16 @@ class TextSource(DataSource):
     def iter_texts(self) -> Iterator[str]:
         """Yield the documents in a deterministic order (empty documents are skipped later)."""
 
+    def iter_documents(self) -> Iterator[Iterator[str]]:
+        """Yield each document as consecutive chunks of its text, in :meth:`iter_texts` order.
+
+        What tokenizer training and tokenisation read, so that a document need not be in
+        memory whole: a source with long documents overrides this to stream them (consume
+        each document before asking for the next). The default wraps :meth:`iter_texts`.
+        """
+        for text in self.iter_texts():
+            yield iter((text,))
+
 
 class TokenSource(DataSource):
     """A source of pre-tokenised ids stored in files that can be memory-mapped."""

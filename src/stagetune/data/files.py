@@ -10,8 +10,9 @@ from typing import ClassVar
 
 from stagetune.data.base import TextSource
 from stagetune.data.cache import stable_hash
+from stagetune.data.decode import read_utf8_chunks
 from stagetune.data.paths import TEXT_SUFFIXES, resolve_files
-from stagetune.errors import ConfigError
+from stagetune.errors import ConfigError, shown
 
 __all__ = ["TextFiles"]
 
@@ -25,8 +26,9 @@ class TextFiles(TextSource):
         paths: a file, directory or glob (``data.source``), or an explicit list of files.
         text_field: the JSONL key / Parquet column holding the text.
 
-    A ``.txt`` file is one document and is read whole; for corpora of many GiB prefer JSONL,
-    Parquet or pre-tokenised shards. Null or empty records are skipped.
+    A ``.txt`` file is one document, streamed in chunks (memory does not grow with its size
+    or its longest line) and refused when much of it is not UTF-8. Null or empty records are
+    skipped.
     """
 
     name: ClassVar[str] = "text_files"
@@ -58,15 +60,20 @@ class TextFiles(TextSource):
 
     def iter_texts(self) -> Iterator[str]:
         """Yield documents file by file, records in file order."""
+        for document in self.iter_documents():
+            text = "".join(document)
+            if text:
+                yield text
+
+    def iter_documents(self) -> Iterator[Iterator[str]]:
+        """Documents as chunk streams: a ``.txt`` file in chunks, a record in one."""
         for path in self.files:
             if path.suffix == ".txt":
-                text = path.read_bytes().decode("utf-8", errors="replace")
-                if text:
-                    yield text
+                yield read_utf8_chunks(path)
             elif path.suffix == ".jsonl":
-                yield from self._iter_jsonl(path)
+                yield from (iter((text,)) for text in self._iter_jsonl(path))
             else:
-                yield from self._iter_parquet(path)
+                yield from (iter((text,)) for text in self._iter_parquet(path))
 
     def _iter_jsonl(self, path: Path) -> Iterator[str]:
         field = self.text_field
@@ -87,7 +94,7 @@ class TextFiles(TextSource):
                     raise ConfigError(
                         "data.text_field",
                         field,
-                        f"{path}:{lineno} has no {field!r} key (found {keys}); "
+                        f"{path}:{lineno} has no {field!r} key (found {shown(keys)}); "
                         "set data.text_field to the key holding the text",
                     )
                 value = record[field]

@@ -10,34 +10,35 @@ from __future__ import annotations
 
 import json
 import math
-import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer
 
-from stagetune.config import DataConfig
+from stagetune.config import DataConfig, ExperimentConfig
 from stagetune.data.base import DataSource, TextSource, TokenSource
 from stagetune.data.cache import atomic_path, file_lock, stable_hash, write_json_atomic
+from stagetune.data.pieces import document_pieces
 from stagetune.data.sources import source_from_config
 from stagetune.data.tokenizer import MAX_VOCAB, TokenizerInfo, load_tokenizer, resolve_tokenizer
 from stagetune.data.tokens import TokenArray, TokenSegment, scan_token_range
 from stagetune.errors import ConfigError
 
-__all__ = ["PreparedData", "min_tokens_needed", "prepare_data"]
+__all__ = [
+    "PreparedData",
+    "min_tokens_needed",
+    "model_vocab_size",
+    "prepare_data",
+    "require_tokens",
+]
 
 # Bump when the on-disk token layout changes, so stale cache files are not reused.
 _FORMAT_VERSION = 1
-# Documents are encoded in batches of about this much text (bounded memory, parallel encode).
-_BATCH_CHARS = 4 * 1024 * 1024
+# Documents are encoded in batches of about this much text (bounded memory, parallel encode);
+# a long document is cut into pieces first (stagetune.data.pieces).
+_BATCH_CHARS = 1024 * 1024
 _BATCH_DOCS = 1024
-# Longer documents are encoded in pieces of about this size (see _pieces).
-_PIECE_CHARS = 1024 * 1024
-# A newline between two non-space characters: splitting right after it leaves the byte-level
-# pre-tokenisation (GPT-2 regex) unchanged, so piecewise encoding equals whole encoding.
-_SAFE_SPLIT = re.compile(r"(?<=\S\n)(?=\S)")
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,57 @@ def _fits(n: int, seq_len: int, batch_size: int, eval_fraction: float, eval_wind
     return (n_train - seq_len) // seq_len >= batch_size and (n_eval - 1) // seq_len >= eval_windows
 
 
+def require_tokens(
+    num_tokens: int,
+    source: str,
+    *,
+    seq_len: int,
+    batch_size: int,
+    eval_fraction: float,
+    eval_batches: int,
+) -> None:
+    """Refuse a stream of ``num_tokens`` too short for one train batch plus the eval split."""
+    if _fits(num_tokens, seq_len, batch_size, eval_fraction, eval_batches * batch_size):
+        return
+    needed = min_tokens_needed(
+        seq_len=seq_len,
+        batch_size=batch_size,
+        eval_fraction=eval_fraction,
+        eval_batches=eval_batches,
+    )
+    raise ConfigError(
+        "data.source",
+        source,
+        f"has {num_tokens} tokens but one train batch ({batch_size}×{seq_len}) plus the eval "
+        f"split ({eval_batches} batches at eval_fraction={eval_fraction}) need {needed}; "
+        "add data or lower train.batch_size, data.seq_len or data.eval_batches",
+    )
+
+
+def model_vocab_size(cfg: ExperimentConfig, prepared: PreparedData) -> int:
+    """The vocabulary the model embeds for ``prepared``, once the data fits the experiment.
+
+    Every command that trains checks this before it creates anything: ``model.vocab_size``
+    must hold the tokenizer's ids, and the tokens one batch plus the eval split.
+    """
+    vocab = cfg.model.vocab_size or prepared.vocab_size
+    if vocab < prepared.vocab_size:
+        raise ConfigError(
+            "model.vocab_size",
+            vocab,
+            f"the tokenizer has {prepared.vocab_size} tokens; raise it or leave it null",
+        )
+    require_tokens(
+        prepared.num_tokens,
+        prepared.source,
+        seq_len=cfg.data.seq_len,
+        batch_size=cfg.train.batch_size,
+        eval_fraction=cfg.data.eval_fraction,
+        eval_batches=cfg.data.eval_batches,
+    )
+    return vocab
+
+
 def prepare_data(cfg: DataConfig, source: DataSource | None = None) -> PreparedData:
     """Prepare the tokens described by ``cfg`` (or by an explicit ``source``), using the cache.
 
@@ -151,33 +203,16 @@ def prepare_data(cfg: DataConfig, source: DataSource | None = None) -> PreparedD
 # text sources
 
 
-def _pieces(text: str) -> Iterator[str]:
-    """Split a long document at newlines where splitting cannot change its tokens."""
-    start = 0
-    while len(text) - start > _PIECE_CHARS:
-        match = _SAFE_SPLIT.search(text, start + _PIECE_CHARS)
-        if match is None:
-            break
-        yield text[start : match.start()]
-        start = match.start()
-    yield text[start:]
-
-
-def _encode_batch(tok: Tokenizer, docs: list[str], eot_id: int) -> np.ndarray:
-    """Encode documents as one uint16 run: ``[eot, doc0..., eot, doc1..., ...]``."""
-    owners: list[int] = []
-    pieces: list[str] = []
-    for index, doc in enumerate(docs):
-        for piece in _pieces(doc):
-            owners.append(index)
-            pieces.append(piece)
+def _encode_batch(
+    tok: Tokenizer, pieces: list[str], starts: list[bool], eot_id: int
+) -> np.ndarray:
+    """Encode pieces as one uint16 run, the end-of-text token before each document's first
+    piece (``starts``): ``[eot, doc0..., eot, doc1..., ...]``."""
     encodings = tok.encode_batch_fast(pieces, add_special_tokens=False)
     chunks: list[list[int]] = []
-    last_owner = -1
-    for owner, encoding in zip(owners, encodings):
-        if owner != last_owner:
+    for first, encoding in zip(starts, encodings):
+        if first:
             chunks.append([eot_id])
-            last_owner = owner
         chunks.append(encoding.ids)
     total = sum(len(c) for c in chunks)
     out = np.empty(total, dtype=np.uint16)
@@ -189,26 +224,38 @@ def _encode_batch(tok: Tokenizer, docs: list[str], eot_id: int) -> np.ndarray:
 
 
 def _tokenize_to(path: Path, source: TextSource, info: TokenizerInfo) -> int:
-    """Tokenise every document of ``source`` into ``path``; return the token count."""
+    """Tokenise every document of ``source`` into ``path``; return the token count.
+
+    Documents are read as chunk streams and cut into pieces, so memory stays bounded however
+    long a document (or a line of it) is.
+    """
     tok = info.load()
     num_tokens = 0
-    batch: list[str] = []
-    batch_chars = 0
+    pieces: list[str] = []
+    starts: list[bool] = []
+    chars = 0
     with open(path, "wb") as handle:
-        for doc in source.iter_texts():
-            if not doc:
-                continue
-            batch.append(doc)
-            batch_chars += len(doc)
-            if batch_chars >= _BATCH_CHARS or len(batch) >= _BATCH_DOCS:
-                ids = _encode_batch(tok, batch, info.eot_id)
+
+        def flush() -> None:
+            nonlocal num_tokens, chars
+            if pieces:
+                ids = _encode_batch(tok, pieces, starts, info.eot_id)
                 handle.write(ids.tobytes())
                 num_tokens += len(ids)
-                batch, batch_chars = [], 0
-        if batch:
-            ids = _encode_batch(tok, batch, info.eot_id)
-            handle.write(ids.tobytes())
-            num_tokens += len(ids)
+            pieces.clear()
+            starts.clear()
+            chars = 0
+
+        for document in source.iter_documents():
+            first = True
+            for piece in document_pieces(document):
+                pieces.append(piece)
+                starts.append(first)
+                first = False
+                chars += len(piece)
+                if chars >= _BATCH_CHARS or len(pieces) >= _BATCH_DOCS:
+                    flush()
+        flush()
     return num_tokens
 
 

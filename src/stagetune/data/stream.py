@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from stagetune.data.prepare import PreparedData, min_tokens_needed
+from stagetune.data.prepare import PreparedData, require_tokens
 from stagetune.data.tokens import TokenArray, read_token_file
 from stagetune.errors import ConfigError
 
@@ -114,20 +114,14 @@ class TokenStream:
         self.windows_per_epoch = (self.num_train_tokens - seq_len) // seq_len
         eval_windows = eval_batches * batch_size
         available_eval = (self.num_eval_tokens - 1) // seq_len
-        if self.windows_per_epoch < batch_size or available_eval < eval_windows:
-            needed = min_tokens_needed(
-                seq_len=seq_len,
-                batch_size=batch_size,
-                eval_fraction=eval_fraction,
-                eval_batches=eval_batches,
-            )
-            raise ConfigError(
-                "data.source",
-                self.source,
-                f"has {total} tokens but one train batch ({batch_size}×{seq_len}) plus the eval "
-                f"split ({eval_batches} batches at eval_fraction={eval_fraction}) need {needed}; "
-                "add data or lower train.batch_size, data.seq_len or data.eval_batches",
-            )
+        require_tokens(
+            total,
+            self.source,
+            seq_len=seq_len,
+            batch_size=batch_size,
+            eval_fraction=eval_fraction,
+            eval_batches=eval_batches,
+        )
         # Eval windows: evenly spread, non-overlapping, fixed (independent of the seed, so every
         # seed and trial is evaluated on the same tokens).
         picks = (np.arange(eval_windows, dtype=np.int64) * available_eval) // eval_windows

@@ -24,6 +24,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from stagetune.config import DataConfig
 from stagetune.data.base import TextSource
 from stagetune.data.cache import atomic_path, file_lock, stable_hash
+from stagetune.data.pieces import document_pieces
 from stagetune.errors import ConfigError
 
 __all__ = [
@@ -42,7 +43,9 @@ MAX_VOCAB = 65536
 # Spellings of an end-of-text / end-of-sequence token in common tokenizer.json files.
 _EOT_CANDIDATES = (EOT_TOKEN, "<|end_of_text|>", "</s>", "<eos>", "<|eos|>", "[EOS]", "<|im_end|>")
 # Bump when the training recipe changes, so old cached tokenizers are not reused.
-_RECIPE_VERSION = 1
+# 2: the sample is capped by piece, not by whole document (a long document no longer enters
+# the sample whole); corpora of documents under a MiB get the same tokenizer as with 1.
+_RECIPE_VERSION = 2
 _MIB = 1024 * 1024
 
 
@@ -92,14 +95,20 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     return tok
 
 
-def _capped(texts: Iterator[str], max_bytes: int) -> Iterator[str]:
-    """The documents of ``texts`` up to about ``max_bytes`` of UTF-8 text (training sample)."""
+def _capped(source: TextSource, max_bytes: int) -> Iterator[str]:
+    """The training sample: the source's text, up to about ``max_bytes`` of UTF-8, as pieces.
+
+    Each piece is one training sequence: a long document never has to be in memory whole,
+    and as pieces are cut where a token starts anyway, BPE counts the same words as it would
+    in the whole document.
+    """
     used = 0
-    for text in texts:
-        if used >= max_bytes:
-            return
-        used += len(text.encode("utf-8", errors="replace"))
-        yield text
+    for document in source.iter_documents():
+        for piece in document_pieces(document):
+            if used >= max_bytes:
+                return
+            used += len(piece.encode("utf-8", errors="replace"))
+            yield piece
 
 
 def _file_hash(path: Path) -> str:
@@ -177,7 +186,7 @@ def resolve_tokenizer(cfg: DataConfig, source: TextSource) -> TokenizerInfo:
         # Another worker may have finished training while this one waited for the lock.
         if target.is_file():
             return load_tokenizer(target)
-        sample = _capped(source.iter_texts(), int(cfg.max_corpus_mb * _MIB))
+        sample = _capped(source, int(cfg.max_corpus_mb * _MIB))
         first = list(itertools.islice(sample, 1))
         if not first:
             raise ConfigError(

@@ -21,6 +21,7 @@ from typing import Any
 from stagetune import __version__
 from stagetune.config import ExperimentConfig, config_from_dict, config_to_dict
 from stagetune.data import prepare_data
+from stagetune.data.prepare import model_vocab_size
 from stagetune.errors import ConfigError
 from stagetune.metrics import FLOPS, STATUS_DIVERGED, STATUS_FINISHED, STATUS_STOPPED
 from stagetune.orchestration.callbacks import MlflowCallback, ProgressCallback, TrialLedger
@@ -135,14 +136,7 @@ def prepare_study(
     db = sqlite_path(cfg.resolved_tracking_uri())
     if db is not None and db.parent != paths.workdir:
         check_writable(db.parent, "tracking.tracking_uri")
-    prepared = prepare_data(cfg.data)
-    vocab = cfg.model.vocab_size or prepared.vocab_size
-    if vocab < prepared.vocab_size:
-        raise ConfigError(
-            "model.vocab_size",
-            vocab,
-            f"the tokenizer has {prepared.vocab_size} tokens; raise it or leave it null",
-        )
+    vocab = model_vocab_size(cfg, prepare_data(cfg.data))
     space = get_search_space(cfg.search.space)
     ctx = SpaceContext.from_config(cfg, vocab_size=vocab)
     # The baseline is every study's first point: a config it cannot be built from is refused

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from stagetune.budget import check_budget_factor
 from stagetune.compute import ModelDims, step_flops, step_work
 from stagetune.config import CONVENTIONS, FREEZE_POLICIES, GROWTH_OPERATORS, ExperimentConfig
 from stagetune.errors import ConfigError, suggest
@@ -50,7 +51,6 @@ class SpaceContext:
             ),
             (self.baseline_steps >= 1, "schedule.baseline_steps", self.baseline_steps, "use >= 1"),
             (self.tokens_per_step >= 1, "train.batch_size", self.tokens_per_step, "use >= 1"),
-            (self.budget_factor > 0, "budget.factor", self.budget_factor, "use > 0"),
             (self.base_lr > 0, "train.lr", self.base_lr, "use a positive learning rate"),
             (self.base_warmup >= 0, "train.warmup_steps", self.base_warmup, "use >= 0"),
             (
@@ -63,6 +63,9 @@ class SpaceContext:
         for ok, field_name, value, fix in checks:
             if not ok:
                 raise ConfigError(field_name, value, fix)
+        # The budget holds the baseline, so it holds every point's stages (no stage count or
+        # split spends more than T steps at full depth): no space samples an over-budget point.
+        check_budget_factor(self.budget_factor)
         choices: list[tuple[str, str, tuple[str, ...]]] = [
             ("budget.convention", self.convention, CONVENTIONS),
             ("schedule.growth", self.growth, GROWTH_OPERATORS),

@@ -23,8 +23,8 @@ class PaperSpace(SearchSpace):
 
     Random growth, the ``paper`` freeze policy (embeddings and head stay trainable in
     phase 1), each phase T/(2S) steps, optimizer reset, the config's lr and warmup. Steps
-    are spread by largest remainder, so the stages always spend exactly T steps; when 2S
-    divides T this is exactly :func:`~stagetune.schedule.paper_schedule`.
+    are spread by largest remainder, so the stages always spend exactly T steps (when 2S
+    divides T, each phase is exactly T/(2S) steps, as in the paper).
     """
 
     name: ClassVar[str] = "paper"
