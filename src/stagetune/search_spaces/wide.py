@@ -21,7 +21,7 @@ GROWTHS = ("random", "copy_top", "stack", "copy_middle", "zero")
 are part of its definition (Optuna refuses a study whose categorical choices change, and the
 order decides what a seeded sampler draws), so an installed plugin does not join them: a
 plugin operator is chosen with ``schedule.growth`` or searched by a space of its own."""
-FREEZE_POLICIES = ("new_only", "paper", "none")
+POLICIES = ("new_only", "paper", "none")
 """The freeze policies the space searches (the built-ins, fixed like :data:`GROWTHS`)."""
 PHASE1_RANGE = (0.1, 0.9)
 STEP_SPREADS = ("uniform", "depth")
@@ -63,7 +63,7 @@ class WideSpace(SearchSpace):
         num_stages = trial.suggest_int("num_stages", 1, self.max_stages(ctx))
         if num_stages > 1:
             self.increments(trial, ctx, num_stages)
-            freeze = trial.suggest_categorical("freeze_policy", FREEZE_POLICIES)
+            freeze = trial.suggest_categorical("freeze_policy", POLICIES)
             if get_freeze_policy(freeze).has_phase1:  # else there is no split to choose
                 trial.suggest_float("phase1_fraction", *PHASE1_RANGE)
             trial.suggest_categorical("step_spread", STEP_SPREADS)
