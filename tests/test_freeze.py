@@ -1,4 +1,5 @@
-"""Freeze policies: which parameters train, and whether autograd runs through the frozen prefix."""
+"""Freeze policies: the conformance suite on every registered policy, then each policy's facts
+(which parameters train, and whether autograd runs through the frozen prefix)."""
 
 from __future__ import annotations
 
@@ -7,33 +8,67 @@ from typing import Any
 import pytest
 import torch
 
-from stagetune.config import ModelConfig
 from stagetune.errors import ConfigError
-from stagetune.models import StagedModel, build_model
+from stagetune.freeze import (
+    FreezePolicy,
+    StepWork,
+    get_freeze_policy,
+    register_freeze_policy,
+)
+from stagetune.models import StagedModel
+from stagetune.registry import FREEZE_POLICIES
+from stagetune.testing.freeze import FreezePolicySuite
+from stagetune.testing.models import VOCAB, tiny_model, token_batch
 
-VOCAB = 128
-SEQ = 16
+
+class TestRegisteredPolicies(FreezePolicySuite):
+    @pytest.fixture(params=FREEZE_POLICIES.names())
+    def policy(self, request: pytest.FixtureRequest) -> FreezePolicy:
+        policy = get_freeze_policy(request.param)
+        assert policy.name == request.param  # registered under its own name
+        return policy
+
+
+def test_the_built_in_policies() -> None:
+    assert FREEZE_POLICIES.names() == ["new_only", "none", "paper"]
+    assert get_freeze_policy("new_only").phase1_work(depth=8, prev_depth=6) == StepWork(
+        active_depth=8, forward_only_blocks=6, activation_grad_blocks=0, trainable_blocks=2
+    )
+    assert get_freeze_policy("paper").phase1_work(depth=8, prev_depth=6) == StepWork(
+        active_depth=8, forward_only_blocks=0, activation_grad_blocks=6, trainable_blocks=2
+    )
+    assert not get_freeze_policy("none").has_phase1
+    with pytest.raises(ValueError, match="no phase 1"):
+        get_freeze_policy("none").phase1_work(depth=8, prev_depth=6)
+    with pytest.raises(ValueError, match="0 < prev_depth < depth"):
+        get_freeze_policy("paper").phase1_work(depth=6, prev_depth=6)
+
+
+def test_register_freeze_policy() -> None:
+    class EmbeddingsOnly(FreezePolicy):
+        """Frozen prefix with grad, trainable embeddings: the paper's rule, another name."""
+
+        name = "paper-again"
+        embeddings_train = True
+        prefix_without_grad = False
+
+    policy = EmbeddingsOnly()
+    with FREEZE_POLICIES.isolated():
+        assert register_freeze_policy(policy) is get_freeze_policy("paper-again") is policy
+        m = make("gpt2", tie=False)
+        m.set_active_depth(2)
+        m.configure_phase(trainable_from=1, freeze_policy="paper-again")
+        assert m.freeze_policy == "paper-again"
+    with pytest.raises(ConfigError, match=r"schedule\.freeze_policy"):
+        get_freeze_policy("paper-again")
 
 
 def make(family: str, *, tie: bool, n_layer: int = 4) -> StagedModel:
-    extra: dict[str, Any] = {"n_kv_head": 2} if family == "llama" else {}
-    cfg = ModelConfig(
-        family=family,
-        n_layer=n_layer,
-        n_embd=32,
-        n_head=4,
-        context_length=SEQ,
-        tie_embeddings=tie,
-        attn_implementation="eager",
-        **extra,
-    )
-    return build_model(cfg, vocab_size=VOCAB, seed=0)
+    return tiny_model(family, tie_embeddings=tie, n_layer=n_layer)
 
 
 def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(step)
-    seq = torch.randint(0, VOCAB, (2, SEQ + 1), generator=g)
-    return seq[:, :-1], seq[:, 1:]
+    return token_batch(step)
 
 
 def staged(family: str, *, tie: bool, policy: str) -> StagedModel:

@@ -82,3 +82,57 @@ def test_builtins_module_and_entry_points_load_once(
     finally:
         for mod in ("st_builtins_pkg", "st_plugin_pkg"):
             sys.modules.pop(mod, None)
+
+
+class Base:
+    pass
+
+
+def test_expects_refuses_the_wrong_kind_of_object(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    instances: Registry[object] = Registry("thing", field="x.thing", expects=f"{__name__}:Base")
+    instances.register("ok", Base())
+    with pytest.raises(TypeError, match="not a Base instance"):
+        instances.register("class", Base)
+    factories: Registry[object] = Registry(
+        "maker", field="x.maker", entry_point_group="st.test_makers", expects="callable"
+    )
+    factories.register("ok", Base)
+    with pytest.raises(TypeError, match="not callable"):
+        factories.register("number", 42)
+    # A plugin pointing at the wrong object is skipped where it loads, with the reason.
+    _make_package(
+        tmp_path,
+        "st_maker_pkg",
+        "NOT_A_FACTORY = 42\n",
+        entry_points="[st.test_makers]\nbad = st_maker_pkg:NOT_A_FACTORY\n",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert factories.names() == ["ok"]
+        assert "maker 'bad' is not callable" in caplog.text
+    finally:
+        sys.modules.pop("st_maker_pkg", None)
+
+
+def test_isolated_undoes_registrations_and_reloads_plugins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reg: Registry[str] = Registry("widget", field="x.widget", entry_point_group="st.test_widgets")
+    reg.register("kept", "K")
+    _make_package(
+        tmp_path,
+        "st_widget_pkg",
+        'WIDGET = "W"\n',
+        entry_points="[st.test_widgets]\nlate = st_widget_pkg:WIDGET\n",
+    )
+    assert reg.names() == ["kept"]  # loaded before the package was on the path
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        with reg.isolated():
+            reg.register("temporary", "T")
+            assert reg.names() == ["kept", "late", "temporary"]
+        assert reg.names() == ["kept"]
+    finally:
+        sys.modules.pop("st_widget_pkg", None)

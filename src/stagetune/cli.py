@@ -163,7 +163,7 @@ def _increments(text: str | None) -> str | None:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from stagetune.compute import ModelDims
+    from stagetune.models import model_dims
     from stagetune.schedule import baseline_schedule, build_schedule, matched_continual_steps
 
     cfg = _load(
@@ -175,7 +175,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         ],
     )
     vocab = cfg.model.vocab_size or cfg.data.vocab_size
-    dims = ModelDims.from_model_config(cfg.model, vocab_size=vocab, seq_len=cfg.data.seq_len)
+    dims = model_dims(cfg.model, vocab_size=vocab, seq_len=cfg.data.seq_len)
     tps = cfg.train.batch_size * cfg.data.seq_len
     T = cfg.schedule.baseline_steps
     # Exactly what `stagetune train` would run: the same builder.

@@ -15,10 +15,11 @@ standard forward FLOPs so both conventions share a unit.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from stagetune.config import ModelConfig
-from stagetune.errors import ConfigError
+from stagetune.freeze import StepWork, get_freeze_policy
+from stagetune.registry import CONVENTIONS
 
 __all__ = [
     "ModelDims",
@@ -34,99 +35,36 @@ PHASES = ("phase1", "phase2", "continual")
 
 @dataclass(frozen=True, kw_only=True)
 class ModelDims:
-    """The shapes that determine a transformer's FLOPs."""
+    """The shapes that determine a transformer's FLOPs.
 
-    family: str
+    Built by the model family's adapter (:meth:`stagetune.models.FamilyAdapter.dims`), which
+    knows what matmuls a block of its family runs; this module needs no model code.
+    """
+
     n_layer: int
     n_embd: int
-    n_head: int
-    n_kv_head: int
-    ffn_size: int
+    block_matmul_params: int
+    """Weights of the matmuls one block applies to every token (its linear layers): a block's
+    linear forward costs 2 × this per token."""
     vocab_size: int
     seq_len: int
 
-    @classmethod
-    def from_model_config(cls, cfg: ModelConfig, *, vocab_size: int, seq_len: int) -> ModelDims:
-        return cls(
-            family=cfg.family,
-            n_layer=cfg.n_layer,
-            n_embd=cfg.n_embd,
-            n_head=cfg.n_head,
-            n_kv_head=cfg.kv_heads,
-            ffn_size=cfg.ffn_size,
-            vocab_size=cfg.vocab_size or vocab_size,
-            seq_len=seq_len,
-        )
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
-
-@dataclass(frozen=True, kw_only=True)
-class StepWork:
-    """What one training step does to each part of the model.
-
-    The active blocks split, bottom to top, into ``forward_only_blocks`` (run under no_grad),
-    ``activation_grad_blocks`` (frozen, but autograd passes through them to trainable
-    embeddings) and ``trainable_blocks`` (compute weight gradients).
-    """
-
-    active_depth: int
-    forward_only_blocks: int
-    activation_grad_blocks: int
-    trainable_blocks: int
-    head_trainable: bool = True
-
-    def __post_init__(self) -> None:
-        parts = self.forward_only_blocks + self.activation_grad_blocks + self.trainable_blocks
-        if (
-            parts != self.active_depth
-            or min(self.forward_only_blocks, self.activation_grad_blocks, self.trainable_blocks) < 0
-        ):
-            raise ValueError(f"inconsistent StepWork: {self}")
-
 
 def step_work(*, phase: str, depth: int, prev_depth: int, freeze_policy: str) -> StepWork:
-    """The :class:`StepWork` of a step in ``phase`` of a stage growing ``prev_depth`` → ``depth``."""
+    """The :class:`StepWork` of a step in ``phase`` of a stage growing ``prev_depth`` → ``depth``.
+
+    Phase 1 of a stage that grows is the freeze policy's to describe; every other step trains
+    every active block.
+    """
     if phase not in PHASES:
         raise ValueError(f"unknown phase {phase!r}; expected one of {PHASES}")
     if phase != "phase1" or prev_depth == 0:
-        return StepWork(
-            active_depth=depth,
-            forward_only_blocks=0,
-            activation_grad_blocks=0,
-            trainable_blocks=depth,
-        )
-    new = depth - prev_depth
-    if freeze_policy == "new_only":
-        return StepWork(
-            active_depth=depth,
-            forward_only_blocks=prev_depth,
-            activation_grad_blocks=0,
-            trainable_blocks=new,
-        )
-    if freeze_policy == "paper":
-        return StepWork(
-            active_depth=depth,
-            forward_only_blocks=0,
-            activation_grad_blocks=prev_depth,
-            trainable_blocks=new,
-        )
-    if freeze_policy == "none":
-        raise ValueError("freeze policy 'none' has no phase 1")
-    raise ConfigError("schedule.freeze_policy", freeze_policy, "use new_only, paper or none")
+        return StepWork.all_trainable(depth)
+    return get_freeze_policy(freeze_policy).phase1_work(depth=depth, prev_depth=prev_depth)
 
 
 def _linear_flops_per_token(dims: ModelDims) -> float:
-    d = dims.n_embd
-    kv = dims.n_kv_head * dims.head_dim
-    if dims.family == "llama":
-        # q, k, v, o projections; gated MLP has three matrices.
-        params = d * d + 2 * d * kv + d * d + 3 * d * dims.ffn_size
-    else:
-        params = 3 * d * d + d * d + 2 * d * dims.ffn_size
-    return 2.0 * params
+    return 2.0 * dims.block_matmul_params
 
 
 def _attention_flops_per_token(dims: ModelDims) -> float:
@@ -151,12 +89,14 @@ def forward_flops(dims: ModelDims, *, depth: int, tokens: int) -> float:
 def step_flops(
     dims: ModelDims, work: StepWork, *, tokens: int, convention: str = "standard"
 ) -> float:
-    """Training FLOPs of one optimizer step over ``tokens`` tokens."""
-    if convention == "paper":
-        c = block_forward_flops(dims, tokens=tokens)
-        return c * (work.active_depth + work.trainable_blocks)
-    if convention != "standard":
-        raise ConfigError("budget.convention", convention, "use 'standard' or 'paper'")
+    """Training FLOPs of one optimizer step over ``tokens`` tokens, counted by ``convention``
+    (a name in :data:`stagetune.registry.CONVENTIONS`)."""
+    count: Callable[[ModelDims, StepWork, int], float] = CONVENTIONS.get(convention)
+    return count(dims, work, tokens)
+
+
+@CONVENTIONS.register("standard")
+def _standard_step_flops(dims: ModelDims, work: StepWork, tokens: int) -> float:
     lin = _linear_flops_per_token(dims)
     attn = _attention_flops_per_token(dims)
     head = _head_flops_per_token(dims)
@@ -167,3 +107,9 @@ def step_flops(
         + (2 * head if work.head_trainable else head)
     )
     return tokens * (fwd + bwd)
+
+
+@CONVENTIONS.register("paper")
+def _paper_step_flops(dims: ModelDims, work: StepWork, tokens: int) -> float:
+    c = block_forward_flops(dims, tokens=tokens)
+    return c * (work.active_depth + work.trainable_blocks)

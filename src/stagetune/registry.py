@@ -15,6 +15,7 @@ imports it on first use, the same way an entry point's plugin is loaded.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import threading
@@ -53,6 +54,10 @@ class Registry(Generic[T]):
             first use; an entry point's object is registered under the entry point's name.
             Names registered explicitly win over a plugin of the same name, and a plugin that
             fails to load is skipped with a warning, so it cannot hide the others.
+        expects: what an implementation must be: ``"module:Class"`` (an instance of that class,
+            imported when the first implementation is registered) or ``"callable"`` (a
+            factory). Anything else is refused when it is registered, so a plugin that points
+            at the wrong object fails where it is loaded, not deep inside a trial.
     """
 
     def __init__(
@@ -62,11 +67,13 @@ class Registry(Generic[T]):
         field: str,
         builtins: str | None = None,
         entry_point_group: str | None = None,
+        expects: str | None = None,
     ) -> None:
         self.kind = kind
         self.field = field
         self.builtins = builtins
         self.entry_point_group = entry_point_group
+        self.expects = expects
         self._items: dict[str, T] = {}
         self._loaded = False
         self._lock = threading.RLock()
@@ -88,13 +95,15 @@ class Registry(Generic[T]):
         Raises:
             ConfigError: ``name`` is not a plain word (letters, digits, ``-_.``), or is taken
                 and ``replace`` is false.
+            TypeError: ``obj`` is not what the registry :attr:`expects`.
         """
-        if not name or not set(name) <= _NAME_CHARS:
+        if not isinstance(name, str) or not name or not set(name) <= _NAME_CHARS:
             raise ConfigError(
                 self.field, name, f"a {self.kind} name must be a plain word (letters, digits, -_.)"
             )
 
         def add(item: T) -> T:
+            self._check_type(name, item)
             with self._lock:
                 if name in self._items and not replace and self._items[name] is not item:
                     raise ConfigError(
@@ -106,10 +115,39 @@ class Registry(Generic[T]):
 
         return add if obj is None else add(obj)
 
+    def _check_type(self, name: str, item: object) -> None:
+        if self.expects is None:
+            return
+        if self.expects == "callable":
+            if not callable(item):
+                raise TypeError(f"{self.kind} {name!r} is not callable: {item!r}")
+            return
+        module, _, qualname = self.expects.partition(":")
+        cls: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            cls = getattr(cls, part)
+        if not isinstance(item, cls):
+            raise TypeError(f"{self.kind} {name!r} is not a {qualname} instance: {item!r}")
+
     def unregister(self, name: str) -> None:
         """Remove ``name`` (tests and notebooks that register temporary implementations)."""
         with self._lock:
             self._items.pop(name, None)
+
+    @contextlib.contextmanager
+    def isolated(self) -> Iterator[Registry[T]]:
+        """Within the block, entry points load afresh (a package just put on ``sys.path`` is
+        found) and registrations are undone afterwards: for tests of plugins."""
+        self._load()  # the built-ins register once per process: keep them
+        with self._lock:
+            saved = dict(self._items)
+            self._loaded = False
+        try:
+            yield self
+        finally:
+            with self._lock:
+                self._items = saved
+                self._loaded = True
 
     # -- looking up --------------------------------------------------------------------------------
     def get(self, name: str) -> T:
@@ -182,6 +220,7 @@ GROWTH_OPERATORS: Registry[Any] = Registry(
     field="schedule.growth",
     builtins="stagetune.models.growth",
     entry_point_group="stagetune.growth_operators",
+    expects="stagetune.models.growth:GrowthOperator",
 )
 """How the new blocks of a stage start (:class:`stagetune.models.growth.GrowthOperator`)."""
 
@@ -190,6 +229,7 @@ FREEZE_POLICIES: Registry[Any] = Registry(
     field="schedule.freeze_policy",
     builtins="stagetune.freeze",
     entry_point_group="stagetune.freeze_policies",
+    expects="stagetune.freeze:FreezePolicy",
 )
 """What trains in phase 1 and what work a frozen block does."""
 
@@ -198,6 +238,7 @@ MODEL_FAMILIES: Registry[Any] = Registry(
     field="model.family",
     builtins="stagetune.models",
     entry_point_group="stagetune.model_families",
+    expects="stagetune.models.family:FamilyAdapter",
 )
 """Hugging Face model families (:class:`stagetune.models.family.FamilyAdapter`)."""
 
@@ -206,6 +247,7 @@ SEARCH_SPACES: Registry[Any] = Registry(
     field="search.space",
     builtins="stagetune.search_spaces",
     entry_point_group="stagetune.search_spaces",
+    expects="stagetune.search_spaces.base:SearchSpace",
 )
 """Optuna define-by-run spaces (:class:`stagetune.search_spaces.SearchSpace`)."""
 
@@ -214,6 +256,7 @@ SAMPLERS: Registry[Any] = Registry(
     field="search.sampler",
     builtins="stagetune.orchestration.samplers",
     entry_point_group="stagetune.samplers",
+    expects="callable",
 )
 """Optuna samplers by name, each a factory of a seeded sampler."""
 
@@ -222,10 +265,12 @@ DATA_SOURCES: Registry[Any] = Registry(
     field="data.source",
     builtins="stagetune.data.sources",
     entry_point_group="stagetune.data_sources",
+    expects="callable",
 )
 """Named data sources, each a factory ``(DataConfig) -> DataSource`` (paths need no name)."""
 
 CONVENTIONS: Registry[Any] = Registry(
-    "FLOPs convention", field="budget.convention", builtins="stagetune.compute"
+    "FLOPs convention", field="budget.convention", builtins="stagetune.compute", expects="callable"
 )
-"""FLOPs conventions (``standard``, ``paper``): how a step's compute is counted."""
+"""FLOPs conventions (``standard``, ``paper``): how a step's compute is counted, each a function
+``(dims, work, tokens) -> FLOPs`` (:func:`stagetune.compute.step_flops` dispatches on it)."""

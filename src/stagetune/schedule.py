@@ -15,8 +15,9 @@ from typing import Any
 
 from stagetune.budget import check_budget_factor
 from stagetune.compute import ModelDims, step_flops, step_work
-from stagetune.config import FREEZE_POLICIES, GROWTH_OPERATORS, ExperimentConfig
-from stagetune.errors import ConfigError, suggest
+from stagetune.config import ExperimentConfig
+from stagetune.errors import ConfigError
+from stagetune.registry import FREEZE_POLICIES, GROWTH_OPERATORS
 
 __all__ = [
     "Phase",
@@ -115,16 +116,8 @@ class Schedule:
             )
         if self.continual_steps < 0:
             raise ConfigError("schedule.continual_steps", self.continual_steps, "use >= 0")
-        if self.growth not in GROWTH_OPERATORS:
-            raise ConfigError(
-                "schedule.growth", self.growth, suggest(self.growth, GROWTH_OPERATORS)
-            )
-        if self.freeze_policy not in FREEZE_POLICIES:
-            raise ConfigError(
-                "schedule.freeze_policy",
-                self.freeze_policy,
-                suggest(self.freeze_policy, FREEZE_POLICIES),
-            )
+        GROWTH_OPERATORS.check(self.growth)
+        FREEZE_POLICIES.check(self.freeze_policy)
         if self.optimizer_policy not in ("reset", "carry"):
             raise ConfigError(
                 "schedule.optimizer_policy", self.optimizer_policy, "use 'reset' or 'carry'"
@@ -423,7 +416,9 @@ def build_schedule(cfg: ExperimentConfig, *, vocab_size: int) -> Schedule:
         return baseline_schedule(L, sc.baseline_steps)
     sched = from_increments(incs, stage_steps=sc.baseline_steps, **_stage_knobs(cfg))
     _require_phase1(sched, cfg)
-    dims = ModelDims.from_model_config(cfg.model, vocab_size=vocab_size, seq_len=cfg.data.seq_len)
+    from stagetune.models.family import model_dims  # torch: only for a staged schedule
+
+    dims = model_dims(cfg.model, vocab_size=vocab_size, seq_len=cfg.data.seq_len)
     matched = matched_continual_steps(
         sched,
         baseline_steps=sc.baseline_steps,

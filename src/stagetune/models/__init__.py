@@ -3,15 +3,16 @@
 * :func:`build_model` builds a :class:`StagedModel` from a :class:`~stagetune.config.ModelConfig`
   (GPT-2 or Llama, from configs only, all L blocks present from the start).
 * :class:`StagedModel` runs the active blocks, grows with a :class:`GrowthOperator` and freezes
-  per phase (:meth:`StagedModel.configure_phase`).
-* Growth operators live in :data:`GROWTH_OPERATORS` (``random``, ``copy_top``, ``stack``,
-  ``copy_middle``, ``zero``); families in :data:`FAMILIES` (``gpt2``, ``llama``).
+  per phase (:meth:`StagedModel.configure_phase`, by the rules of a
+  :class:`~stagetune.freeze.FreezePolicy`).
+* Growth operators (``random``, ``copy_top``, ``stack``, ``copy_middle``, ``zero``) and families
+  (``gpt2``, ``llama``) are registered in :data:`stagetune.registry.GROWTH_OPERATORS` and
+  :data:`stagetune.registry.MODEL_FAMILIES`, the one list of each.
 """
 
-from stagetune.models.family import FAMILIES, FamilyAdapter, get_family, register_family
+from stagetune.models.family import FamilyAdapter, get_family, model_dims, register_family
 from stagetune.models.gpt2 import GPT2Adapter
 from stagetune.models.growth import (
-    GROWTH_OPERATORS,
     CopyMiddle,
     CopyTop,
     GrowthOperator,
@@ -22,12 +23,9 @@ from stagetune.models.growth import (
     register_growth_operator,
 )
 from stagetune.models.llama import LlamaAdapter
-from stagetune.models.staged import FREEZE_POLICIES, IGNORE_INDEX, StagedModel, build_model
+from stagetune.models.staged import IGNORE_INDEX, StagedModel, build_model
 
 __all__ = [
-    "FAMILIES",
-    "FREEZE_POLICIES",
-    "GROWTH_OPERATORS",
     "IGNORE_INDEX",
     "CopyMiddle",
     "CopyTop",
@@ -42,6 +40,7 @@ __all__ = [
     "build_model",
     "get_family",
     "get_growth_operator",
+    "model_dims",
     "register_family",
     "register_growth_operator",
 ]

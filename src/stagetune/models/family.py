@@ -3,25 +3,27 @@
 :class:`~stagetune.models.staged.StagedModel` runs its own loop over the active blocks, so it
 needs to know, per family, how to build the HF model from a :class:`ModelConfig`, where the
 embeddings / blocks / final norm / LM head live, what extra inputs a block takes (causal mask,
-rotary position embeddings) and which linear layers write into the residual stream (for the
-``zero`` growth operator). A new family is one subclass of :class:`FamilyAdapter` registered in
-:data:`FAMILIES`.
+rotary position embeddings), which linear layers write into the residual stream (for the
+``zero`` growth operator), its default MLP width and the matmuls a block runs (for the FLOPs
+model: :meth:`FamilyAdapter.dims`). A new family is one subclass of :class:`FamilyAdapter`,
+registered with :func:`register_family` or as an entry point in ``stagetune.model_families``.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.masking_utils import create_causal_mask
 
+from stagetune.compute import ModelDims
 from stagetune.config import ModelConfig
-from stagetune.errors import ConfigError, suggest
+from stagetune.registry import MODEL_FAMILIES
 
-__all__ = ["FAMILIES", "BlockContext", "FamilyAdapter", "get_family", "register_family"]
+__all__ = ["BlockContext", "FamilyAdapter", "get_family", "model_dims", "register_family"]
 
 BlockContext = dict[str, Any]
 """Keyword arguments every block call of one forward pass shares (mask, positions, rotary)."""
@@ -32,6 +34,8 @@ class FamilyAdapter(abc.ABC):
 
     name: ClassVar[str]
     """The ``model.family`` value this adapter serves."""
+    blocks_path: ClassVar[str]
+    """Dotted path of the ``ModuleList`` of blocks in the HF model (``transformer.h``)."""
 
     @abc.abstractmethod
     def build_hf_config(self, cfg: ModelConfig, *, vocab_size: int) -> PretrainedConfig:
@@ -42,12 +46,43 @@ class FamilyAdapter(abc.ABC):
         """The HF causal-LM class (``GPT2LMHeadModel``, ``LlamaForCausalLM``, ...)."""
 
     @abc.abstractmethod
+    def block_matmul_params(self, cfg: ModelConfig) -> int:
+        """Weights of the matmuls one block applies to every token: the family's linear
+        layers (attention projections and MLP), without biases, norms or embeddings."""
+
+    def ffn_size(self, cfg: ModelConfig) -> int:
+        """The MLP width: ``cfg.intermediate_size``, or the family's default (4 × n_embd)."""
+        if cfg.intermediate_size is not None:
+            return cfg.intermediate_size
+        return 4 * cfg.n_embd
+
+    def dims(self, cfg: ModelConfig, *, vocab_size: int, seq_len: int) -> ModelDims:
+        """The shapes :mod:`stagetune.compute` counts FLOPs with, for sequences of ``seq_len``
+        tokens (``cfg.vocab_size`` wins over ``vocab_size``, the tokenizer's)."""
+        return ModelDims(
+            n_layer=cfg.n_layer,
+            n_embd=cfg.n_embd,
+            block_matmul_params=self.block_matmul_params(cfg),
+            vocab_size=cfg.vocab_size or vocab_size,
+            seq_len=seq_len,
+        )
+
     def blocks(self, hf: PreTrainedModel) -> nn.ModuleList:
         """The model's ``ModuleList`` of transformer blocks."""
+        return cast(nn.ModuleList, hf.get_submodule(self.blocks_path))
 
-    @abc.abstractmethod
     def set_blocks(self, hf: PreTrainedModel, blocks: nn.ModuleList) -> None:
         """Replace the block list (used to save a truncated model without copying weights)."""
+        parent, _, attr = self.blocks_path.rpartition(".")
+        setattr(hf.get_submodule(parent), attr, blocks)
+
+    def block_index(self, key: str) -> int | None:
+        """The block a state-dict key of the HF model belongs to; ``None`` outside the blocks."""
+        prefix = f"{self.blocks_path}."
+        if not key.startswith(prefix):
+            return None
+        index = key[len(prefix) :].split(".", 1)[0]
+        return int(index) if index.isdigit() else None
 
     @abc.abstractmethod
     def embedding_modules(self, hf: PreTrainedModel) -> list[nn.Module]:
@@ -106,19 +141,18 @@ class FamilyAdapter(abc.ABC):
         return torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
 
 
-FAMILIES: dict[str, FamilyAdapter] = {}
-"""Registered family adapters by ``model.family`` name (filled by the family modules)."""
-
-
-def register_family(adapter: FamilyAdapter) -> FamilyAdapter:
-    """Register ``adapter`` under its ``name`` (the extension point for new families)."""
-    FAMILIES[adapter.name] = adapter
-    return adapter
+def register_family(adapter: FamilyAdapter, *, replace: bool = False) -> FamilyAdapter:
+    """Register ``adapter`` under its ``name`` (the extension point for new families;
+    ``replace`` to overwrite a registered one)."""
+    return MODEL_FAMILIES.register(adapter.name, adapter, replace=replace)
 
 
 def get_family(name: str) -> FamilyAdapter:
     """The adapter for ``name``; unknown -> :class:`ConfigError` naming ``model.family``."""
-    try:
-        return FAMILIES[name]
-    except KeyError:
-        raise ConfigError("model.family", name, suggest(name, FAMILIES)) from None
+    adapter: FamilyAdapter = MODEL_FAMILIES.get(name)
+    return adapter
+
+
+def model_dims(cfg: ModelConfig, *, vocab_size: int, seq_len: int) -> ModelDims:
+    """The FLOPs shapes of the model ``cfg`` describes (its family's :meth:`FamilyAdapter.dims`)."""
+    return get_family(cfg.family).dims(cfg, vocab_size=vocab_size, seq_len=seq_len)

@@ -27,6 +27,7 @@ class GPT2Adapter(FamilyAdapter):
     """GPT-2: ``transformer.{wte,wpe,drop,h,ln_f}`` and ``lm_head``."""
 
     name = "gpt2"
+    blocks_path = "transformer.h"
 
     def build_hf_config(self, cfg: ModelConfig, *, vocab_size: int) -> PretrainedConfig:
         return GPT2Config(
@@ -35,7 +36,7 @@ class GPT2Adapter(FamilyAdapter):
             n_embd=cfg.n_embd,
             n_layer=cfg.n_layer,
             n_head=cfg.n_head,
-            n_inner=cfg.ffn_size,
+            n_inner=self.ffn_size(cfg),
             resid_pdrop=cfg.dropout,
             embd_pdrop=cfg.dropout,
             attn_pdrop=cfg.dropout,
@@ -51,11 +52,10 @@ class GPT2Adapter(FamilyAdapter):
     def model_class(self) -> type[PreTrainedModel]:
         return GPT2LMHeadModel
 
-    def blocks(self, hf: PreTrainedModel) -> nn.ModuleList:
-        return cast(nn.ModuleList, _base(hf).h)
-
-    def set_blocks(self, hf: PreTrainedModel, blocks: nn.ModuleList) -> None:
-        _base(hf).h = blocks
+    def block_matmul_params(self, cfg: ModelConfig) -> int:
+        # c_attn (d → 3d) and c_proj (d → d); the MLP's c_fc (d → ffn) and c_proj (ffn → d).
+        d = cfg.n_embd
+        return 4 * d * d + 2 * d * self.ffn_size(cfg)
 
     def embedding_modules(self, hf: PreTrainedModel) -> list[nn.Module]:
         base = _base(hf)

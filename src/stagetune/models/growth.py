@@ -25,7 +25,9 @@ new block never shares storage with its source. With ``old`` the current depth,
                 same function at the moment of growth.
 =============== ================================================================================
 
-New operators subclass :class:`GrowthOperator` and are added with :func:`register_growth_operator`.
+New operators subclass :class:`GrowthOperator` and are added with :func:`register_growth_operator`
+(or, for every process of an environment, as an entry point in ``stagetune.growth_operators``
+naming an instance); :data:`stagetune.registry.GROWTH_OPERATORS` is the one list of names.
 """
 
 from __future__ import annotations
@@ -37,13 +39,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from stagetune.errors import ConfigError, suggest
+from stagetune.registry import GROWTH_OPERATORS
 
 if TYPE_CHECKING:
     from stagetune.models.staged import StagedModel
 
 __all__ = [
-    "GROWTH_OPERATORS",
     "CopyMiddle",
     "CopyTop",
     "GrowthOperator",
@@ -74,6 +75,17 @@ class GrowthOperator(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
+
+
+def register_growth_operator(op: GrowthOperator, *, replace: bool = False) -> GrowthOperator:
+    """Register ``op`` under ``op.name`` (``replace`` to overwrite a registered operator)."""
+    return GROWTH_OPERATORS.register(op.name, op, replace=replace)
+
+
+def get_growth_operator(name: str) -> GrowthOperator:
+    """The registered operator ``name``; unknown -> ConfigError for ``schedule.growth``."""
+    op: GrowthOperator = GROWTH_OPERATORS.get(name)
+    return op
 
 
 def _check_depths(model: StagedModel, old_depth: int, new_depth: int) -> None:
@@ -136,6 +148,9 @@ class RandomInit(GrowthOperator):
             _reinit_block(model, model.blocks[i], generator)
 
 
+register_growth_operator(RandomInit())
+
+
 class ZeroInit(GrowthOperator):
     """``zero``: random init, then residual output projections zeroed (function-preserving)."""
 
@@ -152,6 +167,9 @@ class ZeroInit(GrowthOperator):
                 bias = getattr(proj, "bias", None)
                 if bias is not None:
                     bias.zero_()
+
+
+register_growth_operator(ZeroInit())
 
 
 class _CopyOperator(GrowthOperator):
@@ -186,6 +204,9 @@ class CopyTop(_CopyOperator):
         return (old_depth - delta + j) % old_depth
 
 
+register_growth_operator(CopyTop())
+
+
 class Stack(_CopyOperator):
     """``stack`` (G_stack): new block ``old + j`` copies block ``j mod old``."""
 
@@ -194,6 +215,9 @@ class Stack(_CopyOperator):
     @staticmethod
     def source(old_depth: int, delta: int, j: int) -> int:
         return j % old_depth
+
+
+register_growth_operator(Stack())
 
 
 class CopyMiddle(_CopyOperator):
@@ -206,23 +230,4 @@ class CopyMiddle(_CopyOperator):
         return ((old_depth - delta) // 2 + j) % old_depth
 
 
-GROWTH_OPERATORS: dict[str, GrowthOperator] = {}
-"""Registered growth operators by name."""
-
-
-def register_growth_operator(op: GrowthOperator) -> GrowthOperator:
-    """Register ``op`` under ``op.name`` (replacing any operator of that name)."""
-    GROWTH_OPERATORS[op.name] = op
-    return op
-
-
-for _op in (RandomInit(), CopyTop(), Stack(), CopyMiddle(), ZeroInit()):
-    register_growth_operator(_op)
-
-
-def get_growth_operator(name: str) -> GrowthOperator:
-    """The registered operator ``name``; unknown -> ConfigError for ``schedule.growth``."""
-    try:
-        return GROWTH_OPERATORS[name]
-    except KeyError:
-        raise ConfigError("schedule.growth", name, suggest(name, GROWTH_OPERATORS)) from None
+register_growth_operator(CopyMiddle())

@@ -27,12 +27,13 @@ class LlamaAdapter(FamilyAdapter):
     """Llama: ``model.{embed_tokens,layers,norm,rotary_emb}`` and ``lm_head``."""
 
     name = "llama"
+    blocks_path = "model.layers"
 
     def build_hf_config(self, cfg: ModelConfig, *, vocab_size: int) -> PretrainedConfig:
         return LlamaConfig(
             vocab_size=vocab_size,
             hidden_size=cfg.n_embd,
-            intermediate_size=cfg.ffn_size,
+            intermediate_size=self.ffn_size(cfg),
             num_hidden_layers=cfg.n_layer,
             num_attention_heads=cfg.n_head,
             num_key_value_heads=cfg.kv_heads,
@@ -50,11 +51,18 @@ class LlamaAdapter(FamilyAdapter):
     def model_class(self) -> type[PreTrainedModel]:
         return LlamaForCausalLM
 
-    def blocks(self, hf: PreTrainedModel) -> nn.ModuleList:
-        return cast(nn.ModuleList, _base(hf).layers)
+    def ffn_size(self, cfg: ModelConfig) -> int:
+        """``cfg.intermediate_size``, or Llama's rule: 8/3 × n_embd rounded up to 32."""
+        if cfg.intermediate_size is not None:
+            return cfg.intermediate_size
+        hidden = int(8 * cfg.n_embd / 3)
+        return 32 * ((hidden + 31) // 32)
 
-    def set_blocks(self, hf: PreTrainedModel, blocks: nn.ModuleList) -> None:
-        _base(hf).layers = blocks
+    def block_matmul_params(self, cfg: ModelConfig) -> int:
+        # q and o (d → d), k and v (d → kv heads × head dim); the gated MLP's three matrices.
+        d = cfg.n_embd
+        kv = cfg.kv_heads * (d // cfg.n_head)
+        return 2 * d * d + 2 * d * kv + 3 * d * self.ffn_size(cfg)
 
     def embedding_modules(self, hf: PreTrainedModel) -> list[nn.Module]:
         return [cast(nn.Module, _base(hf).embed_tokens)]

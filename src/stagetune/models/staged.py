@@ -23,17 +23,13 @@ from transformers.modeling_outputs import CausalLMOutput
 
 from stagetune.compute import ModelDims
 from stagetune.config import ModelConfig
-from stagetune.errors import ConfigError, suggest
-
-# Importing the family modules registers their adapters.
-from stagetune.models import gpt2 as _gpt2  # noqa: F401
-from stagetune.models import llama as _llama  # noqa: F401
+from stagetune.errors import ConfigError
+from stagetune.freeze import FreezePolicy, ModelParts, get_freeze_policy
 from stagetune.models.family import FamilyAdapter, get_family
 from stagetune.models.growth import GrowthOperator, get_growth_operator
 
-__all__ = ["FREEZE_POLICIES", "IGNORE_INDEX", "StagedModel", "build_model"]
+__all__ = ["IGNORE_INDEX", "StagedModel", "build_model"]
 
-FREEZE_POLICIES = ("new_only", "paper", "none")
 IGNORE_INDEX = -100
 """Label value excluded from the loss (the HF / PyTorch convention)."""
 
@@ -87,6 +83,7 @@ class StagedModel(nn.Module):
         self._active_depth = self.num_layers
         self._trainable_from = 0
         self._freeze_policy = "none"
+        self._prefix_without_grad = False
         self.configure_phase(trainable_from=0, freeze_policy="none")
 
     # ---------------------------------------------------------------------------------------
@@ -130,7 +127,7 @@ class StagedModel(nn.Module):
 
     def dims(self, seq_len: int) -> ModelDims:
         """The shapes :mod:`stagetune.compute` needs, for sequences of ``seq_len`` tokens."""
-        return ModelDims.from_model_config(self.config, vocab_size=self.vocab_size, seq_len=seq_len)
+        return self.family.dims(self.config, vocab_size=self.vocab_size, seq_len=seq_len)
 
     # ---------------------------------------------------------------------------------------
     # depth
@@ -184,31 +181,25 @@ class StagedModel(nn.Module):
     # ---------------------------------------------------------------------------------------
     # freezing
 
-    def configure_phase(self, *, trainable_from: int, freeze_policy: str) -> None:
+    def configure_phase(self, *, trainable_from: int, freeze_policy: str | FreezePolicy) -> None:
         """Choose which parameters train in the coming phase (sets ``requires_grad``).
 
         Blocks ``[trainable_from, active_depth)`` train; blocks below are frozen; blocks at or
         above ``active_depth`` never train (and never run). The final norm and LM head always
         train. The embeddings train when ``trainable_from == 0`` (phase 2, continual, baseline),
-        and otherwise depend on ``freeze_policy``:
-
-        * ``new_only``: embeddings are frozen and the frozen prefix (embeddings and
-          ``blocks[:trainable_from]``) runs under ``torch.no_grad()``; its output is detached,
-          so no backward pass runs through it at all. With tied embeddings the shared weight
-          still trains, but only through the LM head.
-        * ``paper``: embeddings stay trainable (as in arXiv 2411.18700's code), so autograd
-          runs through the frozen blocks to reach them (activation gradients only).
-        * ``none``: no freezing; ``trainable_from`` must be 0.
+        and otherwise as ``freeze_policy`` says, which also says whether the frozen prefix
+        (embeddings and ``blocks[:trainable_from]``) runs under ``torch.no_grad()``: see
+        :mod:`stagetune.freeze`. ``freeze_policy`` is a registered name or a
+        :class:`~stagetune.freeze.FreezePolicy`.
 
         Raises:
-            ValueError: if ``trainable_from`` is not in ``[0, active_depth)`` or the policy is
-                ``none`` with ``trainable_from > 0``.
+            ValueError: if ``trainable_from`` is not in ``[0, active_depth)``, or is above 0
+                for a policy without phase 1 (``none``).
             ConfigError: unknown ``freeze_policy`` (field ``schedule.freeze_policy``).
         """
-        if freeze_policy not in FREEZE_POLICIES:
-            raise ConfigError(
-                "schedule.freeze_policy", freeze_policy, suggest(freeze_policy, FREEZE_POLICIES)
-            )
+        policy = (
+            get_freeze_policy(freeze_policy) if isinstance(freeze_policy, str) else freeze_policy
+        )
         if isinstance(trainable_from, bool) or not isinstance(trainable_from, int):
             raise ValueError(f"trainable_from must be an int, got {trainable_from!r}")
         if not 0 <= trainable_from < self._active_depth:
@@ -216,29 +207,18 @@ class StagedModel(nn.Module):
                 f"trainable_from={trainable_from} must be in [0, {self._active_depth}) "
                 f"(the active depth is {self._active_depth}; at least one block must train)"
             )
-        if freeze_policy == "none" and trainable_from != 0:
-            raise ValueError(
-                "freeze_policy='none' trains every active block: trainable_from must be 0, "
-                f"got {trainable_from}"
-            )
         hf = self.hf_model
-        self.hf_model.requires_grad_(False)
-        blocks = self.blocks
-        for i in range(trainable_from, self._active_depth):
-            blocks[i].requires_grad_(True)
-        embeddings_train = trainable_from == 0 or freeze_policy == "paper"
-        for module in self.family.embedding_modules(hf):
-            module.requires_grad_(embeddings_train)
-        # Head path last: with tied embeddings this re-enables the shared weight.
-        self.family.final_norm(hf).requires_grad_(True)
-        self.family.lm_head(hf).requires_grad_(True)
+        parts = ModelParts(
+            model=hf,
+            blocks=list(self.blocks),
+            embeddings=self.family.embedding_modules(hf),
+            head=[self.family.final_norm(hf), self.family.lm_head(hf)],
+        )
+        self._prefix_without_grad = policy.configure(
+            parts, trainable_from=trainable_from, active_depth=self._active_depth
+        )
         self._trainable_from = trainable_from
-        self._freeze_policy = freeze_policy
-
-    @property
-    def _prefix_without_grad(self) -> bool:
-        """Whether the embeddings and frozen blocks run under ``no_grad`` (``new_only``)."""
-        return self._freeze_policy == "new_only" and self._trainable_from > 0
+        self._freeze_policy = policy.name
 
     # ---------------------------------------------------------------------------------------
     # forward

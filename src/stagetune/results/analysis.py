@@ -32,9 +32,9 @@ from typing import Any, Final
 
 import numpy as np
 
-from stagetune.config import CONVENTIONS
 from stagetune.errors import ConfigError, StagetuneError, suggest
 from stagetune.metrics import FLOPS, FLOPS_PAPER, STATUS_DIVERGED, STATUS_FAILED
+from stagetune.registry import CONVENTIONS
 from stagetune.results.naming import (
     PARAM_SCHEDULE_KEY,
     PARAM_SCHEDULE_LABEL,

@@ -3,7 +3,8 @@
 A :class:`SearchSpace` samples params on an Optuna trial (:meth:`SearchSpace.define`, or
 :meth:`SearchSpace.as_define_by_run` for ``ray.tune.search.optuna.OptunaSearch``) and turns
 params into a :class:`TrialPlan` (:meth:`SearchSpace.build`) given the study's
-:class:`SpaceContext`. Spaces are looked up by name in :data:`SEARCH_SPACES`.
+:class:`SpaceContext`. Spaces are looked up by name with :func:`get_search_space`; the names
+are those of :data:`stagetune.registry.SEARCH_SPACES`.
 """
 
 from stagetune.search_spaces.base import DefineByRun, SearchSpace, suggest_increments
@@ -11,12 +12,11 @@ from stagetune.search_spaces.compact import CompactSpace
 from stagetune.search_spaces.context import SpaceContext
 from stagetune.search_spaces.paper import PaperSpace
 from stagetune.search_spaces.plan import TrialPlan, recipe_key
-from stagetune.search_spaces.registry import SEARCH_SPACES, get_search_space
+from stagetune.search_spaces.registry import get_search_space, register_search_space
 from stagetune.search_spaces.trial import ParamsTrial, RecordingTrial, TrialLike
 from stagetune.search_spaces.wide import WideSpace
 
 __all__ = [
-    "SEARCH_SPACES",
     "CompactSpace",
     "DefineByRun",
     "PaperSpace",
@@ -29,5 +29,6 @@ __all__ = [
     "WideSpace",
     "get_search_space",
     "recipe_key",
+    "register_search_space",
     "suggest_increments",
 ]

@@ -10,6 +10,7 @@ from stagetune.schedule import even_increments
 from stagetune.search_spaces.base import SearchSpace
 from stagetune.search_spaces.context import SpaceContext
 from stagetune.search_spaces.plan import TrialPlan
+from stagetune.search_spaces.registry import register_search_space
 from stagetune.search_spaces.trial import TrialLike
 
 __all__ = ["CompactSpace"]
@@ -58,3 +59,6 @@ class CompactSpace(SearchSpace):
             continual_multiple=float(params.get("continual_multiple", 0.0)),
             growth=params.get("growth"),
         )
+
+
+register_search_space(CompactSpace())

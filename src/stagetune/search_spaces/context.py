@@ -6,8 +6,10 @@ from dataclasses import dataclass
 
 from stagetune.budget import check_budget_factor
 from stagetune.compute import ModelDims, step_flops, step_work
-from stagetune.config import CONVENTIONS, FREEZE_POLICIES, GROWTH_OPERATORS, ExperimentConfig
+from stagetune.config import ExperimentConfig
 from stagetune.errors import ConfigError, suggest
+from stagetune.models import model_dims
+from stagetune.registry import CONVENTIONS, FREEZE_POLICIES, GROWTH_OPERATORS
 from stagetune.schedule import baseline_schedule
 
 __all__ = ["SpaceContext"]
@@ -66,10 +68,13 @@ class SpaceContext:
         # The budget holds the baseline, so it holds every point's stages (no stage count or
         # split spends more than T steps at full depth): no space samples an over-budget point.
         check_budget_factor(self.budget_factor)
+        for registry, name in (
+            (CONVENTIONS, self.convention),
+            (GROWTH_OPERATORS, self.growth),
+            (FREEZE_POLICIES, self.freeze_policy),
+        ):
+            registry.check(name)
         choices: list[tuple[str, str, tuple[str, ...]]] = [
-            ("budget.convention", self.convention, CONVENTIONS),
-            ("schedule.growth", self.growth, GROWTH_OPERATORS),
-            ("schedule.freeze_policy", self.freeze_policy, FREEZE_POLICIES),
             ("schedule.step_spread", self.step_spread, ("uniform", "depth")),
             ("schedule.optimizer_policy", self.optimizer_policy, ("reset", "carry")),
         ]
@@ -84,9 +89,7 @@ class SpaceContext:
         return cls(
             num_layers=cfg.model.n_layer,
             baseline_steps=sc.baseline_steps,
-            dims=ModelDims.from_model_config(
-                cfg.model, vocab_size=vocab_size, seq_len=cfg.data.seq_len
-            ),
+            dims=model_dims(cfg.model, vocab_size=vocab_size, seq_len=cfg.data.seq_len),
             # Same token count as schedule.build_schedule, so budgets agree with `train`.
             tokens_per_step=cfg.train.batch_size * cfg.data.seq_len,
             convention=cfg.budget.convention,

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 from stagetune.search_spaces.base import SearchSpace
 from stagetune.search_spaces.context import SpaceContext
 from stagetune.search_spaces.plan import TrialPlan
+from stagetune.search_spaces.registry import register_search_space
 from stagetune.search_spaces.trial import TrialLike
 
 __all__ = ["PaperSpace"]
@@ -65,3 +66,6 @@ class PaperSpace(SearchSpace):
             step_spread="uniform",
             optimizer_policy="reset",
         )
+
+
+register_search_space(PaperSpace())

@@ -1,27 +1,24 @@
-"""Search spaces by name: the values ``search.space`` may take."""
+"""Looking up and adding search spaces: the names ``search.space`` may take.
+
+The names live in :data:`stagetune.registry.SEARCH_SPACES` (the one list); each built-in space
+registers itself in its own module, a package's space through the ``stagetune.search_spaces``
+entry-point group (an instance of :class:`~stagetune.search_spaces.SearchSpace`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from types import MappingProxyType
-
-from stagetune.errors import ConfigError, suggest
+from stagetune.registry import SEARCH_SPACES
 from stagetune.search_spaces.base import SearchSpace
-from stagetune.search_spaces.compact import CompactSpace
-from stagetune.search_spaces.paper import PaperSpace
-from stagetune.search_spaces.wide import WideSpace
 
-__all__ = ["SEARCH_SPACES", "get_search_space"]
+__all__ = ["get_search_space", "register_search_space"]
 
-# Spaces are stateless, so one shared instance each; read-only so no caller can swap one.
-SEARCH_SPACES: Mapping[str, SearchSpace] = MappingProxyType(
-    {space.name: space for space in (PaperSpace(), WideSpace(), CompactSpace())}
-)
+
+def register_search_space(space: SearchSpace, *, replace: bool = False) -> SearchSpace:
+    """Register ``space`` under ``space.name`` (spaces are stateless: one shared instance)."""
+    return SEARCH_SPACES.register(space.name, space, replace=replace)
 
 
 def get_search_space(name: str) -> SearchSpace:
     """The registered space called ``name``; ConfigError on ``search.space`` otherwise."""
-    try:
-        return SEARCH_SPACES[name]
-    except KeyError:
-        raise ConfigError("search.space", name, suggest(str(name), SEARCH_SPACES)) from None
+    space: SearchSpace = SEARCH_SPACES.get(name)
+    return space

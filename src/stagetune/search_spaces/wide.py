@@ -5,16 +5,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from stagetune.config import FREEZE_POLICIES, GROWTH_OPERATORS
+from stagetune.freeze import get_freeze_policy
 from stagetune.schedule import even_increments
 from stagetune.search_spaces.base import SearchSpace, suggest_increments
 from stagetune.search_spaces.context import SpaceContext
 from stagetune.search_spaces.plan import TrialPlan
+from stagetune.search_spaces.registry import register_search_space
 from stagetune.search_spaces.trial import ParamsTrial, TrialLike
 
 __all__ = ["WideSpace"]
 
 MAX_STAGES = 6
+GROWTHS = ("random", "copy_top", "stack", "copy_middle", "zero")
+"""The growth operators the space searches: the built-ins, in a fixed order. A space's choices
+are part of its definition (Optuna refuses a study whose categorical choices change, and the
+order decides what a seeded sampler draws), so an installed plugin does not join them: a
+plugin operator is chosen with ``schedule.growth`` or searched by a space of its own."""
+POLICIES = ("new_only", "paper", "none")
+"""The freeze policies the space searches (the built-ins, fixed like :data:`GROWTHS`)."""
 PHASE1_RANGE = (0.1, 0.9)
 STEP_SPREADS = ("uniform", "depth")
 LR_FACTOR = 4.0
@@ -55,11 +63,11 @@ class WideSpace(SearchSpace):
         num_stages = trial.suggest_int("num_stages", 1, self.max_stages(ctx))
         if num_stages > 1:
             self.increments(trial, ctx, num_stages)
-            freeze = trial.suggest_categorical("freeze_policy", FREEZE_POLICIES)
-            if freeze != "none":  # 'none' has no phase 1, so no split to choose
+            freeze = trial.suggest_categorical("freeze_policy", POLICIES)
+            if get_freeze_policy(freeze).has_phase1:  # else there is no split to choose
                 trial.suggest_float("phase1_fraction", *PHASE1_RANGE)
             trial.suggest_categorical("step_spread", STEP_SPREADS)
-            trial.suggest_categorical("growth", GROWTH_OPERATORS)
+            trial.suggest_categorical("growth", GROWTHS)
             trial.suggest_float("continual_multiple", 0.0, self.max_continual_multiple)
         trial.suggest_float("lr", ctx.base_lr / LR_FACTOR, ctx.base_lr * LR_FACTOR, log=True)
         trial.suggest_int("warmup_steps", 0, self.warmup_high(ctx))
@@ -82,3 +90,6 @@ class WideSpace(SearchSpace):
             phase1_fraction=params.get("phase1_fraction"),
             step_spread=params.get("step_spread"),
         )
+
+
+register_search_space(WideSpace())

@@ -503,11 +503,8 @@ class StagedTrainer:
     def _is_inactive_or_tied(self, key: str) -> bool:
         if key == "lm_head.weight" and self.model.tied_embeddings:
             return True
-        parts = key.split(".")
-        for i, p in enumerate(parts[:-1]):
-            if p in ("h", "layers") and parts[i + 1].isdigit():
-                return int(parts[i + 1]) >= self.model.active_depth
-        return False
+        block = self.model.family.block_index(key)
+        return block is not None and block >= self.model.active_depth
 
     # ------------------------------------------------------------------ the run
     def _record(self, *, eval_loss: float, status: str | None = None) -> dict[str, Any]:

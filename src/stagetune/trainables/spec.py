@@ -7,6 +7,7 @@ from typing import Any
 
 from stagetune.compute import ModelDims
 from stagetune.config import ExperimentConfig, config_from_dict, config_to_dict
+from stagetune.models import model_dims
 from stagetune.schedule import Schedule, baseline_schedule
 
 __all__ = ["TrialSpec"]
@@ -29,7 +30,7 @@ class TrialSpec:
 
     @property
     def dims(self) -> ModelDims:
-        return ModelDims.from_model_config(
+        return model_dims(
             self.config.model, vocab_size=self.vocab_size, seq_len=self.config.data.seq_len
         )
 
@@ -85,7 +86,7 @@ class TrialSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrialSpec:
         return cls(
-            config=config_from_dict(data["config"]),
+            config=config_from_dict(data["config"], check_names=False),
             schedule=Schedule.from_dict(data["schedule"]),
             lr=float(data["lr"]),
             warmup_steps=int(data["warmup_steps"]),

@@ -39,7 +39,7 @@ class StudyContext:
         return cls(config=config_to_dict(cfg), vocab_size=vocab_size, train_storage=train_storage)
 
     def experiment(self) -> ExperimentConfig:
-        return config_from_dict(self.config)
+        return config_from_dict(self.config, check_names=False)
 
 
 def make_trial_spec(params: dict[str, Any], study: StudyContext, *, trial_name: str) -> TrialSpec:

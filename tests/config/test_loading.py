@@ -8,8 +8,8 @@ import pytest
 
 from stagetune.budget import MAX_BUDGET_FACTOR
 from stagetune.config import load_config
+from stagetune.config.limits import MAX_SEED, MAX_SEEDS, MAX_STEPS, MAX_TRIALS
 from stagetune.errors import MAX_SHOWN_CHARS, ConfigError
-from stagetune.limits import MAX_SEED, MAX_SEEDS, MAX_STEPS, MAX_TRIALS
 
 
 def _load_yaml(tmp_path: Path, text: str, *overrides: str) -> object:

@@ -1,26 +1,23 @@
-"""Typed experiment configuration: dataclasses, YAML loading, presets and ``--set`` overrides.
+"""The typed experiment configuration: keyword-only dataclasses validated on construction.
 
-All config objects are keyword-only dataclasses validated in ``__post_init__`` (the edge), so
-the rest of the code can trust them. Errors are :class:`~stagetune.errors.ConfigError` naming
-the dotted field, the value and the fix.
+Every section (:class:`ModelConfig`, :class:`DataConfig`, ...) checks its own values and
+:class:`ExperimentConfig` the ones that span sections, so the rest of the code can trust a
+config. Errors are :class:`~stagetune.errors.ConfigError` naming the dotted field, the value and
+the fix. Names of extensions (``model.family``, ``schedule.growth``, ``data.source``, ...) are
+checked at the edge instead (:func:`stagetune.config.names.validate_names`), against their
+registries, so that rebuilding a config inside a Ray worker imports no search space or model.
+One cohesive module: the schema, each field with its docstring.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import math
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Any
 
 from stagetune.budget import MAX_BUDGET_FACTOR, MAX_CONTINUAL_MULTIPLE, check_budget_factor
-from stagetune.config_yaml import parse_value, read_config_file
-from stagetune.errors import ConfigError, suggest
-from stagetune.limits import (
+from stagetune.config.limits import (
     EVAL_POINTS_REASON,
     MAX_EVAL_POINTS,
     MAX_SEED,
@@ -32,9 +29,9 @@ from stagetune.limits import (
     STEPS_REASON,
     TRIALS_REASON,
 )
+from stagetune.errors import ConfigError, suggest
 
 __all__ = [
-    "PRESETS",
     "BudgetConfig",
     "DataConfig",
     "ExperimentConfig",
@@ -44,19 +41,11 @@ __all__ = [
     "SearchConfig",
     "TrackingConfig",
     "TrainConfig",
-    "apply_overrides",
-    "config_from_dict",
-    "config_to_dict",
-    "load_config",
-    "preset_overrides",
+    "validate_name",
 ]
 
-GROWTH_OPERATORS = ("random", "copy_top", "stack", "copy_middle", "zero")
-FREEZE_POLICIES = ("new_only", "paper", "none")
-MODEL_FAMILIES = ("gpt2", "llama")
-CONVENTIONS = ("standard", "paper")
-SEARCH_SPACES = ("paper", "wide", "compact")
 SAMPLERS = ("auto", "tpe", "nsga2", "bruteforce", "random")
+"""Names ``search.sampler`` takes (checked here until the samplers registry has its built-ins)."""
 
 
 def _require(cond: bool, field_name: str, value: Any, fix: str) -> None:
@@ -80,7 +69,8 @@ class ModelConfig:
     """The target model: a Hugging Face causal LM built from a config (no hub download)."""
 
     family: str = "gpt2"
-    """Model family: ``gpt2`` or ``llama``."""
+    """Model family: ``gpt2``, ``llama`` or a registered family
+    (:data:`stagetune.registry.MODEL_FAMILIES`)."""
     n_layer: int = 6
     """Target depth L: the number of transformer blocks at the end of the schedule."""
     n_embd: int = 128
@@ -90,7 +80,8 @@ class ModelConfig:
     n_kv_head: int | None = None
     """Key/value heads (Llama grouped-query attention); ``None`` means ``n_head``."""
     intermediate_size: int | None = None
-    """MLP width; ``None`` means 4 × ``n_embd`` (GPT-2) or the Llama rule (8/3 × n_embd, rounded)."""
+    """MLP width; ``None`` means the family's default (GPT-2: 4 × ``n_embd``; Llama: 8/3 ×
+    ``n_embd`` rounded up to 32)."""
     context_length: int = 128
     """Maximum sequence length the model supports (GPT-2 ``n_positions``)."""
     vocab_size: int | None = None
@@ -103,7 +94,6 @@ class ModelConfig:
     """Attention kernel: ``sdpa`` or ``eager``."""
 
     def __post_init__(self) -> None:
-        _choice(self.family, MODEL_FAMILIES, "model.family")
         _require(self.n_layer >= 1, "model.n_layer", self.n_layer, "use a depth of at least 1")
         _require(self.n_embd >= 1, "model.n_embd", self.n_embd, "use a positive hidden size")
         _require(self.n_head >= 1, "model.n_head", self.n_head, "use at least one head")
@@ -144,16 +134,6 @@ class ModelConfig:
         _choice(self.attn_implementation, ("sdpa", "eager"), "model.attn_implementation")
 
     @property
-    def ffn_size(self) -> int:
-        """The resolved MLP width."""
-        if self.intermediate_size is not None:
-            return self.intermediate_size
-        if self.family == "llama":
-            hidden = int(8 * self.n_embd / 3)
-            return 32 * ((hidden + 31) // 32)
-        return 4 * self.n_embd
-
-    @property
     def kv_heads(self) -> int:
         """The resolved number of key/value heads."""
         return self.n_kv_head if self.n_kv_head is not None else self.n_head
@@ -166,7 +146,8 @@ class DataConfig:
     source: str = "builtin"
     """``builtin`` (stdlib source), the name of a registered source (an installed package's
     ``stagetune.data_sources`` entry point, or ``register_source``), or a path / directory /
-    glob of .txt, .jsonl, .parquet, or uint16 token shards (.bin, .npy)."""
+    glob of .txt, .jsonl, .parquet, or uint16 token shards (.bin, .npy). A name or an existing
+    path is checked where a config enters (:func:`stagetune.config.names.validate_names`)."""
     tokenizer: str = "builtin"
     """``builtin`` (byte-level BPE trained on the corpus and cached) or a tokenizer.json path."""
     vocab_size: int = 1024
@@ -204,23 +185,6 @@ class DataConfig:
         _require(
             self.max_corpus_mb > 0, "data.max_corpus_mb", self.max_corpus_mb, "use a positive size"
         )
-        # Globs are resolved by the data layer; a plain path must exist now, unless it names a
-        # registered source (imported only then: the data layer is heavier than the config).
-        if (
-            self.source != "builtin"
-            and not any(ch in self.source for ch in "*?[")
-            and not Path(self.source).expanduser().exists()
-        ):
-            from stagetune.data.sources import registered_sources
-
-            names = registered_sources()
-            _require(
-                self.source in names,
-                "data.source",
-                self.source,
-                "no such path and no source of that name (registered: "
-                f"{', '.join(names)}); point to an existing file or directory, or name a source",
-            )
         if self.tokenizer != "builtin":
             _require(
                 Path(self.tokenizer).expanduser().is_file(),
@@ -327,9 +291,10 @@ class ScheduleConfig:
     """Multiple of the budget-matched continual length (at most 10); only with
     ``continual_steps`` null (set one of the two)."""
     growth: str = "random"
-    """Growth operator for new blocks: random, copy_top, stack, copy_middle, zero."""
+    """Growth operator for new blocks: random, copy_top, stack, copy_middle, zero, or a
+    registered one (:data:`stagetune.registry.GROWTH_OPERATORS`)."""
     freeze_policy: str = "new_only"
-    """Phase-1 freeze policy: new_only, paper, none."""
+    """Phase-1 freeze policy: new_only, paper, none (:mod:`stagetune.freeze`)."""
     optimizer_policy: str = "reset"
     """At growth and at the start of continual training: ``reset`` or ``carry`` optimizer state."""
 
@@ -383,8 +348,6 @@ class ScheduleConfig:
                 f"applies to the budget-matched length, but schedule.continual_steps="
                 f"{self.continual_steps} sets the length; drop one of the two",
             )
-        _choice(self.growth, GROWTH_OPERATORS, "schedule.growth")
-        _choice(self.freeze_policy, FREEZE_POLICIES, "schedule.freeze_policy")
         _choice(self.optimizer_policy, ("reset", "carry"), "schedule.optimizer_policy")
 
 
@@ -401,7 +364,6 @@ class BudgetConfig:
 
     def __post_init__(self) -> None:
         check_budget_factor(self.factor)
-        _choice(self.convention, CONVENTIONS, "budget.convention")
 
 
 @dataclass(kw_only=True)
@@ -409,8 +371,8 @@ class SearchConfig:
     """The schedule search (Ray Tune + Optuna)."""
 
     space: str = "wide"
-    """Search space name: ``wide`` (everything), ``paper`` (the paper's knobs) or ``compact``
-    (a small finite space)."""
+    """Search space name: ``wide`` (everything), ``paper`` (the paper's knobs), ``compact``
+    (a small finite space) or a registered space (:data:`stagetune.registry.SEARCH_SPACES`)."""
     sampler: str = "auto"
     """Optuna sampler: ``auto`` (TPE; NSGA-II when multi-objective; brute force over the
     ``paper`` space's finite grid), ``tpe``, ``nsga2``, ``bruteforce`` or ``random``."""
@@ -437,7 +399,6 @@ class SearchConfig:
     mapping of the space's params, e.g. ``{num_stages: 1, lr: 0.004, warmup_steps: 0}``."""
 
     def __post_init__(self) -> None:
-        _choice(self.space, SEARCH_SPACES, "search.space")
         _choice(self.sampler, SAMPLERS, "search.sampler")
         if self.sampler_seed is not None:
             _bounded(self.sampler_seed, 0, MAX_SEED, "search.sampler_seed", SEED_REASON)
@@ -604,237 +565,3 @@ def validate_name(name: str, field_name: str) -> None:
         name,
         "use 1-128 letters, digits, '-', '_' or '.', not starting with '.' (no path separators)",
     )
-
-
-# --------------------------------------------------------------------------------------------
-# dict <-> dataclass conversion with helpful errors
-
-T = TypeVar("T")
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any, path: str) -> Any:
-    origin = get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors: list[ConfigError] = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, path)
-            except ConfigError as exc:
-                errors.append(exc)
-        raise errors[0] if errors else ConfigError(path, value, "unsupported type")
-    if origin is list:
-        (item_tp,) = get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(path, value, f"expected a list of {_type_name(item_tp)}")
-        return [_coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
-    if origin is Literal:
-        if value not in get_args(tp):
-            raise ConfigError(path, value, suggest(str(value), map(str, get_args(tp))))
-        return value
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):  # type: ignore[arg-type]
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(path, value, "expected a mapping of fields")
-        return _from_dict(tp, value, path)  # type: ignore[arg-type]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(path, value, "expected true or false")
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(path, value, "expected an integer")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(path, value, "expected a number")
-        if not math.isfinite(value):
-            raise ConfigError(path, value, "expected a finite number")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(path, value, "expected a string")
-        return value
-    return value
-
-
-def _from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        path = f"{prefix}.{key}" if prefix else str(key)
-        if key not in names:
-            raise ConfigError(path, value, f"unknown key; {suggest(str(key), names)}")
-        kwargs[key] = _coerce(value, hints[key], path)
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:  # pragma: no cover - dataclass signature mismatch
-        raise ConfigError(prefix or cls.__name__, data, str(exc)) from exc
-
-
-def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
-    """Build a validated :class:`ExperimentConfig` from a plain (YAML/JSON) dict."""
-    if not isinstance(data, dict):
-        raise ConfigError("config", data, "the config file must hold a mapping at top level")
-    return _from_dict(ExperimentConfig, data)
-
-
-def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain-dict form of any config dataclass (JSON/YAML serialisable)."""
-    return dataclasses.asdict(cfg)
-
-
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# presets
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # The embedded default: trains in minutes on 2 CPU cores.
-    "tiny": {},
-    "llama-tiny": {
-        "name": "stagetune-llama-tiny",
-        "model": {"family": "llama", "n_layer": 4, "n_embd": 64, "n_head": 4, "n_kv_head": 2},
-    },
-    # The paper's study shape at laptop scale (issue: paper study at small scale): on the
-    # embedded default (L = 4), the `paper` space's whole grid, enumerated once by brute
-    # force: the baseline, then S ∈ {2, 4} (L/S layers a stage, each phase T/(2S) steps,
-    # random growth, the paper's freeze policy) × continual {0, 0.5, 1, 1.5, 2} × the
-    # budget-matched length = 1 + 2 × 5 = 11 trials. Every trial runs to its end (no ASHA):
-    # the question is at what compute each schedule reaches the baseline's loss.
-    "paper-tiny": {
-        "name": "stagetune-paper-tiny",
-        "model": {"n_layer": 4},
-        "train": {"lr": 1e-3, "lr_schedule": "constant", "warmup_steps": 0},
-        "schedule": {"growth": "random", "freeze_policy": "paper", "phase1_fraction": 0.5},
-        "search": {
-            "space": "paper",
-            "sampler": "bruteforce",
-            "num_trials": 11,
-            "seeds": 1,
-            "early_stopping": False,
-        },
-    },
-    # A seconds-long study for checking an installation or a cluster (and the shared settings
-    # of the integration tests and the start-up benchmarks): 4 blocks of width 32, 24
-    # baseline steps of 8 x 32 tokens, 4 evaluations, a 0.5 MB slice of the corpus.
-    "smoke": {
-        "name": "stagetune-smoke",
-        "data": {"max_corpus_mb": 0.5, "vocab_size": 512, "seq_len": 32, "eval_batches": 2},
-        "model": {"context_length": 64, "n_layer": 4, "n_embd": 32, "n_head": 4},
-        "train": {"batch_size": 8, "eval_points": 4},
-        "schedule": {"baseline_steps": 24},
-    },
-    # arXiv 2411.18700's setting: GPT-2 124M, 524,288 tokens/step, AdamW 6e-4 constant.
-    "paper-gpt2-124m": {
-        "name": "stagetune-paper-gpt2-124m",
-        "model": {
-            "family": "gpt2",
-            "n_layer": 12,
-            "n_embd": 768,
-            "n_head": 12,
-            "context_length": 1024,
-            "vocab_size": 50304,
-        },
-        "data": {"seq_len": 1024, "vocab_size": 50304},
-        "train": {
-            "batch_size": 512,
-            "lr": 6e-4,
-            "lr_schedule": "constant",
-            "weight_decay": 0.1,
-            "beta1": 0.9,
-            "beta2": 0.95,
-            "device": "auto",
-        },
-        "schedule": {
-            "baseline_steps": 9536,
-            "num_stages": 4,
-            "phase1_fraction": 0.5,
-            "growth": "random",
-            "freeze_policy": "paper",
-        },
-        "search": {"space": "paper"},
-        "resources": {"workers_per_trial": 8, "gpus_per_worker": 1, "cpus_per_worker": 4},
-    },
-}
-
-
-def preset_overrides(name: str) -> list[str]:
-    """A preset as ``key=value`` overrides (its ``name`` left out), to lay it over another preset."""
-    if name not in PRESETS:
-        raise ConfigError("preset", name, suggest(name, PRESETS))
-
-    def flat(prefix: str, d: dict[str, Any]) -> list[str]:
-        out: list[str] = []
-        for k, v in d.items():
-            if isinstance(v, dict):
-                out += flat(f"{prefix}{k}.", v)
-            elif prefix or k != "name":
-                out.append(f"{prefix}{k}={v}")
-        return out
-
-    return flat("", PRESETS[name])
-
-
-def load_config(
-    path: str | os.PathLike[str] | None = None,
-    *,
-    preset: str | None = None,
-    overrides: list[str] | None = None,
-) -> ExperimentConfig:
-    """Load a config: preset (default ``tiny``), then the YAML file, then ``key=value`` overrides."""
-    preset_name = preset or "tiny"
-    if preset_name not in PRESETS:
-        raise ConfigError("preset", preset_name, suggest(preset_name, PRESETS))
-    data: dict[str, Any] = copy.deepcopy(PRESETS[preset_name])
-    if path is not None:
-        loaded = read_config_file(path)
-        data = _deep_merge(data, loaded)
-    if overrides:
-        data = apply_overrides(data, overrides)
-    return config_from_dict(data)
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b=value`` overrides; values are parsed as YAML, like the config file."""
-    out = copy.deepcopy(data)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError("--set", item, "use key=value, e.g. --set train.lr=1e-3")
-        key, raw = item.split("=", 1)
-        key = key.strip()
-        if not key or any(not part for part in key.split(".")):
-            raise ConfigError("--set", item, "use a dotted key, e.g. --set train.lr=1e-3")
-        value = parse_value(key, raw)
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = {}
-                node[part] = child
-            if not isinstance(child, dict):
-                raise ConfigError(key, raw, f"{part!r} is not a section")
-            node = child
-        node[parts[-1]] = value
-    return out

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from stagetune.config import DataConfig
+from stagetune.config import DataConfig, load_config
 from stagetune.data import prepare_data, registered_sources, source_from_config
-from stagetune.data import sources as sources_mod
 from stagetune.errors import ConfigError
+from stagetune.registry import DATA_SOURCES
 from tests.faults.conftest import Cli, fast_args
 
 PLUGIN = textwrap.dedent(
@@ -90,12 +90,9 @@ def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         },
     )
     monkeypatch.syspath_prepend(str(site))
-    # Plugins load once per process: start from scratch here and leave no trace after.
-    before = dict(sources_mod._REGISTRY)
-    monkeypatch.setattr(sources_mod, "_plugins_loaded", False)
-    yield site
-    sources_mod._REGISTRY.clear()
-    sources_mod._REGISTRY.update(before)
+    # Plugins load once per process: load them afresh here and leave no trace after.
+    with DATA_SOURCES.isolated():
+        yield site
 
 
 def test_an_installed_plugin_is_a_source_a_config_can_name(
@@ -116,8 +113,9 @@ def test_an_installed_plugin_is_a_source_a_config_can_name(
 
 
 def test_unknown_source_name_lists_the_registered_ones(plugin: Path) -> None:
+    assert load_config(overrides=["data.source=wordsalad"]).data.source == "wordsalad"
     with pytest.raises(ConfigError) as err:
-        DataConfig(source="wordsald")
+        load_config(overrides=["data.source=wordsald"])
     msg = str(err.value)
     assert err.value.field == "data.source" and "wordsald" in msg
     assert "registered: builtin, wordsalad" in msg

@@ -1,124 +1,41 @@
-"""Growth operators: a conformance suite over every registered operator, plus per-operator facts."""
+"""Growth operators: the conformance suite on every registered operator, plus per-operator facts."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import pytest
 import torch
 
-from stagetune.config import ModelConfig
 from stagetune.errors import ConfigError
 from stagetune.models import (
-    GROWTH_OPERATORS,
     GrowthOperator,
     StagedModel,
-    build_model,
     get_growth_operator,
+    register_growth_operator,
 )
-
-VOCAB = 128
-SEQ = 16
-
-
-def make(family: str = "gpt2", n_layer: int = 6, seed: int = 0, **kw: Any) -> StagedModel:
-    extra: dict[str, Any] = {"n_kv_head": 2} if family == "llama" else {}
-    extra.update(kw)
-    cfg = ModelConfig(
-        family=family,
-        n_layer=n_layer,
-        n_embd=32,
-        n_head=4,
-        context_length=SEQ,
-        attn_implementation="eager",
-        **extra,
-    )
-    return build_model(cfg, vocab_size=VOCAB, seed=seed)
+from stagetune.registry import GROWTH_OPERATORS
+from stagetune.testing.growth import GrowthOperatorSuite, assert_state_equal, block_state
+from stagetune.testing.models import tiny_model, token_batch
 
 
-def tokens(seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(seed))
-
-
-def block_state(model: StagedModel, i: int) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in model.blocks[i].state_dict().items()}
-
-
-def assert_state_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
-
-
-def storages(module: torch.nn.Module) -> set[int]:
-    return {t.untyped_storage().data_ptr() for t in module.state_dict().values()}
+def make(family: str = "gpt2", n_layer: int = 6) -> StagedModel:
+    return tiny_model(family, n_layer=n_layer)
 
 
 # ---------------------------------------------------------------------------------------------
-# conformance: every registered operator
+# conformance: every registered operator passes the suite plugin authors run
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
-@pytest.mark.parametrize("name", sorted(GROWTH_OPERATORS))
-def test_operator_conformance(name: str, family: str) -> None:
-    m = make(family)
-    m.set_active_depth(2)
-    # Simulate training of the old blocks so copies are distinguishable from the initial state.
-    with torch.no_grad():
-        for p in m.blocks[:2].parameters():
-            p.add_(torch.randn_like(p) * 0.01)
-    old = [block_state(m, i) for i in range(2)]
-    m.grow(5, name, seed=3)
-    assert m.active_depth == 5
-    for i in range(2):
-        assert_state_equal(block_state(m, i), old[i])
-    old_ptrs = set().union(*(storages(m.blocks[i]) for i in range(2)))
-    for i in range(2, 5):
-        new_ptrs = storages(m.blocks[i])
-        assert not new_ptrs & old_ptrs, f"block {i} shares storage with an old block"
-        for j in range(2, 5):
-            if j != i:
-                assert not new_ptrs & storages(m.blocks[j])
-    out = m(tokens())
-    assert torch.isfinite(out.logits).all()
-    # Growth resets the phase: every active block trains.
-    assert m.trainable_from == 0
-    assert all(p.requires_grad for p in m.blocks[:5].parameters())
-    assert not any(p.requires_grad for p in m.blocks[5].parameters())
-
-
-@pytest.mark.parametrize("name", sorted(GROWTH_OPERATORS))
-def test_operator_preconditions(name: str) -> None:
-    m = make("gpt2", n_layer=4)
-    m.set_active_depth(2)
-    for bad in (2, 1, 5):
-        with pytest.raises(ValueError, match="depth"):
-            m.grow(bad, name, seed=0)
-    assert m.active_depth == 2
-    op = GROWTH_OPERATORS[name]
-    assert isinstance(op, GrowthOperator) and op.name == name
-    with pytest.raises(ValueError):
-        op.apply(m, 3, 3, torch.Generator())
-    m.grow(4, name, seed=0)
-    with pytest.raises(ValueError):
-        m.grow(5, name, seed=0)
-
-
-@pytest.mark.parametrize("name", sorted(GROWTH_OPERATORS))
-def test_operator_is_deterministic_in_seed(name: str) -> None:
-    states = []
-    for _ in range(2):
-        m = make("llama")
-        m.set_active_depth(3)
-        m.grow(6, name, seed=11)
-        states.append(m.state_dict())
-    for key in states[0]:
-        torch.testing.assert_close(states[0][key], states[1][key], rtol=0, atol=0)
+class TestRegisteredOperators(GrowthOperatorSuite):
+    @pytest.fixture(params=GROWTH_OPERATORS.names())
+    def operator(self, request: pytest.FixtureRequest) -> GrowthOperator:
+        op = get_growth_operator(request.param)
+        assert op.name == request.param  # registered under its own name
+        return op
 
 
 def test_registry_and_unknown_name() -> None:
     assert set(GROWTH_OPERATORS) == {"random", "copy_top", "stack", "copy_middle", "zero"}
-    assert get_growth_operator("stack") is GROWTH_OPERATORS["stack"]
+    assert get_growth_operator("stack") is GROWTH_OPERATORS.get("stack")
     with pytest.raises(ConfigError) as err:
         get_growth_operator("copytop")
     assert err.value.field == "schedule.growth"
@@ -127,6 +44,24 @@ def test_registry_and_unknown_name() -> None:
     m.set_active_depth(2)
     with pytest.raises(ConfigError):
         m.grow(3, "zeros", seed=0)
+
+
+def test_register_growth_operator() -> None:
+    class Noop(GrowthOperator):
+        name = "noop"
+
+        def apply(self, model: StagedModel, old: int, new: int, g: torch.Generator) -> None:
+            pass
+
+    op = Noop()
+    with GROWTH_OPERATORS.isolated():
+        assert register_growth_operator(op) is op and get_growth_operator("noop") is op
+        with pytest.raises(ConfigError, match="registered already"):
+            register_growth_operator(Noop())
+        register_growth_operator(Noop(), replace=True)
+        with pytest.raises(TypeError, match="not a GrowthOperator instance"):
+            GROWTH_OPERATORS.register("bogus", object())
+    assert "noop" not in GROWTH_OPERATORS
 
 
 def test_custom_operator_instance() -> None:
@@ -151,7 +86,7 @@ def test_custom_operator_instance() -> None:
 def test_zero_preserves_the_function(family: str) -> None:
     m = make(family)
     m.set_active_depth(3)
-    x = tokens()
+    x, _ = token_batch()
     with torch.no_grad():
         before = m(x).logits
         m.grow(6, "zero", seed=0)

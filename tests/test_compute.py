@@ -1,4 +1,5 @@
-"""The analytic FLOPs model (compute.py, standard convention) vs FlopCounterMode on the real model.
+"""The analytic FLOPs model (compute.py): each step's work, the conventions, and the standard
+convention vs FlopCounterMode on the real model.
 
 The models use eager attention on purpose: on CPU, sdpa dispatches to
 ``aten._scaled_dot_product_flash_attention_for_cpu``, which ``FlopCounterMode`` has no formula
@@ -15,9 +16,11 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from stagetune.compute import forward_flops, step_flops, step_work
+from stagetune.compute import ModelDims, StepWork, forward_flops, step_flops, step_work
 from stagetune.config import ModelConfig
+from stagetune.errors import ConfigError
 from stagetune.models import StagedModel, build_model
+from stagetune.registry import CONVENTIONS
 
 VOCAB = 128
 SEQ = 16
@@ -121,3 +124,64 @@ def test_freezing_saves_what_the_model_says() -> None:
         x, y = batch()
         costs[policy] = counted(lambda m=m, x=x, y=y: m(x, labels=y).loss.backward())
     assert costs["new_only"] < costs["paper"] < costs["none"]
+
+
+# -- step work and conventions ----------------------------------------------------------------
+
+DIMS = ModelDims(
+    n_layer=12,
+    n_embd=768,
+    block_matmul_params=12 * 768**2,  # GPT-2 124M: 4 d² attention + 8 d² MLP
+    vocab_size=50304,
+    seq_len=1024,
+)
+TPS = 524_288
+
+
+def test_step_work_per_freeze_policy() -> None:
+    assert step_work(phase="phase1", depth=8, prev_depth=6, freeze_policy="new_only") == StepWork(
+        active_depth=8, forward_only_blocks=6, activation_grad_blocks=0, trainable_blocks=2
+    )
+    assert (
+        step_work(
+            phase="phase1", depth=8, prev_depth=6, freeze_policy="paper"
+        ).activation_grad_blocks
+        == 6
+    )
+    full = step_work(phase="phase2", depth=8, prev_depth=6, freeze_policy="paper")
+    assert full.trainable_blocks == 8
+    # new_only saves the backward of the frozen prefix; paper only saves its weight grads.
+    f = {
+        pol: step_flops(
+            DIMS, step_work(phase="phase1", depth=8, prev_depth=6, freeze_policy=pol), tokens=TPS
+        )
+        for pol in ("new_only", "paper")
+    }
+    full_f = step_flops(DIMS, full, tokens=TPS)
+    assert f["new_only"] < f["paper"] < full_f
+    # The paper convention counts frozen backward as 0 for both policies.
+    paper_conv = {
+        pol: step_flops(
+            DIMS,
+            step_work(phase="phase1", depth=8, prev_depth=6, freeze_policy=pol),
+            tokens=TPS,
+            convention="paper",
+        )
+        for pol in ("new_only", "paper")
+    }
+    assert paper_conv["new_only"] == paper_conv["paper"]
+
+
+def test_conventions_are_registered() -> None:
+    assert CONVENTIONS.names() == ["paper", "standard"]
+    work = step_work(phase="phase1", depth=8, prev_depth=6, freeze_policy="paper")
+    with pytest.raises(ConfigError, match=r"budget\.convention") as err:
+        step_flops(DIMS, work, tokens=TPS, convention="metric")
+    assert "standard" in err.value.fix
+    with pytest.raises(ValueError, match="unknown phase"):
+        step_work(phase="phase3", depth=8, prev_depth=6, freeze_policy="paper")
+    # Every step that does not grow trains every active block, whatever the policy.
+    for phase, prev in (("phase2", 6), ("continual", 8), ("phase1", 0)):
+        assert step_work(phase=phase, depth=8, prev_depth=prev, freeze_policy="new_only") == (
+            StepWork.all_trainable(8)
+        )

@@ -1,0 +1,125 @@
+"""Helpers shared by the data tests: small corpora written to tmp dirs, a user source."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from stagetune.config import DataConfig
+from stagetune.data import (
+    TextSource,
+)
+from stagetune.data.cache import stable_hash
+from stagetune.errors import ConfigError
+
+_WORDS = [
+    *("alpha", "beta", "gamma", "delta", "layer", "stage", "growth", "frozen", "tensor"),
+    *("token", "model", "batch", "loss", "compute", "budget", "schedule", "train", "eval"),
+    *("python", "def", "return", "class", "import", "yield", "lambda"),
+]
+
+
+def make_docs(n: int, seed: int = 0, words: int = 60) -> list[str]:
+    """Deterministic pseudo-English documents (with some unicode)."""
+    rng = random.Random(seed)
+    docs = []
+    for i in range(n):
+        body = " ".join(rng.choice(_WORDS) for _ in range(words))
+        docs.append(f"doc {i}: {body}.\nπ≈3.14 — déjà vu\n")
+    return docs
+
+
+DOCS = make_docs(40)
+"""Forty pseudo-English documents."""
+IDS = (np.arange(5000) * 7) % 300
+"""Five thousand token ids below 300."""
+
+
+def write_txt(directory: Path, docs: list[str]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for i, doc in enumerate(docs):
+        (directory / f"{i:03d}.txt").write_text(doc, encoding="utf-8")
+    return directory
+
+
+def write_jsonl(path: Path, docs: list[str], field: str = "text") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps({field: d, "id": i}) for i, d in enumerate(docs)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def write_parquet(path: Path, docs: list[str], field: str = "text") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({field: docs, "id": list(range(len(docs)))}), path)
+    return path
+
+
+def write_raw_bin(path: Path, ids: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.asarray(ids, dtype=np.uint16).tofile(path)
+    return path
+
+
+def write_llmc_bin(path: Path, ids: np.ndarray) -> Path:
+    """An llm.c / FineWeb shard: 256 int32 header (magic, version, count) + uint16 ids."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = np.zeros(256, dtype=np.int32)
+    header[:3] = (20240520, 1, len(ids))
+    with open(path, "wb") as handle:
+        handle.write(header.tobytes())
+        handle.write(np.asarray(ids, dtype=np.uint16).tobytes())
+    return path
+
+
+def cfg_for(tmp_path: Path, source: str = "builtin", **kw: object) -> DataConfig:
+    kw.setdefault("vocab_size", 300)
+    kw.setdefault("seq_len", 8)
+    return DataConfig(source=source, cache_dir=str(tmp_path / "cache"), **kw)  # type: ignore[arg-type]
+
+
+def one_line(exc: pytest.ExceptionInfo[ConfigError]) -> str:
+    msg = str(exc.value)
+    assert "\n" not in msg
+    return msg
+
+
+class ListSource(TextSource):
+    """A user-defined source: the extension point in its smallest form."""
+
+    name: ClassVar[str] = "list"
+
+    def __init__(self, docs: list[str]) -> None:
+        self.docs = docs
+
+    def iter_texts(self) -> Iterator[str]:
+        yield from self.docs
+
+    def fingerprint(self) -> str:
+        return stable_hash("list", self.docs)
+
+    def describe(self) -> str:
+        return f"{len(self.docs)} in-memory documents"
+
+
+def write_single_line(path: Path, megabytes: float) -> Path:
+    """A text of pseudo-words on one line (no newline at all), ``megabytes`` MiB long."""
+    rng = random.Random(0)
+    words = ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(2, 9)))
+             for _ in range(5000)]  # fmt: skip
+    target = int(megabytes * 1024 * 1024)
+    with open(path, "w", encoding="utf-8") as handle:
+        written = 0
+        while written < target:
+            line = " ".join(rng.choices(words, k=10_000)) + " "
+            handle.write(line)
+            written += len(line)
+    return path
