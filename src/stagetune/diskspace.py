@@ -62,13 +62,17 @@ class DiskFull:
         return DiskFull(candidates[0] if candidates else None)
 
     def describe(self) -> str:
-        """``"no space left on /mnt (writing /mnt/work/optuna.db)"``."""
+        """``"no space left on /mnt (writing to /mnt/work/optuna.db)"``."""
         if self.path is None:
             return "no space left on the device"
         mount = mount_point(self.path)
         if mount == self.path:
             return f"no space left on {mount}"
-        return f"no space left on {mount} (writing {self.path})"
+        return f"no space left on {mount} (writing to {self.path})"
+
+    def error(self) -> OSError:
+        """The event as the ``OSError`` (ENOSPC) a failed write raises."""
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path or ""))
 
 
 def _nearest_existing(path: Path) -> Path:

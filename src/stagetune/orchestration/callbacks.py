@@ -254,11 +254,15 @@ class StopCallback(Callback):
     ) -> None:
         self.stopper.tune_started()
 
-    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+    def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        # Before the step's periodic experiment snapshot: a full disk would tear it.
         now = time.monotonic()
         if now >= self._next_check:
             self._next_check = now + DISK_CHECK_S
             self.stopper.check_disk()
+        self.stopper.tune_step()
+
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
         self.stopper.tune_step()
 
     def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:

@@ -64,6 +64,9 @@ _TUNE_STOP_NOISE: Final = (
 )
 
 
+_TRACKING_LOGGER: Final = "stagetune.results.tracking"
+
+
 class StudyInterrupted(KeyboardInterrupt):
     """The study stopped before its end; nothing it had is lost, ``--resume`` continues it."""
 
@@ -97,7 +100,7 @@ class StudyInterrupted(KeyboardInterrupt):
 
 class _QuietTuneStop(logging.Filter):
     """Drops what the one closing line says better: Tune's own stop advice once a stop was
-    asked for, and the tracebacks of writes that failed because the disk is full."""
+    asked for, and the errors of writes that failed because the disk is full."""
 
     def __init__(self, stopper: StudyStopper) -> None:
         super().__init__()
@@ -106,6 +109,8 @@ class _QuietTuneStop(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and disk_full_in(record.exc_info[1]) is not None:
             return False
+        if self.stopper.disk_full is not None and record.name.startswith(_TRACKING_LOGGER):
+            return False  # MLflow's store is as full as the rest; --resume reconciles it
         try:
             text = record.getMessage()
         except Exception:  # a record whose arguments do not format: not ours to judge
@@ -267,11 +272,17 @@ class StudyStopper:
                 self._tune_handler = current
                 signal.signal(signal.SIGINT, self._on_signal)
             self._quiet_logs()
-        if self.requested:
-            self._tell_tune()
+        self.tune_step()
 
     def tune_step(self) -> None:
-        """Between two steps of Tune's loop: pass on a stop asked for from elsewhere."""
+        """Between two steps of Tune's loop: pass on a stop asked for from elsewhere.
+
+        A full disk ends the loop with its error instead of Tune's graceful stop: that stop
+        writes a last experiment snapshot in place of the previous one, and on a full disk
+        the write tears it, while the previous one is what ``--resume`` needs.
+        """
+        if self.disk_full is not None:
+            raise self.disk_full.error()
         if self.requested:
             self._tell_tune()
 

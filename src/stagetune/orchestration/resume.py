@@ -10,7 +10,9 @@ holds as over keeps Optuna's status everywhere. See ``tests/faults/README.md``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 from stagetune.errors import ConfigError
@@ -21,13 +23,28 @@ from stagetune.results import MlflowTracker
 if TYPE_CHECKING:
     from stagetune.orchestration.study import PreparedStudy
 
-__all__ = ["TAG_INTERRUPTED", "reconcile_stores", "snapshot_trials"]
+__all__ = ["TAG_INTERRUPTED", "reconcile_stores", "snapshot_trials", "unfinished_trials_quiet"]
 
 log = logging.getLogger(__name__)
 
 TAG_INTERRUPTED: Final = "stagetune.interrupted"
 """MLflow tag on a trial run the driver's death left unfinished and Tune could not continue
 (status ``interrupted``, final)."""
+
+
+@contextlib.contextmanager
+def unfinished_trials_quiet() -> Iterator[None]:
+    """Loading an experiment (``ExperimentAnalysis``, ``Tuner.restore``) warns about every
+    trial that had not reported yet: on resume that is the expected state, no news."""
+    from ray.tune import ExperimentAnalysis
+
+    quiet = logging.getLogger(ExperimentAnalysis.__module__)
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        quiet.setLevel(level)
 
 
 def snapshot_trials(exp_uri: str) -> dict[str, str] | None:
@@ -38,19 +55,13 @@ def snapshot_trials(exp_uri: str) -> dict[str, str] | None:
 
     if not tune.Tuner.can_restore(exp_uri):
         return None
-    # Only the statuses are wanted: a trial that had not reported yet is no reason for
-    # ExperimentAnalysis's warning about its missing results.
-    quiet = logging.getLogger(ExperimentAnalysis.__module__)
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
     try:
-        return {t.trial_id: str(t.status) for t in ExperimentAnalysis(exp_uri).trials}
+        with unfinished_trials_quiet():
+            return {t.trial_id: str(t.status) for t in ExperimentAnalysis(exp_uri).trials}
     except Exception as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         log.info("no Tune snapshot in %s (%s): Tune starts afresh", exp_uri, first)
         return None
-    finally:
-        quiet.setLevel(level)
 
 
 def reconcile_stores(

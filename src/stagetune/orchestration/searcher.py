@@ -4,8 +4,9 @@ Tune snapshots its experiment state every few seconds, Optuna's RDB storage comm
 After a driver crash the two disagree in two ways:
 
 * Tune may resume a trial that Optuna already recorded as finished; stock ``OptunaSearch``
-  then raises ``UpdateFinishedTrialError`` on the next report and takes the whole search down.
-  Here those reports are ignored: Optuna already holds the outcome.
+  then raises ``UpdateFinishedTrialError`` on the next report, and telling its end again fails
+  ("Cannot tell a PRUNED trial"). Here both are skipped: Optuna's record stands. So are steps a
+  trial restored from its checkpoint reports a second time.
 * A trial asked from Optuna after the last snapshot is unknown to Tune: nobody will ever finish
   it (an *orphan*). :func:`reconcile_optuna` marks such trials FAIL with
   ``stagetune_status=interrupted`` before the search resumes.
@@ -19,7 +20,9 @@ does not count. So a resumed study samples only what is left, never one trial to
 Every Optuna trial carries user attributes that tie it to Tune and MLflow:
 ``stagetune_trial_id`` (the Tune trial id, which is also the MLflow run's
 ``stagetune.trial_id`` tag) and, once it ends, ``stagetune_status`` (``finished``,
-``stopped``, ``diverged``, ``failed`` or ``interrupted``).
+``stopped``, ``diverged``, ``failed`` or ``interrupted``). A trial a signal or a full disk
+stopped stays RUNNING with ``stagetune_status=interrupted`` until ``--resume`` continues it
+(see :mod:`stagetune.orchestration.interrupt`).
 """
 
 from __future__ import annotations

@@ -28,7 +28,12 @@ from stagetune.orchestration.callbacks import (
 )
 from stagetune.orchestration.cluster import check_placeable, connect, max_concurrent_trials
 from stagetune.orchestration.interrupt import StudyStopper, as_interruption, mark_interrupted
-from stagetune.orchestration.resume import TAG_INTERRUPTED, reconcile_stores, snapshot_trials
+from stagetune.orchestration.resume import (
+    TAG_INTERRUPTED,
+    reconcile_stores,
+    snapshot_trials,
+    unfinished_trials_quiet,
+)
 from stagetune.orchestration.searcher import (
     BaselineKeepingASHA,
     ResumableOptunaSearch,
@@ -480,9 +485,10 @@ def _restore(exp_uri: str, trainable: Any, callbacks: list[Any]) -> Any:
     them as FAIL), unfinished ones continue from their newest valid checkpoint."""
     from ray import tune
 
-    tuner = tune.Tuner.restore(
-        exp_uri, trainable=trainable, resume_unfinished=True, resume_errored=False
-    )
+    with unfinished_trials_quiet():
+        tuner = tune.Tuner.restore(
+            exp_uri, trainable=trainable, resume_unfinished=True, resume_errored=False
+        )
     # Callbacks hold live clients (MLflow, the stopper): fresh ones replace the pickled copies.
     tuner._local_tuner.get_run_config().callbacks = callbacks  # type: ignore[union-attr]
     return tuner
