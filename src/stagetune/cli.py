@@ -542,18 +542,16 @@ def _run_until_stopped(args: argparse.Namespace) -> int:
     # Tune's graceful stop is its SIGINT handler; the stopper routes SIGTERM to it as well.
     os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
     with StudyStopper() as stopper:
+        stopper.as_json = args.json
         try:
             return cmd_run(args, stopper=stopper)
         except StudyInterrupted as stop:
             # Further signals are ignored from here on: the clean-up is not cut short.
+            stopper.close(stop)
             if stopper.ray_started:
                 import ray
 
                 ray.shutdown()  # no raylet, GCS or worker of this driver stays behind
-            line = stop.message(stopper.workdir, started=stopper.study_started)
-            if args.json:
-                print(json.dumps({"status": "interrupted", "reason": stop.reason, "next": line}))
-            print(line, file=sys.stderr)
             return stop.exit_code
 
 

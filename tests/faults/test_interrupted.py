@@ -1,5 +1,6 @@
 """Fault: ``stagetune run`` gets SIGINT (Ctrl-C: the whole process group) or SIGTERM (``kill
-PID``: the driver alone) while trials run, or SIGINT during its start-up.
+PID``: the driver alone; systemd's stop: the whole group, Ray included) while trials run, or
+SIGINT during its start-up.
 
 Injection: the run is a subprocess in its own session with its own local Ray. The signal comes
 once the baseline has finished and a second trial has written a checkpoint and still runs (or,
@@ -140,8 +141,9 @@ def _resume(cli: Cli, workdir: Path) -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     ("sig", "group", "code"),
-    [(signal.SIGINT, True, 130), (signal.SIGTERM, False, 143)],
-    ids=["sigint-group", "sigterm-driver"],
+    [(signal.SIGINT, True, 130), (signal.SIGTERM, False, 143), (signal.SIGTERM, True, 143)],
+    # SIGTERM to the group (systemd's stop) also ends the driver's Ray under it.
+    ids=["sigint-group", "sigterm-driver", "sigterm-group"],
 )
 def test_signal_while_trials_run_then_resume(
     cli: Cli, tmp_path: Path, sig: int, group: bool, code: int

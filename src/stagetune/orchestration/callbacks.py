@@ -264,6 +264,9 @@ class StopCallback(Callback):
 
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
         self.stopper.tune_step()
+        # The loop ends after this step: the last moment the stores are marked while Ray
+        # still answers (Tune's clean-up needs it; a signal to the whole group ends it).
+        self.stopper.mark()
 
     def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.stopper.check_disk()

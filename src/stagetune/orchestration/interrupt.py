@@ -26,9 +26,13 @@ The driver prints one line (:meth:`StudyInterrupted.message`) and exits 130 (SIG
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import signal
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import FrameType
@@ -54,6 +58,9 @@ log = logging.getLogger(__name__)
 
 SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 EXIT_DISK_FULL: Final = 1
+RAY_WATCH_S: Final = 120.0
+"""How long after a signal the stop watches for the local Ray dying under the driver."""
+_RAY_CORE: Final = frozenset({"gcs_server", "raylet"})
 
 # Tune's words for a stop it takes for a signal: its advice (Tuner.restore) is not how a
 # stagetune study continues, and the one line stagetune prints says what is.
@@ -139,6 +146,11 @@ class StudyStopper:
         """Set once the study exists on disk (``--resume`` can continue it)."""
         self.ray_started = False
         """This driver started the local Ray instance it uses (and shuts it down on a stop)."""
+        self.on_stop: Callable[[], None] | None = None
+        """Marks the stores interrupted (:func:`mark_interrupted`): run once Tune's loop was
+        told to stop, before Tune's clean-up (which needs Ray), and again on the way out."""
+        self.as_json = False
+        """The closing words also go to stdout as a JSON document (``--json``)."""
         self._installed = False
         self._previous: dict[int, Any] = {}
         self._defer = 0
@@ -146,6 +158,8 @@ class StudyStopper:
         self._tune_handler: Callable[[int, FrameType | None], Any] | None = None
         self._tune_told = False
         self._lock = threading.Lock()
+        self._marked = False
+        self._closed = False
         self._filter = _QuietTuneStop(self)
         self._filtered: list[logging.Handler] = []
 
@@ -222,6 +236,8 @@ class StudyStopper:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if not self.request_stop(signum=signum):
             return  # already stopping: a second signal changes nothing
+        if self.ray_started:
+            threading.Thread(target=self._watch_ray, name="stagetune-stop", daemon=True).start()
         if self._tell_tune(frame):
             return
         if self._defer == 0:
@@ -291,6 +307,45 @@ class StudyStopper:
         if self._installed and signal.getsignal(signal.SIGINT) != self._on_signal:
             signal.signal(signal.SIGINT, self._on_signal)  # Tune leaves its handler behind
         self._tune_handler = None
+
+    def mark(self) -> None:
+        """Record the stop in the stores (once; a no-op until a stop was asked for)."""
+        with self._lock:
+            if not self.requested or self._marked or self.on_stop is None:
+                return
+            self._marked = True
+        self.on_stop()
+
+    def close(self, stop: StudyInterrupted) -> bool:
+        """Say the closing words (one line on stderr, and JSON on stdout with ``as_json``);
+        False if they were said already."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._closed = True
+        line = stop.message(self.workdir, started=self.study_started)
+        if self.as_json:
+            print(json.dumps({"status": "interrupted", "reason": stop.reason, "next": line}))
+        print(line, file=sys.stderr, flush=True)
+        return True
+
+    def _watch_ray(self) -> None:
+        """A signal sent to the whole process group (systemd's stop, ``kill -TERM -PGID``)
+        ends this driver's local Ray too: Tune's clean-up then waits a minute for a GCS that is
+        gone, and Ray ends the process with exit 1. Instead: mark the stores, say the closing
+        words and exit with the signal's code."""
+        import ray
+
+        node = ray._private.worker._global_node
+        deadline = time.monotonic() + RAY_WATCH_S
+        while node is not None and not self._closed and time.monotonic() < deadline:
+            if {kind for kind, _ in node.dead_processes()} & _RAY_CORE:
+                self.mark()
+                if self.close(self.interruption()):
+                    sys.stdout.flush()
+                    os._exit(self.interruption().exit_code)
+                return
+            time.sleep(0.5)
 
     def check_disk(self) -> None:
         """Stop if a watched file system is (nearly) full."""

@@ -255,6 +255,12 @@ def run_study(
     """
     stopper = stopper or StudyStopper()
     stores = _Stores()
+    stopper.on_stop = lambda: mark_interrupted(
+        optuna_storage=stores.optuna_storage,
+        study_name=prep.config.name,
+        tracker=stores.tracker,
+        study_finished=stores.finished,
+    )
     # A stop takes effect at the phase boundaries (stopper.check) or, while Tune's loop runs,
     # through Tune's graceful stop (StopCallback): never in the middle of a write.
     with listening(stopper.request_stop), stopper.deferred():
@@ -264,12 +270,7 @@ def run_study(
             stop = as_interruption(exc, stopper)
             if stop is None:
                 raise
-            mark_interrupted(
-                optuna_storage=stores.optuna_storage,
-                study_name=prep.config.name,
-                tracker=stores.tracker,
-                study_finished=stores.finished,
-            )
+            stopper.on_stop()  # (again, if Tune's loop did: what opened since is marked too)
             raise stop from None
 
 
