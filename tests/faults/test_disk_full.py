@@ -70,8 +70,10 @@ def test_disk_full_mid_run_then_free_space_and_resume(cli: Cli, tmp_path: Path) 
         assert "Traceback" not in err, err[-3000:]
         assert "No space left" not in err and "disk is full" not in err.replace(hits[0], "")
 
-        # Nothing is marked finished that is not: the parent is open or interrupted, and no
-        # trial is FINISHED in MLflow that Optuna does not hold as COMPLETE.
+        # Space is freed first: reading SQLite may need to roll back a write the full disk
+        # cut short. Nothing is marked finished that is not: the parent is open or
+        # interrupted, and no trial is FINISHED in MLflow that Optuna does not hold as COMPLETE.
+        (fs / "filler").unlink()
         runs = mlflow_trial_runs_sqlite(workdir / "mlflow.db") or {}
         optuna_st = optuna_statuses(workdir, NAME)
         for tid, status in runs.items():
@@ -85,7 +87,6 @@ def test_disk_full_mid_run_then_free_space_and_resume(cli: Cli, tmp_path: Path) 
         assert parents and all(p[0] != "FINISHED" for p in parents), parents
         assert not (workdir / "report").exists()
 
-        (fs / "filler").unlink()
         code = cli.run(["run", "--resume", "--workdir", str(workdir), "--json", "--quiet"],
                        name="resume", timeout=400)  # fmt: skip
         out, err = cli.output("resume")

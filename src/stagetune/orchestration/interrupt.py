@@ -68,6 +68,7 @@ _TUNE_STOP_NOISE: Final = (
     "Stop signal received",
     "Experiment has been interrupted",
     "Trials did not complete",
+    "Failed to fetch metrics",  # of trials the stop kept from reporting
 )
 
 
