@@ -33,7 +33,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
@@ -70,8 +70,6 @@ _TUNE_STOP_NOISE: Final = (
     "Trials did not complete",
     "Failed to fetch metrics",  # of trials the stop kept from reporting
 )
-
-
 _TRACKING_LOGGER: Final = "stagetune.results.tracking"
 
 
@@ -106,7 +104,7 @@ class StudyInterrupted(KeyboardInterrupt):
         return f"interrupted: continue with {resume}"
 
 
-class _QuietTuneStop(logging.Filter):
+class _QuietStop(logging.Filter):
     """Drops what the one closing line says better: Tune's own stop advice once a stop was
     asked for, and the errors of writes that failed because the disk is full."""
 
@@ -137,10 +135,10 @@ class StudyStopper:
     :meth:`deferred`.
     """
 
-    def __init__(self, watched: Iterable[Path] = ()) -> None:
+    def __init__(self) -> None:
         self.signum: int | None = None
         self.disk_full: DiskFull | None = None
-        self.watched: list[Path] = list(watched)
+        self.watched: list[Path] = []
         """File systems the study writes to; a full one stops it."""
         self.workdir: Path | None = None
         self.study_started = False
@@ -158,10 +156,12 @@ class StudyStopper:
         self._raised = False
         self._tune_handler: Callable[[int, FrameType | None], Any] | None = None
         self._tune_told = False
-        self._lock = threading.Lock()
+        # Reentrant: a signal handler runs on the main thread, possibly inside a section
+        # that holds the lock.
+        self._lock = threading.RLock()
         self._marked = False
         self._closed = False
-        self._filter = _QuietTuneStop(self)
+        self._filter = _QuietStop(self)
         self._filtered: list[logging.Handler] = []
 
     # -- state -----------------------------------------------------------------------------

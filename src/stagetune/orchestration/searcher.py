@@ -240,8 +240,8 @@ def reconcile_optuna(
                 t.number,
                 tid or "?",
             )
-        elif t.state == TrialState.RUNNING and t.user_attrs.get(ATTR_STATUS):
-            # Stopped by a signal and continued now (Tune knows it): running again.
+        elif t.state == TrialState.RUNNING and t.user_attrs.get(ATTR_STATUS) == STATUS_INTERRUPTED:
+            # Stopped by a signal or a full disk, continued now (Tune knows it): running again.
             storage.set_trial_user_attr(t._trial_id, ATTR_STATUS, STATUS_RUNNING)
         elif t.state.is_finished() and tid:
             out.ended[tid] = str(
