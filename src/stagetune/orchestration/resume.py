@@ -74,17 +74,20 @@ def reconcile_stores(
 ) -> tuple[list[str], dict[str, dict[str, Any]]]:
     """Make Optuna and MLflow agree with the Tune experiment that is about to run.
 
-    A fresh study is created in Optuna with the baseline enqueued. On resume, trials that ran when the driver died
-    but are unknown to Tune's ``snapshot`` are closed: their Optuna trial becomes FAIL and
-    their MLflow run KILLED, both with status ``interrupted`` (MLflow also tags
-    ``stagetune.interrupted=true``), or the status Optuna recorded when the trial finished
+    A fresh study is created in Optuna with the baseline enqueued. On resume, trials that ran
+    when the driver died but are unknown to Tune's ``snapshot`` are closed: their Optuna trial
+    becomes FAIL and their MLflow run KILLED, both with status ``interrupted`` (MLflow also
+    tags ``stagetune.interrupted=true``), or the status Optuna recorded when the trial finished
     but its end never reached MLflow. The baseline is enqueued again only if no attempt of it
     is waiting, running or over.
 
     Returns the interrupted trials' ids, and the last records of trials Tune's snapshot holds
     as unfinished although they ended before the driver died (Optuna and MLflow have their
-    end): those are replayed with Optuna's status, not retrained (see :func:`stagetune.orchestration.study.train_trial`).
+    end): those are replayed with Optuna's status, not retrained (see
+    :func:`stagetune.orchestration.study.train_trial`).
     """
+    import optuna
+
     space, ctx = prep.space, prep.ctx
 
     def is_baseline(params: dict[str, Any]) -> bool:
@@ -94,8 +97,6 @@ def reconcile_stores(
             return bool(space.build(params, ctx).is_baseline)
         except ConfigError:
             return False
-
-    import optuna
 
     dirs: list[Any]
     if isinstance(directions, list):
