@@ -273,3 +273,37 @@ def test_report_without_mlflow_logging(store: dict[str, Any], tmp_path: Path,
     assert rep.convention == "paper"
     assert "fast" in rep.verdict  # the paper axis halves every curve alike: same winner
     assert "loss_vs_compute_html" not in rep.paths
+
+
+def test_report_of_an_interrupted_study_is_partial_without_verdict(tmp_path: Path) -> None:
+    """Stopped by a signal or a full disk: its report says "partial" and gives no verdict
+    from the trials it has (they would favour whatever happened to finish first)."""
+    from stagetune.results.report import PARTIAL_STUDY
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tr = MlflowTracker(uri, EXPERIMENT, spool_dir=tmp_path / "spool")
+    tr.start_study(study_name=STUDY, params={}, tags={})
+    for t in TRIALS[:3]:
+        params = {"schedule_key": t["key"], "schedule_label": t["label"], "seed": t["seed"]}
+        tr.start_trial(trial_id=t["id"], params=params,
+                       tags={"stagetune.is_baseline": t["baseline"]})  # fmt: skip
+        for rec in t["recs"]:
+            tr.log_report(t["id"], rec)
+    tr.end_trial("base_0", "finished")
+    tr.end_trial("base_1", "finished")
+    tr.end_trial("fast_0", "interrupted")
+    tr.end_study("interrupted")
+
+    study = load_study(uri, EXPERIMENT)
+    assert study.partial and study.parent_status == "interrupted"
+    rep = build_report(uri, EXPERIMENT, tmp_path / "out", log_to_mlflow=False, html_plots=False)
+    assert rep.verdict == PARTIAL_STUDY.format(status="interrupted")
+    md = rep.paths["report_md"].read_text()
+    assert md.startswith(f"# stagetune report (partial): {STUDY}\n")
+    assert "reached the baseline's eval loss" not in md
+    assert f"<h1>stagetune report (partial): {STUDY}</h1>" in rep.paths["report_html"].read_text()
+    assert json.loads(rep.paths["report_json"].read_text())["verdict"] == rep.verdict
+
+
+def test_a_finished_study_is_not_partial(results: StudyResults) -> None:
+    assert results.parent_status == "finished" and not results.partial

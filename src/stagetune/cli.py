@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from stagetune.errors import StagetuneError
 
 if TYPE_CHECKING:
+    from stagetune.orchestration.interrupt import StudyStopper
     from stagetune.orchestration.study import PreparedStudy
 
 __all__ = ["main"]
@@ -392,7 +393,7 @@ def _train_distributed(spec: Any, out: Path) -> dict[str, Any]:
     }
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(args: argparse.Namespace, *, stopper: StudyStopper | None = None) -> int:
     from stagetune.config import ExperimentConfig
     from stagetune.orchestration.lock import check_unlocked
 
@@ -441,20 +442,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg, workdir=args.workdir, resume=args.resume, tracking_uri=args.tracking_uri
     )
     with hold_workdir(prep):
-        return _run_prepared(args, prep)
+        return _run_prepared(args, prep, stopper=stopper)
 
 
-def _run_prepared(args: argparse.Namespace, prep: PreparedStudy) -> int:
+def _run_prepared(
+    args: argparse.Namespace, prep: PreparedStudy, *, stopper: StudyStopper | None
+) -> int:
     from stagetune.orchestration.study import run_study
 
     t0 = time.time()
     # With --json, stdout carries only the JSON document; Ray's own chatter goes to stderr.
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
-        run = run_study(prep, quiet=args.quiet or args.json, address=args.address)
+        run = run_study(prep, quiet=args.quiet or args.json, address=args.address, stopper=stopper)
     if run.interrupted:
         print(
             f"stagetune: {len(run.interrupted)} trial(s) interrupted by the earlier driver's "
-            f"end were closed as failed: {', '.join(run.interrupted)}",
+            f"end could not be continued and were closed: {', '.join(run.interrupted)}",
             file=sys.stderr,
         )
     if run.pending_events:
@@ -592,6 +595,27 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_until_stopped(args: argparse.Namespace) -> int:
+    """``stagetune run`` under a :class:`StudyStopper`: SIGINT, SIGTERM or a full disk stop the
+    study gracefully, at any moment, with one line that says how to continue."""
+    from stagetune.orchestration.interrupt import StudyInterrupted, StudyStopper
+
+    # Tune's graceful stop is its SIGINT handler; the stopper routes SIGTERM to it as well.
+    os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+    with StudyStopper() as stopper:
+        stopper.as_json = args.json
+        try:
+            return cmd_run(args, stopper=stopper)
+        except StudyInterrupted as stop:
+            # Further signals are ignored from here on: the clean-up is not cut short.
+            stopper.close(stop)
+            if stopper.ray_started:
+                import ray
+
+                ray.shutdown()  # no raylet, GCS or worker of this driver stays behind
+            return stop.exit_code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``stagetune`` console script."""
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
@@ -606,7 +630,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, or a usage error already printed as one line
         return int(exc.code or 0)
     handlers = {
-        "run": cmd_run,
+        "run": _run_until_stopped,
         "train": cmd_train,
         "estimate": cmd_estimate,
         "report": cmd_report,

@@ -17,6 +17,7 @@ __all__ = [
     "PHASE_IDS",
     "STATUSES",
     "STATUS_DIVERGED",
+    "STATUS_INTERRUPTED",
 ]
 
 FLOPS: Final = "flops"
@@ -47,4 +48,13 @@ STATUS_FINISHED: Final = "finished"
 STATUS_STOPPED: Final = "stopped"  # stopped early by ASHA
 STATUS_DIVERGED: Final = "diverged"
 STATUS_FAILED: Final = "failed"
-STATUSES: Final = (STATUS_FINISHED, STATUS_STOPPED, STATUS_DIVERGED, STATUS_FAILED)
+STATUS_INTERRUPTED: Final = "interrupted"
+"""The study stopped (signal, full disk, dead driver) while the trial ran; see
+:mod:`stagetune.orchestration.interrupt` for what each store holds and what ``--resume`` does."""
+STATUSES: Final = (
+    STATUS_FINISHED,
+    STATUS_STOPPED,
+    STATUS_DIVERGED,
+    STATUS_FAILED,
+    STATUS_INTERRUPTED,
+)

@@ -27,10 +27,14 @@ from tests.conftest import FAST
 __all__ = [
     "Cli",
     "MlflowServer",
+    "assert_statuses_agree",
     "fast_args",
+    "group_processes",
     "kill_group",
     "mlflow_children",
+    "tmpfs",
     "tune_results",
+    "wait_group_gone",
 ]
 
 
@@ -76,6 +80,55 @@ def kill_group(proc: subprocess.Popen[Any], sig: int = signal.SIGKILL, timeout: 
             os.killpg(proc.pid, signal.SIGKILL)
         time.sleep(0.2)
     raise AssertionError(f"process group {proc.pid} survived SIGKILL")
+
+
+def group_processes(leader: int) -> list[str]:
+    """Live processes (zombies excluded) of the process group or session ``leader`` led, as
+    ``"pid cmdline"``: what a ``start_new_session`` child left behind (Ray's raylet, GCS,
+    workers) shows up here even after the leader exited."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        state, pgrp, session = fields[0], int(fields[2]), int(fields[3])
+        if state != "Z" and leader in (pgrp, session):
+            out.append(f"{d.name} {cmd.strip()}")
+    return out
+
+
+def wait_group_gone(leader: int, timeout: float = 30) -> list[str]:
+    """Wait until no live process of ``leader``'s group or session is left; returns the ones
+    still there after ``timeout`` (empty: all gone)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = group_processes(leader)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, options: str) -> Iterator[Path]:
+    """A real ``tmpfs`` mounted at ``where`` (``mount -o options``); the test is skipped, with
+    the reason, where mounting is not permitted."""
+    where.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode})")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 class Cli:
@@ -246,3 +299,49 @@ def mlflow_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[M
     server.start()
     yield server
     server.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# the study's statuses, store by store
+
+
+def optuna_statuses(workdir: Path, name: str) -> dict[str, tuple[str, str | None]]:
+    """Tune trial id -> (Optuna state, ``stagetune_status``) of every trial that was asked."""
+    import optuna
+
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{workdir / 'optuna.db'}")
+    return {
+        str(t.user_attrs.get("stagetune_trial_id", f"optuna#{t.number}")): (
+            t.state.name,
+            t.user_attrs.get("stagetune_status"),
+        )
+        for t in study.trials
+        if t.state != optuna.trial.TrialState.WAITING
+    }
+
+
+def mlflow_statuses(workdir: Path, name: str) -> dict[str, tuple[str, str | None]]:
+    """Trial id -> (MLflow run status, tag ``stagetune.status``) of every trial run."""
+    runs = mlflow_children(f"sqlite:///{workdir / 'mlflow.db'}", name)
+    return {
+        r.data.tags["stagetune.trial_id"]: (r.info.status, r.data.tags.get("stagetune.status"))
+        for r in runs
+    }
+
+
+def assert_statuses_agree(workdir: Path, name: str, report: dict[str, Any]) -> None:
+    """Every trial's status is the same in Optuna (user attribute), MLflow (tag) and the report,
+    and it is over everywhere (Tune's snapshot included)."""
+    optuna_st = optuna_statuses(workdir, name)
+    mlflow_st = mlflow_statuses(workdir, name)
+    listed = {t["trial_id"]: t["status"] for row in report["outcomes"] for t in row["trials"]}
+    assert set(optuna_st) == set(mlflow_st), (optuna_st, mlflow_st)
+    assert set(listed) <= set(optuna_st), (listed, optuna_st)
+    for tid, (state, status) in optuna_st.items():
+        assert state != "RUNNING", (tid, state)
+        assert mlflow_st[tid][1] == status, (tid, optuna_st[tid], mlflow_st[tid])
+        assert mlflow_st[tid][0] != "RUNNING", (tid, mlflow_st[tid])
+        # A trial that never reported (an orphan) has no row to be listed in.
+        assert listed.get(tid, status) == status, (tid, status, listed.get(tid))
+    snap = snapshot_trials(workdir / "ray_results" / name) or {}
+    assert all(s in ("TERMINATED", "ERROR") for s in snap.values()), snap

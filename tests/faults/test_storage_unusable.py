@@ -25,23 +25,7 @@ from pathlib import Path
 import pytest
 
 from stagetune.cli import main
-from tests.faults.conftest import fast_args
-
-
-@contextlib.contextmanager
-def _tmpfs(where: Path, options: str) -> Iterator[Path]:
-    where.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode})")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
+from tests.faults.conftest import fast_args, tmpfs
 
 
 @contextlib.contextmanager
@@ -65,12 +49,12 @@ def _under_a_file(tmp: Path) -> contextlib.AbstractContextManager[Path]:
 
 
 def _small_fs(tmp: Path) -> contextlib.AbstractContextManager[Path]:
-    return _tmpfs(tmp / "small", "size=1m")
+    return tmpfs(tmp / "small", "size=1m")
 
 
 @contextlib.contextmanager
 def _full_fs(tmp: Path) -> Iterator[Path]:
-    with _tmpfs(tmp / "full", "size=1m,nr_inodes=2") as where:
+    with tmpfs(tmp / "full", "size=1m,nr_inodes=2") as where:
         # Use up the last inode and every block: nothing more can be created there.
         with open(where / "filler", "wb") as f, contextlib.suppress(OSError):
             while True:
@@ -80,7 +64,7 @@ def _full_fs(tmp: Path) -> Iterator[Path]:
 
 
 def _read_only_fs(tmp: Path) -> contextlib.AbstractContextManager[Path]:
-    return _tmpfs(tmp / "ro", "ro,size=1m")
+    return tmpfs(tmp / "ro", "ro,size=1m")
 
 
 def _immutable_dir(tmp: Path) -> contextlib.AbstractContextManager[Path]:

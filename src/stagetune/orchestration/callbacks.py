@@ -1,6 +1,7 @@
-"""Driver-side Tune callbacks: MLflow tracking (one child run per trial) and live progress.
+"""Driver-side Tune callbacks: MLflow tracking (one child run per trial), live progress, and the
+graceful stop (signals, full disk).
 
-Both run in the driver process only, so workers never talk to MLflow and a trial's metrics are
+They run in the driver process only, so workers never talk to MLflow and a trial's metrics are
 logged exactly once, from the rank-0 record Tune received.
 """
 
@@ -22,11 +23,16 @@ from stagetune.metrics import (
     STATUS_FAILED,
     STATUS_FINISHED,
     STATUS_STOPPED,
+    STATUSES,
 )
+from stagetune.orchestration.interrupt import StudyStopper
 from stagetune.results import MlflowTracker
 from stagetune.results.analysis import at_equal_compute
 
-__all__ = ["MlflowCallback", "ProgressCallback", "TrialLedger"]
+__all__ = ["MlflowCallback", "ProgressCallback", "StopCallback", "TrialLedger"]
+
+DISK_CHECK_S = 0.5
+"""How often (at most) a running study asks its file systems for their free space."""
 
 
 def _trial_params(trial: Any) -> dict[str, Any]:
@@ -63,6 +69,9 @@ class TrialLedger:
 
     def final_status(self, trial_id: str, *, errored: bool = False) -> str:
         last = self.last.get(trial_id, {})
+        if last.get("replayed") and last.get("status") in STATUSES:
+            # It ended before the driver died: the status Optuna recorded then stands.
+            return str(last["status"])
         if last.get("status") == STATUS_DIVERGED:
             return STATUS_DIVERGED
         if errored:
@@ -221,3 +230,56 @@ class ProgressCallback(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if not self.quiet:
             print(self.line(trials), flush=True)
+
+
+class StopCallback(Callback):
+    """Connects a :class:`StudyStopper` to Tune's loop: signals take Tune's graceful path, and
+    a full disk (its free space, or a trial that failed writing) stops the study the same way."""
+
+    def __init__(self, stopper: StudyStopper) -> None:
+        self.stopper = stopper
+        self._next_check = 0.0
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Tune pickles its RunConfig: the stopper (handlers, a lock) stays behind, and --resume
+        # installs a fresh callback anyway.
+        return (_detached_stop_callback, ())
+
+    def setup(
+        self,
+        stop: Any = None,
+        num_samples: int | None = None,
+        total_num_samples: int | None = None,
+        **info: Any,
+    ) -> None:
+        self.stopper.tune_started()
+
+    def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        # Before the step's periodic experiment snapshot: a full disk would tear it.
+        now = time.monotonic()
+        if now >= self._next_check:
+            self._next_check = now + DISK_CHECK_S
+            self.stopper.check_disk()
+        self.stopper.tune_step()
+
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        self.stopper.tune_step()
+        # The loop ends after this step: the last moment the stores are marked while Ray
+        # still answers (Tune's clean-up needs it; a signal to the whole group ends it).
+        self.stopper.mark()
+
+    def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.stopper.check_disk()
+        self.stopper.tune_step()
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.stopper.check_disk()
+        self.stopper.tune_step()
+
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        self.stopper.tune_ended()
+
+
+def _detached_stop_callback() -> StopCallback:
+    """What an unpickled :class:`StopCallback` becomes: one with a stopper of its own."""
+    return StopCallback(StudyStopper())

@@ -220,11 +220,21 @@ class TuneStateSigner(Callback):
         name: the experiment's name, bound into the signature (another study's signed state
             cannot be swapped in).
         key: the signing key (:func:`load_key`).
+        signed_dir: where the signatures live; default ``<workdir>/tune_signed`` (a study with
+            several Tune experiments gives each its own).
     """
 
-    def __init__(self, *, experiment_uri: str, workdir: Path, name: str, key: bytes) -> None:
+    def __init__(
+        self,
+        *,
+        experiment_uri: str,
+        workdir: Path,
+        name: str,
+        key: bytes,
+        signed_dir: Path | None = None,
+    ) -> None:
         self._uri = experiment_uri
-        self._dir = workdir / SIGNED_DIR
+        self._dir = signed_dir or workdir / SIGNED_DIR
         self._name = name
         self._key = key
         self._files: dict[str, list[str]] = {}

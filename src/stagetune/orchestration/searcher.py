@@ -4,8 +4,9 @@ Tune snapshots its experiment state every few seconds, Optuna's RDB storage comm
 After a driver crash the two disagree in two ways:
 
 * Tune may resume a trial that Optuna already recorded as finished; stock ``OptunaSearch``
-  then raises ``UpdateFinishedTrialError`` on the next report and takes the whole search down.
-  Here those reports are ignored: Optuna already holds the outcome.
+  then raises ``UpdateFinishedTrialError`` on the next report, and telling its end again fails
+  ("Cannot tell a PRUNED trial"). Here both are skipped: Optuna's record stands. So are steps a
+  trial restored from its checkpoint reports a second time.
 * A trial asked from Optuna after the last snapshot is unknown to Tune: nobody will ever finish
   it (an *orphan*). :func:`reconcile_optuna` marks such trials FAIL with
   ``stagetune_status=interrupted`` before the search resumes.
@@ -20,7 +21,9 @@ does not count. So a resumed study samples only what is left, never one trial to
 Every Optuna trial carries user attributes that tie it to Tune and MLflow:
 ``stagetune_trial_id`` (the Tune trial id, which is also the MLflow run's
 ``stagetune.trial_id`` tag) and, once it ends, ``stagetune_status`` (``finished``,
-``stopped``, ``diverged``, ``failed`` or ``interrupted``).
+``stopped``, ``diverged``, ``failed`` or ``interrupted``). A trial a signal or a full disk
+stopped stays RUNNING with ``stagetune_status=interrupted`` until ``--resume`` continues it
+(see :mod:`stagetune.orchestration.interrupt`).
 """
 
 from __future__ import annotations
@@ -32,11 +35,20 @@ from typing import Any, Final
 
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
+from ray.tune.result import TRAINING_ITERATION
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from stagetune.metrics import STATUS_DIVERGED, STATUS_FAILED, STATUS_FINISHED, STATUS_STOPPED
+from stagetune.diskspace import disk_full_in, report_full
+from stagetune.metrics import (
+    STATUS_DIVERGED,
+    STATUS_FAILED,
+    STATUS_FINISHED,
+    STATUS_INTERRUPTED,
+    STATUS_STOPPED,
+)
+from stagetune.results.naming import STATUS_RUNNING
 
 __all__ = [
     "ATTR_COUNTS",
@@ -61,8 +73,6 @@ ATTR_TRIAL_ID: Final = "stagetune_trial_id"
 ATTR_COUNTS: Final = "stagetune_counts"
 """Optuna user attribute: ``False`` on trials that do not count against ``num_trials``."""
 ATTR_BASELINE: Final = "stagetune_baseline"
-STATUS_INTERRUPTED: Final = "interrupted"
-"""The driver died while the trial ran and Tune's snapshot did not know it: never finished."""
 
 
 def trial_status(result: dict[str, Any] | None, error: bool) -> str:
@@ -114,15 +124,54 @@ class ResumableOptunaSearch(OptunaSearch):
             self._ot_trials[trial_id].set_user_attr(ATTR_TRIAL_ID, trial_id)
         return config
 
+    def _recorded(self, trial_id: str) -> FrozenTrial | None:
+        """The Optuna trial as its storage holds it now (``None``: not ours, or unreadable)."""
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None:
+            return None
+        study: Any = self._ot_study
+        try:
+            return study._storage.get_trial(ot_trial._trial_id)  # type: ignore[no-any-return]
+        except Exception as exc:
+            if (full := disk_full_in(exc)) is None:
+                raise
+            report_full(full)
+            return None
+
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        held = self._recorded(trial_id)
+        if held is not None and (
+            held.state.is_finished() or result.get(TRAINING_ITERATION) in held.intermediate_values
+        ):
+            # A resumed trial re-reports what its Optuna trial already holds (steps after its
+            # checkpoint, or a whole trial that ended before the driver died): nothing to add.
+            return
         try:
             super().on_trial_result(trial_id, result)
-        except UpdateFinishedTrialError:
-            log.info("trial %s is already finished in the Optuna study; report ignored", trial_id)
+        except Exception as exc:
+            if (full := disk_full_in(exc)) is None:
+                raise
+            report_full(full)  # the study stops; the step is reported again on resume
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
+        try:
+            self._complete(trial_id, result, error)
+        except Exception as exc:
+            if (full := disk_full_in(exc)) is None:
+                raise
+            # Optuna keeps the trial RUNNING; --resume settles it from Tune's snapshot.
+            report_full(full)
+
+    def _complete(self, trial_id: str, result: dict[str, Any] | None, error: bool) -> None:
+        held = self._recorded(trial_id)
+        if held is not None and held.state.is_finished():
+            # Optuna recorded this trial's end before the driver died; Tune's snapshot did not
+            # (the trial is replayed, see stagetune.orchestration.study.train_trial). Optuna's
+            # record stands: the other stores take its status.
+            self._completed_trials.add(trial_id)
+            return
         ot_trial = self._ot_trials.get(trial_id)
         status = trial_status(result, error)
         if ot_trial is not None and trial_id not in self._completed_trials:
@@ -144,10 +193,7 @@ class ResumableOptunaSearch(OptunaSearch):
                     study.tell(ot_trial, state=TrialState.PRUNED)
                 self._completed_trials.add(trial_id)
                 return
-        try:
-            super().on_trial_complete(trial_id, result=result, error=error)
-        except UpdateFinishedTrialError:
-            log.info("trial %s is already finished in the Optuna study", trial_id)
+        super().on_trial_complete(trial_id, result=result, error=error)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,6 +241,9 @@ def reconcile_optuna(
                 t.number,
                 tid or "?",
             )
+        elif t.state == TrialState.RUNNING and t.user_attrs.get(ATTR_STATUS) == STATUS_INTERRUPTED:
+            # Stopped by a signal or a full disk, continued now (Tune knows it): running again.
+            storage.set_trial_user_attr(t._trial_id, ATTR_STATUS, STATUS_RUNNING)
         elif t.state.is_finished() and tid:
             out.ended[tid] = str(
                 t.user_attrs.get(ATTR_STATUS)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,18 +23,28 @@ from stagetune import __version__
 from stagetune.config import ExperimentConfig, config_from_dict, config_to_dict
 from stagetune.data import prepare_data
 from stagetune.data.prepare import model_vocab_size
+from stagetune.diskspace import listening
 from stagetune.errors import ConfigError
-from stagetune.metrics import FLOPS, STATUS_DIVERGED, STATUS_FINISHED, STATUS_STOPPED
-from stagetune.orchestration.callbacks import MlflowCallback, ProgressCallback, TrialLedger
+from stagetune.metrics import FLOPS, STATUS_DIVERGED, STATUS_FINISHED
+from stagetune.orchestration.callbacks import (
+    MlflowCallback,
+    ProgressCallback,
+    StopCallback,
+    TrialLedger,
+)
 from stagetune.orchestration.cluster import check_placeable, connect, max_concurrent_trials
 from stagetune.orchestration.early_stopping import make_asha
-from stagetune.orchestration.integrity import TuneStateSigner, load_key
+from stagetune.orchestration.integrity import SIGNED_DIR, TuneStateSigner, load_key
+from stagetune.orchestration.interrupt import StudyStopper, as_interruption, mark_interrupted
 from stagetune.orchestration.lock import DirectoryLock, check_unlocked
+from stagetune.orchestration.resume import (
+    TAG_INTERRUPTED,
+    reconcile_stores,
+    snapshot_trials,
+    unfinished_trials_quiet,
+)
 from stagetune.orchestration.searcher import (
-    STATUS_INTERRUPTED,
     ResumableOptunaSearch,
-    ensure_baseline,
-    reconcile_optuna,
 )
 from stagetune.orchestration.storage import (
     StudyPaths,
@@ -61,8 +72,8 @@ log = logging.getLogger(__name__)
 
 METRIC = "eval_loss"
 WORKDIR_FIELD = "workdir"
-TAG_INTERRUPTED = "stagetune.interrupted"
-"""MLflow tag on a trial run the driver's death left unfinished (status ``failed``)."""
+SEEDS_SIGNED = "seeds"
+"""Under ``tune_signed``: the signatures of the seed-repeat phase's Tune experiment."""
 
 
 @dataclass(kw_only=True)
@@ -277,31 +288,108 @@ def _trainable(
     return tune.with_resources(fn, resources)
 
 
-def run_study(prep: PreparedStudy, *, quiet: bool = False, address: str | None = None) -> StudyRun:
-    """Launch (or resume) the search, then the seed repeats; returns where results are."""
+def run_study(
+    prep: PreparedStudy,
+    *,
+    quiet: bool = False,
+    address: str | None = None,
+    stopper: StudyStopper | None = None,
+) -> StudyRun:
+    """Launch (or resume) the search, then the seed repeats; returns where results are.
+
+    Raises:
+        StudyInterrupted: a signal (``stopper`` installed) or a full disk stopped the study;
+            every store marks it interrupted (see :mod:`stagetune.orchestration.interrupt`)
+            and ``--resume`` continues it.
+    """
+    stopper = stopper or StudyStopper()
+    stores = _Stores()
+    stopper.on_stop = lambda: mark_interrupted(
+        optuna_storage=stores.optuna_storage,
+        study_name=prep.config.name,
+        tracker=stores.tracker,
+        study_finished=stores.finished,
+    )
+    # A stop takes effect at the phase boundaries (stopper.check) or, while Tune's loop runs,
+    # through Tune's graceful stop (StopCallback): never in the middle of a write.
+    with listening(stopper.request_stop), stopper.deferred():
+        try:
+            return _run_study(prep, quiet=quiet, address=address, stopper=stopper, stores=stores)
+        except BaseException as exc:
+            stop = as_interruption(exc, stopper)
+            if stop is None:
+                raise
+            stopper.on_stop()  # (again, if Tune's loop did: what opened since is marked too)
+            raise stop from None
+
+
+@dataclass
+class _Stores:
+    """What a study has opened so far: a stop marks it interrupted."""
+
+    optuna_storage: Any = None
+    tracker: MlflowTracker | None = None
+    finished: bool = False
+
+
+def _watched_paths(cfg: ExperimentConfig, paths: StudyPaths) -> list[Path]:
+    """The local file systems a study writes to: a full one stops it."""
+    out = [paths.workdir]
+    if cfg.resources.storage_path and "://" not in cfg.resources.storage_path:
+        out.append(Path(cfg.resources.storage_path).expanduser())
+    db = sqlite_path(cfg.resolved_tracking_uri())
+    if db is not None:
+        out.append(db.parent)
+    return out
+
+
+def _run_study(
+    prep: PreparedStudy,
+    *,
+    quiet: bool,
+    address: str | None,
+    stopper: StudyStopper,
+    stores: _Stores,
+) -> StudyRun:
     import optuna
+    import ray
     from ray import tune
 
     cfg, paths = prep.config, prep.paths
-    storage_root = cfg.resources.storage_path or str(paths.ray_storage)
-    exp_uri = f"{storage_root.rstrip('/')}/{cfg.name}"
-    signer = TuneStateSigner(
-        experiment_uri=exp_uri,
-        workdir=paths.workdir,
-        name=cfg.name,
-        key=load_key(workdir=paths.workdir, create=True),
+    stopper.workdir, stopper.study_started = paths.workdir, prep.resume
+    stopper.watched = _watched_paths(cfg, paths)
+    stopper.ray_started = not ray.is_initialized() and not (
+        address or cfg.resources.address or os.environ.get("RAY_ADDRESS")
     )
-    # Before Ray, MLflow or Tune read anything: Tune's restore unpickles the experiment's files.
-    restore = prep.resume and signer.restore_verified()
+    storage_root = cfg.resources.storage_path or str(paths.ray_storage)
+    exp_uri = _experiment_uri(storage_root, cfg.name)
+    key = load_key(workdir=paths.workdir, create=True)
+    signer = TuneStateSigner(experiment_uri=exp_uri, workdir=paths.workdir, name=cfg.name, key=key)
+    # The seed-repeat phase is a Tune experiment of its own, with signatures of its own.
+    seeds_signer = TuneStateSigner(
+        experiment_uri=_experiment_uri(storage_root, _seeds_name(cfg)),
+        workdir=paths.workdir,
+        name=_seeds_name(cfg),
+        key=key,
+        signed_dir=paths.workdir / SIGNED_DIR / SEEDS_SIGNED,
+    )
+    # Before Ray, MLflow or Tune read anything: Tune's restore (and reading its snapshot)
+    # unpickles the experiment's files, so they are verified first.
+    verified = prep.resume and signer.restore_verified()
+    seeds_verified = prep.resume and seeds_signer.restore_verified()
     info = connect(address or cfg.resources.address)
+    stopper.rearm()
+    stopper.check()
     check_placeable(cfg.resources, info)
 
     paths.workdir.mkdir(parents=True, exist_ok=True)
     if not prep.resume:
         paths.save_study(config_to_dict(cfg))
+    stopper.study_started = True
 
     tracking_uri = cfg.resolved_tracking_uri()
     tracker = MlflowTracker(tracking_uri, cfg.experiment_name, spool_dir=paths.spool_dir)
+    stores.tracker = tracker
     tracker.sync_spool()
     parent = tracker.start_study(
         study_name=cfg.name,
@@ -336,6 +424,7 @@ def run_study(prep: PreparedStudy, *, quiet: bool = False, address: str | None =
     mode: str | list[str] = ["min", "min"] if multi else "min"
     sampler = make_sampler(cfg, prep.space, prep.ctx)
     storage = optuna.storages.RDBStorage(paths.optuna_url)
+    stores.optuna_storage = storage
 
     def make_searcher() -> ResumableOptunaSearch:
         # The baseline is enqueued by _reconcile (once), never through points_to_evaluate.
@@ -357,6 +446,7 @@ def run_study(prep: PreparedStudy, *, quiet: bool = False, address: str | None =
 
     # The searcher records each trial's status in Optuna itself (before telling Optuna).
     callbacks = [
+        StopCallback(stopper),
         MlflowCallback(tracker, ledger, describe=_describe_factory(study)),
         ProgressCallback(
             ledger, planned_flops=planned, total_trials=cfg.search.num_trials, quiet=quiet
@@ -370,23 +460,20 @@ def run_study(prep: PreparedStudy, *, quiet: bool = False, address: str | None =
         callbacks=[*callbacks, signer],
         verbose=0,
     )
-    interrupted, replay = _reconcile(
-        prep,
-        storage=storage,
-        directions=mode,
-        tracker=tracker,
-        snapshot=_snapshot_trials(exp_uri) if restore else {},
+    main = snapshot_trials(exp_uri) if verified else None
+    # Tune's experiment can be restored once it has a snapshot (not only its tuner.pkl).
+    restore = main is not None
+    snapshot = dict(main or {})
+    if seeds_verified:
+        # Trials of an interrupted seed-repeat phase are known to that phase's snapshot.
+        snapshot.update(snapshot_trials(_experiment_uri(storage_root, _seeds_name(cfg))) or {})
+    interrupted, replay = reconcile_stores(
+        prep, storage=storage, directions=mode, tracker=tracker, snapshot=snapshot
     )
     trainable = _trainable(study, cfg, replay)
     # num_trials is the study's budget over its first run and all its resumes.
     if restore:
-        # Errored trials stay errored (Optuna holds them as FAIL); unfinished ones continue
-        # from their newest valid checkpoint.
-        tuner = tune.Tuner.restore(
-            exp_uri, trainable=trainable, resume_unfinished=True, resume_errored=False
-        )
-        # Callbacks hold live clients (MLflow, locks): fresh ones replace the pickled copies.
-        tuner._local_tuner.get_run_config().callbacks = [*callbacks, signer]  # type: ignore[union-attr]
+        tuner = _restore(exp_uri, trainable, [*callbacks, signer])
         searcher = tuner._local_tuner._tune_config.search_alg  # type: ignore[union-attr]
     else:
         searcher = make_searcher()
@@ -403,17 +490,29 @@ def run_study(prep: PreparedStudy, *, quiet: bool = False, address: str | None =
             run_config=run_config,
         )
         signer.sign_tuner()
+    stopper.check()
     grid = tuner.fit()
+    stopper.check()
 
     trial_status = dict(ledger.status)
     if cfg.search.seeds > 1:
         trial_status.update(
             _run_seed_repeats(
-                prep, study, grid, tracker, ledger, concurrency, callbacks, storage_root
+                prep,
+                study,
+                grid,
+                ledger,
+                concurrency,
+                callbacks,
+                storage_root,
+                signer=seeds_signer,
+                restorable=seeds_verified,
             )
         )
+        stopper.check()
     pareto = _pareto_from_optuna(cfg.name, paths.optuna_url) if multi else []
     tracker.end_study("finished")
+    stores.finished = True
     return StudyRun(
         pending_events=tracker.pending(),
         interrupted=interrupted,
@@ -427,106 +526,44 @@ def run_study(prep: PreparedStudy, *, quiet: bool = False, address: str | None =
     )
 
 
-def _snapshot_trials(exp_uri: str) -> dict[str, str]:
-    """Tune trial id -> status in the experiment snapshot a restore resumes from."""
-    from ray.tune import ExperimentAnalysis
+def _experiment_uri(storage_root: str, name: str) -> str:
+    return f"{storage_root.rstrip('/')}/{name}"
 
-    try:
-        return {t.trial_id: str(t.status) for t in ExperimentAnalysis(exp_uri).trials}
-    except Exception as exc:  # no snapshot written yet: Tune starts afresh
-        log.warning(
-            "no usable Tune snapshot in %s (%s): every running trial is orphaned", exp_uri, exc
+
+def _seeds_name(cfg: ExperimentConfig) -> str:
+    return f"{cfg.name}-seeds"
+
+
+def _restore(exp_uri: str, trainable: Any, callbacks: list[Any]) -> Any:
+    """``Tuner.restore`` of an interrupted experiment: errored trials stay errored (Optuna holds
+    them as FAIL), unfinished ones continue from their newest valid checkpoint."""
+    from ray import tune
+
+    with unfinished_trials_quiet():
+        tuner = tune.Tuner.restore(
+            exp_uri, trainable=trainable, resume_unfinished=True, resume_errored=False
         )
-        return {}
-
-
-def _reconcile(
-    prep: PreparedStudy,
-    *,
-    storage: Any,
-    directions: str | list[str],
-    tracker: MlflowTracker,
-    snapshot: dict[str, str],
-) -> tuple[list[str], dict[str, dict[str, Any]]]:
-    """Make Optuna and MLflow agree with the Tune experiment that is about to run.
-
-    A fresh study is created in Optuna with the baseline enqueued, then the config's
-    ``search.points_to_evaluate``. On resume, trials that ran
-    when the driver died but are unknown to Tune's ``snapshot`` are closed: their Optuna
-    trial becomes FAIL (``stagetune_status=interrupted``) and their MLflow run ``failed`` with
-    tag ``stagetune.interrupted=true`` (or the status Optuna recorded, when the trial finished
-    but its end never reached MLflow). The baseline is enqueued again only if no attempt of it
-    is waiting, running or over.
-
-    Returns the interrupted trials' ids, and the last records of trials Tune's snapshot holds
-    as unfinished although they ended before the driver died (Optuna and MLflow have their
-    end): those are replayed, not retrained (see :func:`train_trial`).
-    """
-    import optuna
-
-    cfg = prep.config
-    space, ctx = prep.space, prep.ctx
-
-    def is_baseline(params: dict[str, Any]) -> bool:
-        if not params:
-            return False
-        try:
-            return bool(space.build(params, ctx).is_baseline)
-        except ConfigError:
-            return False
-
-    dirs: list[Any]
-    if isinstance(directions, list):
-        dirs = ["minimize" if m == "min" else "maximize" for m in directions]
-    else:
-        dirs = ["minimize" if directions == "min" else "maximize"]
-    ot_study = optuna.create_study(
-        storage=storage, study_name=cfg.name, directions=dirs, load_if_exists=True
-    )
-    interrupted: list[str] = []
-    ended: dict[str, str] = {}
-    replay: dict[str, dict[str, Any]] = {}
-    known = set(snapshot)
-    if prep.resume:
-        res = reconcile_optuna(ot_study, known, is_baseline=is_baseline)
-        ended = res.ended
-        interrupted = [tid or f"optuna#{number}" for number, tid in res.interrupted]
-        for trial_id in sorted(set(tracker.open_trials()) - known):
-            status = ended.get(trial_id, STATUS_INTERRUPTED)
-            if status == STATUS_INTERRUPTED:
-                tracker.end_trial(trial_id, "failed", tags={TAG_INTERRUPTED: "true"})
-                if trial_id not in interrupted:
-                    interrupted.append(trial_id)
-            else:
-                tracker.end_trial(trial_id, status)
-        for trial_id, tune_status in snapshot.items():
-            if tune_status in ("TERMINATED", "ERROR"):
-                continue
-            if ended.get(trial_id) in (STATUS_FINISHED, STATUS_STOPPED, STATUS_DIVERGED):
-                record = tracker.last_record(trial_id)
-                if record is not None:
-                    replay[trial_id] = record
-                    log.info("trial %s ended before the driver died: replayed", trial_id)
-    if ensure_baseline(ot_study, space.baseline_point(ctx), is_baseline=is_baseline):
-        log.info("baseline enqueued in Optuna study %s", cfg.name)
-    if not prep.resume:
-        for point in cfg.search.points_to_evaluate:
-            # As the space reads it (types normalised, keys it does not use left out).
-            ot_study.enqueue_trial(space.build(point, ctx).params)
-    return interrupted, replay
+    # Callbacks hold live clients (MLflow, the stopper): fresh ones replace the pickled copies.
+    tuner._local_tuner.get_run_config().callbacks = callbacks  # type: ignore[union-attr]
+    return tuner
 
 
 def _run_seed_repeats(
     prep: PreparedStudy,
     study: StudyContext,
     grid: Any,
-    tracker: MlflowTracker,
     ledger: TrialLedger,
     concurrency: int,
     callbacks: list[Any],
     storage_root: str,
+    *,
+    signer: TuneStateSigner,
+    restorable: bool,
 ) -> dict[str, str]:
-    """Rerun the baseline and the best schedules on the other seeds (for confidence intervals)."""
+    """Rerun the baseline and the best schedules on the other seeds (for confidence intervals).
+
+    ``restorable``: the phase's own Tune state verified against ``signer`` (a resume).
+    """
     from ray import tune
 
     cfg = prep.config
@@ -553,18 +590,24 @@ def _run_seed_repeats(
     ]
     if not repeats:
         return {}
-    tuner = tune.Tuner(
-        _trainable(study, cfg),
-        param_space={"point": tune.grid_search(repeats)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True),
-        run_config=tune.RunConfig(
-            name=f"{cfg.name}-seeds",
-            storage_path=storage_root,
-            failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures),
-            callbacks=callbacks,
-            verbose=0,
-        ),
-    )
+    seeds_uri = _experiment_uri(storage_root, _seeds_name(cfg))
+    if restorable and snapshot_trials(seeds_uri) is not None:
+        # An interrupted repeat phase continues; its finished repeats are not run again.
+        tuner = _restore(seeds_uri, _trainable(study, cfg), [*callbacks, signer])
+    else:
+        tuner = tune.Tuner(
+            _trainable(study, cfg),
+            param_space={"point": tune.grid_search(repeats)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True),
+            run_config=tune.RunConfig(
+                name=_seeds_name(cfg),
+                storage_path=storage_root,
+                failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures),
+                callbacks=[*callbacks, signer],
+                verbose=0,
+            ),
+        )
+        signer.sign_tuner()
     tuner.fit()
     return dict(ledger.status)
 

@@ -33,7 +33,7 @@ from typing import Any, Final
 import numpy as np
 
 from stagetune.errors import ConfigError, StagetuneError, suggest
-from stagetune.metrics import FLOPS, FLOPS_PAPER, STATUS_DIVERGED, STATUS_FAILED
+from stagetune.metrics import FLOPS, FLOPS_PAPER, STATUS_DIVERGED, STATUS_FAILED, STATUS_FINISHED
 from stagetune.registry import CONVENTIONS
 from stagetune.results.naming import (
     PARAM_SCHEDULE_KEY,
@@ -180,6 +180,13 @@ class StudyResults:
     study_name: str
     parent_run_id: str | None
     trials: tuple[TrialResult, ...]
+    parent_status: str | None = None
+    """The parent run's ``stagetune.status``: ``finished`` once the whole study is over."""
+
+    @property
+    def partial(self) -> bool:
+        """The study has not finished (it runs, or was interrupted): no verdict yet."""
+        return self.parent_status not in (None, STATUS_FINISHED)
 
     @property
     def baselines(self) -> list[TrialResult]:
@@ -334,6 +341,7 @@ def load_study(tracking_uri: str, experiment: str, *, study: str | None = None) 
         study_name=study,
         parent_run_id=parents[0].info.run_id if parents else None,
         trials=trials,
+        parent_status=parents[0].data.tags.get(TAG_STATUS) if parents else None,
     )
 
 

@@ -10,7 +10,13 @@ import hashlib
 import json
 from typing import Any, Final
 
-from stagetune.metrics import STATUS_DIVERGED, STATUS_FAILED, STATUS_FINISHED, STATUS_STOPPED
+from stagetune.metrics import (
+    STATUS_DIVERGED,
+    STATUS_FAILED,
+    STATUS_FINISHED,
+    STATUS_INTERRUPTED,
+    STATUS_STOPPED,
+)
 from stagetune.schedule import Schedule
 
 __all__ = [
@@ -65,6 +71,7 @@ MLFLOW_STATUS: Final = {
     STATUS_STOPPED: "KILLED",
     STATUS_DIVERGED: "FAILED",
     STATUS_FAILED: "FAILED",
+    STATUS_INTERRUPTED: "KILLED",
 }
 """stagetune trial status -> MLflow run status (the exact one is kept in :data:`TAG_STATUS`)."""
 

@@ -49,6 +49,10 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 NO_SCHEDULE_REACHED: Final = "No schedule reached the baseline's eval loss within the budget."
+PARTIAL_STUDY: Final = (
+    "No verdict: the study is not over (its status is {status}), and a verdict from some of its "
+    "trials could mislead. Continue it with 'stagetune run --resume'."
+)
 TABLE_COLUMNS: Final = (
     "Schedule",
     "Seeds",
@@ -555,6 +559,11 @@ _COLUMN_NOTES: Final = (
 )
 
 
+def _title(study: StudyResults) -> str:
+    partial = " (partial)" if study.partial else ""
+    return f"stagetune report{partial}: {study.study_name}"
+
+
 def _intro(study: StudyResults, convention: str) -> str:
     seeds = sorted({str(t.seed) for t in study.trials})
     return (
@@ -568,7 +577,7 @@ def _write_markdown(
     plots: dict[str, Path], convention: str,
 ) -> None:  # fmt: skip
     parts = [
-        f"# stagetune report: {study.study_name}",
+        f"# {_title(study)}",
         "",
         _intro(study, convention),
         "",
@@ -631,9 +640,9 @@ def _write_html(
     ]
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
-<title>stagetune report: {esc(study.study_name)}</title><style>{_CSS}</style></head>
+<title>{esc(_title(study))}</title><style>{_CSS}</style></head>
 <body>
-<h1>stagetune report: {esc(study.study_name)}</h1>
+<h1>{esc(_title(study))}</h1>
 <p>{esc(_intro(study, convention)).replace("`", "")}</p>
 <h2>Verdict</h2>
 {"".join(f'<p class="verdict">{esc(par)}</p>' for par in text.split(chr(10) * 2))}
@@ -707,14 +716,16 @@ def build_report(
         paths[f"{name}_png"] = p
     for name, p in plot_files.html.items():
         paths[f"{name}_html"] = p
-    text = verdict(outcomes)
-    other = "paper" if convention == "standard" else "standard"
-    study_text = paper_verdict(
-        results, outcomes, convention=convention,
-        other=compute_matched(results, convention=other),
-    )  # fmt: skip
-    if study_text:
-        text += "\n\n" + study_text
+    text = PARTIAL_STUDY.format(status=results.parent_status) if results.partial else None
+    if text is None:
+        text = verdict(outcomes)
+        other = "paper" if convention == "standard" else "standard"
+        study_text = paper_verdict(
+            results, outcomes, convention=convention,
+            other=compute_matched(results, convention=other),
+        )  # fmt: skip
+        if study_text:
+            text += "\n\n" + study_text
     report = Report(
         study=results,
         outcomes=outcomes,

@@ -1,0 +1,135 @@
+"""Resuming a study: Tune's experiment snapshot, Optuna's storage and MLflow made to agree.
+
+Tune snapshots its experiment every few seconds (and once more when it stops gracefully);
+Optuna and MLflow record at once. After a driver that died, or a stop whose last snapshot could
+not be written (a full disk), the three disagree; :func:`reconcile_stores` settles every trial
+before Tune resumes, by one rule: what Tune's snapshot holds as unfinished, Tune continues;
+what it does not know can never be continued and is closed as ``interrupted``; what Optuna
+holds as over keeps Optuna's status everywhere. See ``tests/faults/README.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Final
+
+from stagetune.errors import ConfigError
+from stagetune.metrics import STATUS_INTERRUPTED
+from stagetune.orchestration.searcher import ensure_baseline, reconcile_optuna
+from stagetune.results import MlflowTracker
+
+if TYPE_CHECKING:
+    from stagetune.orchestration.study import PreparedStudy
+
+__all__ = ["TAG_INTERRUPTED", "reconcile_stores", "snapshot_trials", "unfinished_trials_quiet"]
+
+log = logging.getLogger(__name__)
+
+TAG_INTERRUPTED: Final = "stagetune.interrupted"
+"""MLflow tag on a trial run the driver's death left unfinished and Tune could not continue
+(status ``interrupted``, final)."""
+
+
+@contextlib.contextmanager
+def unfinished_trials_quiet() -> Iterator[None]:
+    """Loading an experiment (``ExperimentAnalysis``, ``Tuner.restore``) warns about every
+    trial that had not reported yet: on resume that is the expected state, no news."""
+    from ray.tune import ExperimentAnalysis
+
+    quiet = logging.getLogger(ExperimentAnalysis.__module__)
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        quiet.setLevel(level)
+
+
+def snapshot_trials(exp_uri: str) -> dict[str, str] | None:
+    """Tune trial id -> status in the experiment snapshot a restore resumes from; ``None``
+    when there is none (a study stopped before Tune's first snapshot: Tune starts afresh)."""
+    from ray import tune
+    from ray.tune import ExperimentAnalysis
+
+    if not tune.Tuner.can_restore(exp_uri):
+        return None
+    try:
+        with unfinished_trials_quiet():
+            return {t.trial_id: str(t.status) for t in ExperimentAnalysis(exp_uri).trials}
+    except Exception as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        log.info("no Tune snapshot in %s (%s): Tune starts afresh", exp_uri, first)
+        return None
+
+
+def reconcile_stores(
+    prep: PreparedStudy,
+    *,
+    storage: Any,
+    directions: str | list[str],
+    tracker: MlflowTracker,
+    snapshot: dict[str, str],
+) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """Make Optuna and MLflow agree with the Tune experiment that is about to run.
+
+    A fresh study is created in Optuna with the baseline enqueued. On resume, trials that ran
+    when the driver died but are unknown to Tune's ``snapshot`` are closed: their Optuna trial
+    becomes FAIL and their MLflow run KILLED, both with status ``interrupted`` (MLflow also
+    tags ``stagetune.interrupted=true``), or the status Optuna recorded when the trial finished
+    but its end never reached MLflow. The baseline is enqueued again only if no attempt of it
+    is waiting, running or over.
+
+    Returns the interrupted trials' ids, and the last records of trials Tune's snapshot holds
+    as unfinished although they ended before the driver died (Optuna and MLflow have their
+    end): those are replayed with Optuna's status, not retrained (see
+    :func:`stagetune.orchestration.study.train_trial`).
+    """
+    import optuna
+
+    space, ctx = prep.space, prep.ctx
+
+    def is_baseline(params: dict[str, Any]) -> bool:
+        if not params:
+            return False
+        try:
+            return bool(space.build(params, ctx).is_baseline)
+        except ConfigError:
+            return False
+
+    dirs: list[Any]
+    if isinstance(directions, list):
+        dirs = ["minimize" if m == "min" else "maximize" for m in directions]
+    else:
+        dirs = ["minimize" if directions == "min" else "maximize"]
+    ot_study = optuna.create_study(
+        storage=storage, study_name=prep.config.name, directions=dirs, load_if_exists=True
+    )
+    interrupted: list[str] = []
+    ended: dict[str, str] = {}
+    replay: dict[str, dict[str, Any]] = {}
+    known = set(snapshot)
+    if prep.resume:
+        res = reconcile_optuna(ot_study, known, is_baseline=is_baseline)
+        ended = res.ended
+        interrupted = [tid or f"optuna#{number}" for number, tid in res.interrupted]
+        for trial_id in sorted(set(tracker.open_trials()) - known):
+            status = ended.get(trial_id, STATUS_INTERRUPTED)
+            if status == STATUS_INTERRUPTED:
+                tracker.end_trial(trial_id, status, tags={TAG_INTERRUPTED: "true"})
+                if trial_id not in interrupted:
+                    interrupted.append(trial_id)
+            else:
+                tracker.end_trial(trial_id, status)
+        for trial_id, tune_status in snapshot.items():
+            if tune_status in ("TERMINATED", "ERROR") or trial_id not in ended:
+                continue
+            record = tracker.last_record(trial_id)
+            if record is not None:
+                # Optuna's status is the one recorded first: MLflow and the report take it.
+                replay[trial_id] = {**record, "status": ended[trial_id]}
+                log.info("trial %s ended before the driver died: replayed", trial_id)
+    if ensure_baseline(ot_study, space.baseline_point(ctx), is_baseline=is_baseline):
+        log.info("baseline enqueued in Optuna study %s", prep.config.name)
+    return interrupted, replay
