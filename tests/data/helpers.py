@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -123,3 +124,41 @@ def write_single_line(path: Path, megabytes: float) -> Path:
             handle.write(line)
             written += len(line)
     return path
+
+
+FAKE_PACKAGES = 6
+"""Packages in :func:`write_site_packages`'s tree."""
+FAKE_MODULES = 5
+"""Distinct modules per package (``mod0.py`` … ``mod4.py``)."""
+
+
+def write_site_packages(root: Path) -> Path:
+    """A small fake site-packages tree for the ``pysources`` corpus.
+
+    ``pkg0`` … ``pkg5``, each an empty ``__init__.py`` and five modules of distinct code (30
+    corpus files), plus what the corpus must skip: two copies of ``pkg1/mod0.py`` (a vendored
+    one under ``pkg0/_vendor``), a Latin-1 file and one with NUL bytes (binary-ish), a module
+    with a 2000-character line (generated), one over 1 MiB (huge), a blank one (empty), and
+    files that are no candidates at all (``__pycache__``, a ``.txt``).
+    """
+    for p in range(FAKE_PACKAGES):
+        pkg = root / f"pkg{p}"
+        pkg.mkdir(parents=True, exist_ok=True)
+        (pkg / "__init__.py").write_text("", encoding="utf-8")
+        for m in range(FAKE_MODULES):
+            body = make_docs(1, seed=100 * p + m, words=40 + 7 * m)[0]
+            code = f'"""Module {p}.{m}."""\n\n\ndef f_{p}_{m}() -> str:\n    return {body!r}\n'
+            (pkg / f"mod{m}.py").write_text(code, encoding="utf-8")
+    vendored = root / "pkg0" / "_vendor"
+    vendored.mkdir()
+    shutil.copyfile(root / "pkg1" / "mod0.py", vendored / "mod0.py")
+    shutil.copyfile(root / "pkg1" / "mod0.py", root / "pkg2" / "copy_of_mod0.py")
+    (root / "pkg3" / "latin1.py").write_bytes("# café\nx = 1\n".encode("latin-1"))
+    (root / "pkg3" / "nul.py").write_bytes(b"x = 1\n\0\0\n")
+    (root / "pkg4" / "table_pb2.py").write_text(f"DATA = '{'a' * 2000}'\n", encoding="utf-8")
+    (root / "pkg4" / "huge.py").write_text("x = 1\n" * 200_000, encoding="utf-8")
+    (root / "pkg5" / "blank.py").write_text("\n   \n", encoding="utf-8")
+    (root / "pkg5" / "__pycache__").mkdir()
+    (root / "pkg5" / "__pycache__" / "cached.py").write_text("x = 1\n", encoding="utf-8")
+    (root / "pkg5" / "notes.txt").write_text("not python\n", encoding="utf-8")
+    return root

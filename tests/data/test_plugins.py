@@ -118,7 +118,7 @@ def test_unknown_source_name_lists_the_registered_ones(plugin: Path) -> None:
         load_config(overrides=["data.source=wordsald"])
     msg = str(err.value)
     assert err.value.field == "data.source" and "wordsald" in msg
-    assert "registered: builtin, wordsalad" in msg
+    assert "registered: builtin, pysources, wordsalad" in msg
 
 
 def test_explicit_registration_wins_over_a_plugin_of_the_same_name(plugin: Path) -> None:

@@ -15,6 +15,7 @@ from stagetune.data.builtin import BuiltinCorpus
 from stagetune.data.files import TextFiles
 from stagetune.data.paths import TEXT_SUFFIXES, TOKEN_SUFFIXES, resolve_files
 from stagetune.data.prepare import PreparedData, min_tokens_needed, prepare_data
+from stagetune.data.pysources import PySourcesCorpus
 from stagetune.data.shards import TokenShards
 from stagetune.data.sources import (
     SourceFactory,
@@ -41,6 +42,7 @@ __all__ = [
     "BuiltinCorpus",
     "DataSource",
     "PreparedData",
+    "PySourcesCorpus",
     "SourceFactory",
     "TextFiles",
     "TextSource",

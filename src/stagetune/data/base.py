@@ -46,6 +46,16 @@ class DataSource(abc.ABC):
 class TextSource(DataSource):
     """A source of raw text documents; stagetune tokenises them (EOT between documents)."""
 
+    split_by_document: ClassVar[bool] = False
+    """``True``: the eval split begins at a document boundary (the document start nearest to
+    the last ``data.eval_fraction`` of the tokens), so no document lends tokens to both
+    splits. ``False``: the eval split is the exact tail of the token stream, which may cut
+    the document it starts in."""
+    tokenizer_sample_mb: ClassVar[float | None] = None
+    """Cap (MiB) on the text the built-in tokenizer trains on, below ``data.max_corpus_mb``,
+    for a source much larger than a tokenizer needs; ``None``: ``data.max_corpus_mb``. Part
+    of what the source's fingerprint must cover, as it changes the tokens."""
+
     @abc.abstractmethod
     def iter_texts(self) -> Iterator[str]:
         """Yield the documents in a deterministic order (empty documents are skipped later)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import platform
 import sysconfig
 from collections.abc import Iterator
@@ -11,11 +10,12 @@ from pathlib import Path
 from typing import ClassVar
 
 from stagetune.data.base import TextSource
+from stagetune.data.pyfiles import PYCACHE, hash_order, list_py_files
 from stagetune.errors import ConfigError
 
 __all__ = ["BuiltinCorpus"]
 
-_EXCLUDED_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__"})
+_EXCLUDED_DIRS = frozenset({"site-packages", "dist-packages", PYCACHE})
 _TEST_DIRS = frozenset({"test", "tests", "idle_test"})
 _MIB = 1024 * 1024
 
@@ -59,24 +59,13 @@ class BuiltinCorpus(TextSource):
                 "text files instead",
             )
         excluded = _EXCLUDED_DIRS if self.include_tests else _EXCLUDED_DIRS | _TEST_DIRS
-        found: list[str] = []
-        # os.walk with in-place pruning skips the excluded trees (the test suite alone is
-        # ~3x the rest) instead of listing and filtering them.
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames[:] = [d for d in dirnames if d not in excluded]
-            rel_dir = Path(dirpath).relative_to(self.root).as_posix()
-            prefix = "" if rel_dir == "." else rel_dir + "/"
-            found.extend(prefix + name for name in filenames if name.endswith(".py"))
-        return sorted(found)
+        return list_py_files(self.root, excluded)
 
     def files(self) -> list[Path]:
         """The selected files, in corpus order."""
         if self._files is None:
             budget = int(self.max_mb * _MIB)
-            ordered = sorted(
-                self._candidates(),
-                key=lambda rel: hashlib.sha256(rel.encode("utf-8")).hexdigest(),
-            )
+            ordered = hash_order(self._candidates())
             chosen: list[Path] = []
             for rel in ordered:
                 path = self.root / rel

@@ -1,8 +1,10 @@
 """Turning a data source into a memmap-able token stream on disk: :func:`prepare_data`.
 
 Text sources are tokenised once into a cached uint16 ``.bin`` (documents each preceded by the
-end-of-text token, the nanoGPT/llm.c FineWeb layout). Token shards are validated (ids within
-the vocabulary) and used in place, never copied. Every cache entry is built under a file lock
+end-of-text token, the nanoGPT/llm.c FineWeb layout); for a source that splits by document,
+the token index of each document's start is cached beside it (``.docs.npy``), and the eval
+split begins at a document boundary (:mod:`stagetune.data.split`). Token shards are validated
+(ids within the vocabulary) and used in place, never copied. Every cache entry is built under a file lock
 and published with an atomic rename, so concurrent Ray workers share one build.
 """
 
@@ -21,6 +23,12 @@ from stagetune.data.base import DataSource, TextSource, TokenSource
 from stagetune.data.cache import atomic_path, file_lock, stable_hash, write_json_atomic
 from stagetune.data.pieces import document_pieces
 from stagetune.data.sources import source_from_config
+from stagetune.data.split import (
+    document_split,
+    read_document_starts,
+    tail_split,
+    write_document_starts,
+)
 from stagetune.data.tokenizer import MAX_VOCAB, TokenizerInfo, load_tokenizer, resolve_tokenizer
 from stagetune.data.tokens import TokenArray, TokenSegment, scan_token_range
 from stagetune.errors import ConfigError
@@ -57,6 +65,10 @@ class PreparedData:
         description: one-line description of the source (for logs and the CLI).
         segments: the memmap-able token runs, in stream order (one for tokenised text, one per
             shard for token shards).
+        document_starts: the ``.npy`` of each document's first token index, for a source
+            that splits by document; ``None``: the eval split is the stream's tail.
+        eval_fraction: the ``data.eval_fraction`` it was prepared with (what
+            :meth:`eval_start` and :meth:`describe` use unless told otherwise).
     """
 
     tokens_path: Path
@@ -68,16 +80,41 @@ class PreparedData:
     source: str
     description: str
     segments: tuple[TokenSegment, ...]
+    document_starts: Path | None = None
+    eval_fraction: float = DataConfig.eval_fraction
 
     def open(self) -> TokenArray:
         """The tokens as a lazily read :class:`~stagetune.data.tokens.TokenArray`."""
         return TokenArray(self.segments)
 
+    def eval_start(self, eval_fraction: float | None = None) -> int:
+        """Index of the first eval token (the train split is everything before it).
+
+        The tail split (:func:`~stagetune.data.split.tail_split`), or for data split by
+        document the document start nearest to it. ``eval_fraction`` defaults to the one the
+        data was prepared with.
+
+        Raises:
+            ConfigError: data split by document that holds a single document.
+        """
+        fraction = self.eval_fraction if eval_fraction is None else eval_fraction
+        if self.document_starts is None:
+            return tail_split(self.num_tokens, fraction)
+        starts = read_document_starts(self.document_starts)
+        return document_split(starts, self.num_tokens, fraction, self.source)
+
     def describe(self) -> str:
-        """One line for the CLI."""
+        """One line for the CLI: tokens, the train/eval split, vocabulary and the source."""
         eot = "unknown" if self.eot_id is None else str(self.eot_id)
+        start = self.eval_start()
+        if self.document_starts is None:
+            split = "the eval split is the stream's tail"
+        else:
+            documents = len(read_document_starts(self.document_starts))
+            split = f"{documents:,} documents, the eval split starts at a document boundary"
         return (
-            f"{self.num_tokens:,} tokens, vocab {self.vocab_size}, eot {eot}, "
+            f"{self.num_tokens:,} tokens ({start:,} train / {self.num_tokens - start:,} eval at "
+            f"eval_fraction {self.eval_fraction:g}; {split}), vocab {self.vocab_size}, eot {eot}, "
             f"{len(self.segments)} file(s) [{self.fingerprint}] - {self.description}"
         )
 
@@ -99,14 +136,14 @@ def min_tokens_needed(
         math.floor((eval_windows * seq_len + 1) / eval_fraction) - 2,
         math.floor(((batch_size + 1) * seq_len - 1) / (1.0 - eval_fraction)) - 2,
     )
-    while not _fits(n, seq_len, batch_size, eval_fraction, eval_windows):
+    while not _fits(n, tail_split(n, eval_fraction), seq_len, batch_size, eval_windows):
         n += 1
     return n
 
 
-def _fits(n: int, seq_len: int, batch_size: int, eval_fraction: float, eval_windows: int) -> bool:
-    n_eval = int(n * eval_fraction)
-    n_train = n - n_eval
+def _fits(n: int, eval_start: int, seq_len: int, batch_size: int, eval_windows: int) -> bool:
+    """Whether ``n`` tokens split at ``eval_start`` hold one train batch and the eval set."""
+    n_train, n_eval = eval_start, n - eval_start
     return (n_train - seq_len) // seq_len >= batch_size and (n_eval - 1) // seq_len >= eval_windows
 
 
@@ -118,10 +155,27 @@ def require_tokens(
     batch_size: int,
     eval_fraction: float,
     eval_batches: int,
+    eval_start: int | None = None,
 ) -> None:
-    """Refuse a stream of ``num_tokens`` too short for one train batch plus the eval split."""
-    if _fits(num_tokens, seq_len, batch_size, eval_fraction, eval_batches * batch_size):
+    """Refuse a stream of ``num_tokens`` too short for one train batch plus the eval split.
+
+    ``eval_start`` is where a source split by document starts its eval split (``None``: the
+    tail split of ``eval_fraction``).
+    """
+    start = tail_split(num_tokens, eval_fraction) if eval_start is None else eval_start
+    if _fits(num_tokens, start, seq_len, batch_size, eval_batches * batch_size):
         return
+    if eval_start is not None:
+        raise ConfigError(
+            "data.source",
+            source,
+            f"has {num_tokens} tokens, split at a document boundary into {start} train and "
+            f"{num_tokens - start} eval tokens, but one train batch ({batch_size}×{seq_len}) "
+            f"needs {(batch_size + 1) * seq_len} train tokens and the eval split "
+            f"({eval_batches} batches) {eval_batches * batch_size * seq_len + 1}; add data "
+            "(raise data.max_corpus_mb for a built-in corpus) or lower train.batch_size, "
+            "data.seq_len or data.eval_batches",
+        )
     needed = min_tokens_needed(
         seq_len=seq_len,
         batch_size=batch_size,
@@ -157,8 +211,16 @@ def model_vocab_size(cfg: ExperimentConfig, prepared: PreparedData) -> int:
         batch_size=cfg.train.batch_size,
         eval_fraction=cfg.data.eval_fraction,
         eval_batches=cfg.data.eval_batches,
+        eval_start=_document_split_start(prepared, cfg.data.eval_fraction),
     )
     return vocab
+
+
+def _document_split_start(prepared: PreparedData, eval_fraction: float) -> int | None:
+    """Where ``prepared``'s eval split starts if it is split by document, else ``None``."""
+    if prepared.document_starts is None:
+        return None
+    return prepared.eval_start(eval_fraction)
 
 
 def prepare_data(cfg: DataConfig, source: DataSource | None = None) -> PreparedData:
@@ -186,6 +248,18 @@ def prepare_data(cfg: DataConfig, source: DataSource | None = None) -> PreparedD
         )
     # The smallest sensible stream: one train and one eval sequence. TokenStream checks the
     # real requirement, which depends on the batch size.
+    document_start = _document_split_start(prepared, cfg.eval_fraction)
+    if document_start is not None:
+        require_tokens(
+            prepared.num_tokens,
+            spec,
+            seq_len=cfg.seq_len,
+            batch_size=1,
+            eval_fraction=cfg.eval_fraction,
+            eval_batches=1,
+            eval_start=document_start,
+        )
+        return prepared
     needed = min_tokens_needed(
         seq_len=cfg.seq_len, batch_size=1, eval_fraction=cfg.eval_fraction, eval_batches=1
     )
@@ -204,16 +278,26 @@ def prepare_data(cfg: DataConfig, source: DataSource | None = None) -> PreparedD
 
 
 def _encode_batch(
-    tok: Tokenizer, pieces: list[str], starts: list[bool], eot_id: int
+    tok: Tokenizer,
+    pieces: list[str],
+    starts: list[bool],
+    eot_id: int,
+    doc_starts: list[int] | None = None,
 ) -> np.ndarray:
     """Encode pieces as one uint16 run, the end-of-text token before each document's first
-    piece (``starts``): ``[eot, doc0..., eot, doc1..., ...]``."""
+    piece (``starts``): ``[eot, doc0..., eot, doc1..., ...]``; append the run-relative index
+    of each of those end-of-text tokens to ``doc_starts`` when given."""
     encodings = tok.encode_batch_fast(pieces, add_special_tokens=False)
     chunks: list[list[int]] = []
+    offset = 0
     for first, encoding in zip(starts, encodings):
         if first:
+            if doc_starts is not None:
+                doc_starts.append(offset)
             chunks.append([eot_id])
+            offset += 1
         chunks.append(encoding.ids)
+        offset += len(encoding.ids)
     total = sum(len(c) for c in chunks)
     out = np.empty(total, dtype=np.uint16)
     pos = 0
@@ -223,11 +307,14 @@ def _encode_batch(
     return out
 
 
-def _tokenize_to(path: Path, source: TextSource, info: TokenizerInfo) -> int:
+def _tokenize_to(
+    path: Path, source: TextSource, info: TokenizerInfo, doc_starts: list[int] | None = None
+) -> int:
     """Tokenise every document of ``source`` into ``path``; return the token count.
 
     Documents are read as chunk streams and cut into pieces, so memory stays bounded however
-    long a document (or a line of it) is.
+    long a document (or a line of it) is. ``doc_starts``, when given, receives the index of
+    each document's first token (its end-of-text token).
     """
     tok = info.load()
     num_tokens = 0
@@ -239,7 +326,10 @@ def _tokenize_to(path: Path, source: TextSource, info: TokenizerInfo) -> int:
         def flush() -> None:
             nonlocal num_tokens, chars
             if pieces:
-                ids = _encode_batch(tok, pieces, starts, info.eot_id)
+                local: list[int] = []
+                ids = _encode_batch(tok, pieces, starts, info.eot_id, local)
+                if doc_starts is not None:
+                    doc_starts.extend(num_tokens + i for i in local)
                 handle.write(ids.tobytes())
                 num_tokens += len(ids)
             pieces.clear()
@@ -264,10 +354,13 @@ def _prepare_text(cfg: DataConfig, source: TextSource, spec: str) -> PreparedDat
     key = stable_hash(_FORMAT_VERSION, source.fingerprint(), info.fingerprint)
     target = cfg.resolved_cache_dir() / "tokens" / f"{source.name}-{key}.bin"
     meta_path = target.with_suffix(".json")
+    starts_path = target.with_suffix(".docs.npy") if source.split_by_document else None
 
     def from_cache() -> PreparedData | None:
         # The metadata file is written last, so its presence marks a complete entry.
         if not meta_path.is_file() or not target.is_file():
+            return None
+        if starts_path is not None and not starts_path.is_file():
             return None
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         num_tokens = int(meta["num_tokens"])
@@ -283,6 +376,8 @@ def _prepare_text(cfg: DataConfig, source: TextSource, spec: str) -> PreparedDat
             source=spec,
             description=source.describe(),
             segments=(TokenSegment(target, 0, num_tokens, "uint16"),),
+            document_starts=starts_path,
+            eval_fraction=cfg.eval_fraction,
         )
 
     cached = from_cache()
@@ -292,16 +387,21 @@ def _prepare_text(cfg: DataConfig, source: TextSource, spec: str) -> PreparedDat
         cached = from_cache()
         if cached is not None:
             return cached
+        doc_starts: list[int] | None = [] if starts_path is not None else None
         with atomic_path(target) as tmp:
-            num_tokens = _tokenize_to(tmp, source, info)
+            num_tokens = _tokenize_to(tmp, source, info, doc_starts)
             if num_tokens == 0:
                 raise ConfigError(
                     "data.source", spec, "yields no tokens (empty files?); add documents"
                 )
+        if starts_path is not None and doc_starts is not None:
+            with atomic_path(starts_path) as tmp:
+                write_document_starts(tmp, doc_starts)
         write_json_atomic(
             meta_path,
             {
                 "num_tokens": num_tokens,
+                "documents": None if doc_starts is None else len(doc_starts),
                 "vocab_size": info.vocab_size,
                 "eot_id": info.eot_id,
                 "tokenizer": str(info.path),
@@ -385,4 +485,5 @@ def _prepare_shards(cfg: DataConfig, source: TokenSource, spec: str) -> Prepared
         source=spec,
         description=source.describe(),
         segments=segments,
+        eval_fraction=cfg.eval_fraction,
     )

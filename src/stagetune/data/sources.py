@@ -16,6 +16,7 @@ from stagetune.data.base import DataSource
 from stagetune.data.builtin import BuiltinCorpus
 from stagetune.data.files import TextFiles
 from stagetune.data.paths import TOKEN_SUFFIXES, resolve_files
+from stagetune.data.pysources import PySourcesCorpus
 from stagetune.data.shards import TokenShards
 from stagetune.errors import ConfigError
 from stagetune.registry import DATA_SOURCES
@@ -50,10 +51,17 @@ def _builtin(cfg: DataConfig) -> DataSource:
     return BuiltinCorpus(cfg.max_corpus_mb)
 
 
+@DATA_SOURCES.register("pysources")
+def _pysources(cfg: DataConfig) -> DataSource:
+    """The installed environment's Python sources (site-packages and stdlib), capped at
+    ``data.max_corpus_mb``; its selection manifest is cached in ``data.cache_dir``."""
+    return PySourcesCorpus(cfg.max_corpus_mb, cache_dir=cfg.resolved_cache_dir())
+
+
 def source_from_config(cfg: DataConfig) -> DataSource:
     """The :class:`DataSource` named by ``cfg.source``.
 
-    ``builtin`` (or another registered name) selects that source; anything else is a file,
+    ``builtin``, ``pysources`` (or another registered name) selects that source; anything else is a file,
     directory or glob: ``.bin`` / ``.npy`` files become :class:`TokenShards`, ``.txt`` /
     ``.jsonl`` / ``.parquet`` files :class:`TextFiles`.
 

@@ -1,7 +1,8 @@
 """Deterministic, stateless batches over memmapped tokens: :class:`TokenStream`.
 
 The token stream is split once: the last ``eval_fraction`` of the tokens is the eval split
-and never appears in training. The train split is cut into non-overlapping windows of
+and never appears in training (for data split by document, from the document start nearest
+to that point: :meth:`PreparedData.eval_start`). The train split is cut into non-overlapping windows of
 ``seq_len + 1`` tokens (the input and its one-token-shifted target). Every epoch ``e`` uses a
 random shift of the window grid and a random permutation of the windows, both drawn from
 ``np.random.default_rng([seed, e])``; concatenating the epochs' permutations gives one
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from stagetune.data.prepare import PreparedData, require_tokens
+from stagetune.data.split import tail_split
 from stagetune.data.tokens import TokenArray, read_token_file
 from stagetune.errors import ConfigError
 
@@ -46,7 +48,8 @@ class TokenStream:
         seq_len: tokens per sequence (``x`` and ``y`` are both ``[*, seq_len]``).
         batch_size: global sequences per optimizer step (over all ranks and micro-steps).
         seed: seed of the window order (a non-negative integer).
-        eval_fraction: share of the tokens, from the end, held out for evaluation.
+        eval_fraction: share of the tokens, from the end, held out for evaluation (rounded to
+            a document boundary for data prepared from a source that splits by document).
         eval_batches: global eval batches of ``batch_size`` sequences each.
         rank: this worker's rank; world_size: number of data-parallel workers.
         grad_accum: micro-steps per optimizer step on each worker.
@@ -108,8 +111,12 @@ class TokenStream:
         self.micro_batch_size = batch_size // (world_size * grad_accum)
 
         total = len(self.tokens)
-        self.num_eval_tokens = int(total * eval_fraction)
-        self.num_train_tokens = total - self.num_eval_tokens
+        by_document = self.prepared is not None and self.prepared.document_starts is not None
+        if self.prepared is not None:
+            self.num_train_tokens = self.prepared.eval_start(eval_fraction)
+        else:
+            self.num_train_tokens = tail_split(total, eval_fraction)
+        self.num_eval_tokens = total - self.num_train_tokens
         # One window slot is reserved for the per-epoch shift of the grid (up to seq_len - 1).
         self.windows_per_epoch = (self.num_train_tokens - seq_len) // seq_len
         eval_windows = eval_batches * batch_size
@@ -121,6 +128,7 @@ class TokenStream:
             batch_size=batch_size,
             eval_fraction=eval_fraction,
             eval_batches=eval_batches,
+            eval_start=self.num_train_tokens if by_document else None,
         )
         # Eval windows: evenly spread, non-overlapping, fixed (independent of the seed, so every
         # seed and trial is evaluated on the same tokens).

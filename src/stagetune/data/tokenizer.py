@@ -33,6 +33,7 @@ __all__ = [
     "TokenizerInfo",
     "load_tokenizer",
     "resolve_tokenizer",
+    "sample_bytes",
     "train_tokenizer",
 ]
 
@@ -111,6 +112,15 @@ def _capped(source: TextSource, max_bytes: int) -> Iterator[str]:
             yield piece
 
 
+def sample_bytes(cfg: DataConfig, source: TextSource) -> int:
+    """How much of ``source`` the built-in tokenizer trains on: ``data.max_corpus_mb``, or the
+    source's own :attr:`~stagetune.data.TextSource.tokenizer_sample_mb` when smaller."""
+    cap = cfg.max_corpus_mb
+    if source.tokenizer_sample_mb is not None:
+        cap = min(cap, source.tokenizer_sample_mb)
+    return int(cap * _MIB)
+
+
 def _file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
@@ -175,7 +185,8 @@ def resolve_tokenizer(cfg: DataConfig, source: TextSource) -> TokenizerInfo:
     """The tokenizer for a text source: ``cfg.tokenizer`` as a path, or the cached built-in
     BPE (trained now, under a file lock, if no process has trained it yet).
 
-    The built-in BPE trains on at most ``cfg.max_corpus_mb`` MiB of the source's documents.
+    The built-in BPE trains on at most :func:`sample_bytes` of the source's documents (its
+    first documents, in the source's order).
     """
     if cfg.tokenizer != "builtin":
         return load_tokenizer(cfg.tokenizer)
@@ -186,7 +197,7 @@ def resolve_tokenizer(cfg: DataConfig, source: TextSource) -> TokenizerInfo:
         # Another worker may have finished training while this one waited for the lock.
         if target.is_file():
             return load_tokenizer(target)
-        sample = _capped(source, int(cfg.max_corpus_mb * _MIB))
+        sample = _capped(source, sample_bytes(cfg, source))
         first = list(itertools.islice(sample, 1))
         if not first:
             raise ConfigError(

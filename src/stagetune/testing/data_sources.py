@@ -4,8 +4,10 @@ A source is a :class:`~stagetune.data.TextSource` (documents) or a
 :class:`~stagetune.data.TokenSource` (token arrays) with a name and a description. Every worker
 of a trial prepares its own data from it, so it must be deterministic (two passes and a fresh
 instance give the same content), non-empty, and carry a stable hex fingerprint (the token
-cache's key); and the whole preparation pipeline must accept it. The suite prepares tokens
-with a small builtin tokenizer (vocabulary 300) in a temporary cache.
+cache's key); and the whole preparation pipeline must accept it, holding out its eval split
+where the source says (a text source with ``split_by_document`` at a document's start, every
+other source at the stream's tail). The suite prepares tokens with a small builtin tokenizer
+(vocabulary 300) in a temporary cache.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pytest
 
 from stagetune.config import DataConfig
 from stagetune.data import DataSource, TextSource, TokenSource, prepare_data
+from stagetune.data.split import read_document_starts, tail_split
 
 __all__ = ["DataSourceSuite", "SourceBuilder", "source_content"]
 
@@ -77,3 +80,23 @@ class DataSourceSuite:
         prepared = prepare_data(cfg, source=make_source())
         assert prepared.num_tokens > 0
         assert prepared.fingerprint == prepare_data(cfg, source=make_source()).fingerprint
+
+    def test_the_eval_split_is_where_the_source_says(
+        self, make_source: SourceBuilder, tmp_path: Path
+    ) -> None:
+        cfg = self.data_config(tmp_path)
+        source = make_source()
+        prepared = prepare_data(cfg, source=source)
+        start = prepared.eval_start()
+        if not (isinstance(source, TextSource) and source.split_by_document):
+            assert prepared.document_starts is None
+            assert start == tail_split(prepared.num_tokens, cfg.eval_fraction)
+            return
+        assert prepared.document_starts is not None
+        starts = read_document_starts(prepared.document_starts)
+        # One start per non-empty document, each at the end-of-text token that opens it.
+        assert len(starts) == sum(1 for text in source.iter_texts() if text)
+        assert starts[0] == 0 and np.all(np.diff(starts) > 0)
+        assert 0 < start < prepared.num_tokens and start in set(starts.tolist())
+        tokens = prepared.open()
+        assert all(tokens.read(int(s), 1)[0] == prepared.eot_id for s in starts)
