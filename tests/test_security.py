@@ -262,7 +262,9 @@ def test_local_study_listens_on_loopback_only(token_cache: Path, tmp_path: Path)
     work = tmp_path / "work"
     proc = cli.start(
         ["run", "--workdir", str(work), "--trials", "2", "--quiet",
-         *fast_args("schedule.baseline_steps=200")],
+         # Long enough that the trial still trains while the socket table steadies (the
+         # driver is stopped by the clean-up, not by the study's end).
+         *fast_args("schedule.baseline_steps=20000")],
         name="run",
     )  # fmt: skip
     try:
