@@ -75,4 +75,3 @@ MLFLOW_STATUS: Final = {
     STATUS_INTERRUPTED: "KILLED",
 }
 """stagetune trial status -> MLflow run status (the exact one is kept in :data:`TAG_STATUS`)."""
-

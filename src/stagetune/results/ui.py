@@ -221,4 +221,3 @@ def start_ui(
 def experiment_url(base_url: str, experiment_id: str) -> str:
     """Link to an experiment in the MLflow UI."""
     return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}"
-

@@ -28,10 +28,7 @@ def test_spool_when_unreachable_then_sync_elsewhere(
     )
     t0 = time.monotonic()
     assert dead.start_study(study_name="s", params={"a": 1}, tags={}) == ""
-    assert (
-        dead.start_trial(trial_id="t_1", params={"seed": 0}, tags={TAG_IS_BASELINE: True})
-        == ""
-    )
+    assert dead.start_trial(trial_id="t_1", params={"seed": 0}, tags={TAG_IS_BASELINE: True}) == ""
     for i in range(1, 6):
         dead.log_report("t_1", rec(i))
     note = tmp_path / "note.txt"

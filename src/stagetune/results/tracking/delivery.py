@@ -59,7 +59,7 @@ class _Unreachable(Exception):
 
 
 class _Rejected(Exception):
-    """MLflow (or our own validation) refused the event: it can never be delivered."""
+    """MLflow refused the event (or it names no known op): it can never be delivered."""
 
 
 class Delivery:
@@ -239,7 +239,7 @@ class Delivery:
                     self.stats.delivered += 1
                 return run_id
             except Exception as exc:
-                if isinstance(exc, _Rejected) or is_permanent(exc):
+                if is_permanent(exc):
                     raise _Rejected(str(exc).splitlines()[0] if str(exc) else repr(exc)) from exc
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

@@ -328,9 +328,7 @@ class MlflowRuns:
     def _end_trial(self, ev: Event, refresh: bool) -> str:
         run_id = self._trial_run_id(ev["study"], ev["trial_id"])
         self._log_params_tags(run_id, {}, ev["tags"])
-        self._get_client().set_terminated(
-            run_id, status=ev["mlflow_status"], end_time=ev["time"]
-        )
+        self._get_client().set_terminated(run_id, status=ev["mlflow_status"], end_time=ev["time"])
         return run_id
 
     def _artifacts(self, ev: Event, refresh: bool) -> str:

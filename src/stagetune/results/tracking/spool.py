@@ -31,7 +31,6 @@ _REJECTED: Final = ".rejected"
 _FILES: Final = ".files"
 
 
-
 class Op(StrEnum):
     """What an event does (its ``op``): the tracker writes events, the spool keeps them (as
     plain strings), :class:`~stagetune.results.tracking.runs.MlflowRuns` applies them."""

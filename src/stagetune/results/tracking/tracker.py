@@ -380,7 +380,6 @@ class MlflowTracker:
         return MLFLOW_STATUS[status]
 
 
-
 def _artifacts_event(
     study: str, trial_id: str | None, files: Iterable[Path | str], artifact_path: str | None
 ) -> Event:
