@@ -11,7 +11,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from ray.tune import Callback
@@ -27,9 +27,10 @@ from stagetune.metrics import (
 )
 from stagetune.orchestration.interrupt import StudyStopper
 from stagetune.results import MlflowTracker
-from stagetune.results.analysis import at_equal_compute
+from stagetune.results.matched import at_equal_compute
+from stagetune.results.naming import TAG_ASHA_RUNG
 
-__all__ = ["MlflowCallback", "ProgressCallback", "StopCallback", "TrialLedger"]
+__all__ = ["BestMatched", "MlflowCallback", "ProgressCallback", "StopCallback", "TrialLedger"]
 
 DISK_CHECK_S = 0.5
 """How often (at most) a running study asks its file systems for their free space."""
@@ -37,6 +38,19 @@ DISK_CHECK_S = 0.5
 
 def _trial_params(trial: Any) -> dict[str, Any]:
     return dict(trial.config.get("point", trial.config))
+
+
+class BestMatched(NamedTuple):
+    """The trial doing best against the baseline at equal compute (see
+    :meth:`TrialLedger.best_matched`)."""
+
+    trial_id: str
+    loss: float
+    """Its eval loss at ``compute``."""
+    baseline_loss: float
+    """The baseline's eval loss at ``compute``."""
+    compute: float
+    """The FLOPs they were compared at."""
 
 
 class TrialLedger:
@@ -80,9 +94,8 @@ class TrialLedger:
             return STATUS_FINISHED
         return STATUS_STOPPED
 
-    def best_matched(self) -> tuple[str, float, float, float] | None:
-        """The trial with the lowest loss relative to the baseline at equal compute:
-        (trial, its eval loss, the baseline's eval loss, the FLOPs compared at).
+    def best_matched(self) -> BestMatched | None:
+        """The trial with the lowest loss relative to the baseline at equal compute.
 
         Compared at min(trial's compute, baseline's compute): budget-matched schedules end a
         step or so short of the baseline's compute, and a trial stopped early is compared
@@ -99,7 +112,7 @@ class TrialLedger:
             b = bases[0]
             bx = np.array([c[0] for c in self.curves[b]])
             by = np.array([c[1] for c in self.curves[b]])
-            best: tuple[str, float, float, float] | None = None
+            best: BestMatched | None = None
             for t, curve in self.curves.items():
                 if t == b or not curve:
                     continue
@@ -108,11 +121,12 @@ class TrialLedger:
                 matched = at_equal_compute(xs, ys, bx, by)
                 if matched is None:
                     continue  # no overlap on the compute axis yet
-                at, mine, base = matched
-                if best is None or mine - base < best[1] - best[2]:
-                    best = (t, mine, base, at)
+                if best is None or matched.loss - matched.baseline_loss < (
+                    best.loss - best.baseline_loss
+                ):
+                    best = BestMatched(t, matched.loss, matched.baseline_loss, matched.compute)
             if best is None:
-                return (b, float(by[-1]), float(by[-1]), float(bx[-1]))
+                return BestMatched(b, float(by[-1]), float(by[-1]), float(bx[-1]))
             return best
 
 
@@ -173,7 +187,7 @@ class MlflowCallback(Callback):
         last = self.ledger.last.get(trial.trial_id, {})
         tags = {}
         if status == STATUS_STOPPED and FLOPS in last:
-            tags["stagetune.asha_rung"] = f"{float(last[FLOPS]):.6g}"
+            tags[TAG_ASHA_RUNG] = f"{float(last[FLOPS]):.6g}"
         self.tracker.end_trial(trial.trial_id, status, tags=tags)
         if self._on_complete is not None:
             self._on_complete(trial.trial_id, status, last)
@@ -211,8 +225,8 @@ class ProgressCallback(Callback):
             best_txt = "best: waiting for the baseline to finish"
         else:
             best_txt = (
-                f"best at equal compute: {best[1]:.4f} vs baseline {best[2]:.4f} "
-                f"({best[1] - best[2]:+.4f} at {best[3]:.3g} FLOPs)"
+                f"best at equal compute: {best.loss:.4f} vs baseline {best.baseline_loss:.4f} "
+                f"({best.loss - best.baseline_loss:+.4f} at {best.compute:.3g} FLOPs)"
             )
         pct = 100.0 * spent / self.planned if self.planned else 0.0
         return (

@@ -52,7 +52,7 @@ from stagetune.orchestration.storage import (
     check_own_directory,
     check_writable,
 )
-from stagetune.results import MlflowTracker
+from stagetune.results import MlflowTracker, naming
 from stagetune.results.store import check_tracking_uri, sqlite_path
 from stagetune.search_spaces import SearchSpace, SpaceContext, get_search_space
 from stagetune.trainables.tune_trainable import StudyContext, make_trial_spec
@@ -237,14 +237,15 @@ def _describe_factory(study: StudyContext) -> Any:
             "warmup_steps": spec.warmup_steps,
         }
         flat["schedule_json"] = spec.schedule.to_json()
-        flat["schedule_label"] = _label(spec)
+        flat[naming.PARAM_SCHEDULE_LABEL] = _label(spec)
         return {
             "params": flat,
             "tags": {
-                "stagetune.is_baseline": str(spec.is_baseline).lower(),
-                "stagetune.seed": str(spec.seed),
-                "stagetune.schedule_key": str(spec.params.get("schedule_key", "")),
-                "stagetune.label": _label(spec),
+                naming.TAG_IS_BASELINE: str(spec.is_baseline).lower(),
+                naming.TAG_SEED: str(spec.seed),
+                naming.TAG_SCHEDULE_KEY: str(spec.params.get("schedule_key", "")),
+                naming.TAG_LABEL: _label(spec),
+                naming.TAG_SPACE: spec.config.search.space,
             },
         }
 

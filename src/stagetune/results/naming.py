@@ -6,9 +6,7 @@ found again (for ``--resume`` and for reports) only through them.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from typing import Any, Final
+from typing import Final
 
 from stagetune.metrics import (
     STATUS_DIVERGED,
@@ -17,9 +15,9 @@ from stagetune.metrics import (
     STATUS_INTERRUPTED,
     STATUS_STOPPED,
 )
-from stagetune.schedule import Schedule
 
 __all__ = [
+    "BASELINE_LABEL",
     "MLFLOW_STATUS",
     "PARAM_SCHEDULE_KEY",
     "PARAM_SCHEDULE_LABEL",
@@ -34,11 +32,10 @@ __all__ = [
     "TAG_RUN_NAME",
     "TAG_SCHEDULE_KEY",
     "TAG_SEED",
+    "TAG_SPACE",
     "TAG_STATUS",
     "TAG_STUDY",
     "TAG_TRIAL_ID",
-    "schedule_key",
-    "schedule_params",
 ]
 
 TAG_STUDY: Final = "stagetune.study"
@@ -55,6 +52,8 @@ TAG_LABEL: Final = "stagetune.label"
 """Human-readable schedule name (fallback for param :data:`PARAM_SCHEDULE_LABEL`)."""
 TAG_SCHEDULE_KEY: Final = "stagetune.schedule_key"
 """Fallback for param :data:`PARAM_SCHEDULE_KEY`."""
+TAG_SPACE: Final = "stagetune.space"
+"""The search space a trial was sampled from (``paper`` marks a study of the paper's shape)."""
 TAG_PARENT_RUN: Final = "mlflow.parentRunId"
 TAG_RUN_NAME: Final = "mlflow.runName"
 
@@ -65,6 +64,8 @@ STATUS_RUNNING: Final = "running"
 PARAM_SCHEDULE_KEY: Final = "schedule_key"
 """Trials with equal keys ran the same schedule (with different seeds): analysis groups them."""
 PARAM_SCHEDULE_LABEL: Final = "schedule_label"
+BASELINE_LABEL: Final = "baseline"
+"""The full-depth baseline's label; analysis pools every baseline trial under it as one row."""
 
 MLFLOW_STATUS: Final = {
     STATUS_FINISHED: "FINISHED",
@@ -74,24 +75,3 @@ MLFLOW_STATUS: Final = {
     STATUS_INTERRUPTED: "KILLED",
 }
 """stagetune trial status -> MLflow run status (the exact one is kept in :data:`TAG_STATUS`)."""
-
-
-def schedule_key(schedule: Schedule) -> str:
-    """A short stable digest of what a schedule trains (provenance ``meta`` excluded).
-
-    Two trials that differ only in their seed get the same key, so their outcomes can be
-    averaged; ``meta`` is left out because it records how the schedule was found, not what runs.
-    """
-    d = schedule.to_dict()
-    d.pop("meta", None)
-    digest = hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()
-    return digest[:12]
-
-
-def schedule_params(schedule: Schedule) -> dict[str, Any]:
-    """MLflow params for a trial: the flattened schedule plus its key and label."""
-    return {
-        **schedule.flat_params(),
-        PARAM_SCHEDULE_KEY: schedule_key(schedule),
-        PARAM_SCHEDULE_LABEL: schedule.label(),
-    }

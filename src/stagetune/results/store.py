@@ -13,7 +13,7 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from stagetune.errors import ConfigError
 
@@ -27,6 +27,7 @@ __all__ = [
     "is_http",
     "is_permanent",
     "make_client",
+    "search_all",
     "sqlite_path",
 ]
 
@@ -107,6 +108,20 @@ def make_client(uri: str, *, must_exist: bool = False) -> MlflowClient:
         # SQLite creates the file but not its directory.
         db.parent.mkdir(parents=True, exist_ok=True)
     return MlflowClient(tracking_uri=uri)
+
+
+def search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Any]:
+    """Every run of the experiment that matches ``filter_string``, page after page."""
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id], filter_string=filter_string, max_results=1000, page_token=token
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
 
 
 def is_permanent(exc: BaseException) -> bool:

@@ -25,7 +25,7 @@ from typing import IO, Final
 from stagetune.errors import ConfigError, StagetuneError
 from stagetune.results.store import is_http, sqlite_path
 
-__all__ = ["UiServer", "experiment_url", "free_port", "run_url", "start_ui"]
+__all__ = ["UiServer", "experiment_url", "free_port", "start_ui"]
 
 DEFAULT_PORT: Final = 5000
 
@@ -221,8 +221,3 @@ def start_ui(
 def experiment_url(base_url: str, experiment_id: str) -> str:
     """Link to an experiment in the MLflow UI."""
     return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}"
-
-
-def run_url(base_url: str, experiment_id: str, run_id: str) -> str:
-    """Link to a run in the MLflow UI."""
-    return f"{experiment_url(base_url, experiment_id)}/runs/{run_id}"

@@ -15,7 +15,8 @@ import pytest
 
 from stagetune.cli import main
 from stagetune.results.plots import PLOT_NAMES
-from stagetune.results.report import NO_SCHEDULE_REACHED, TABLE_COLUMNS
+from stagetune.results.render import TABLE_COLUMNS
+from stagetune.results.verdict import NO_SCHEDULE_REACHED
 from tests.conftest import FAST
 
 pytestmark = pytest.mark.slow

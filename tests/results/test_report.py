@@ -1,6 +1,8 @@
-"""The report's equal-compute column: Markdown, HTML and JSON of ``build_report``, paper verdict.
+"""The report files of ``build_report``: Markdown, HTML and JSON, logged to the parent run or
+not; an interrupted study's report is partial and has no verdict.
 
-A study logged to SQLite through MlflowTracker (FLOPs in units of 1e12; eval loss). Baseline
+Two studies logged to SQLite through MlflowTracker: the one of :mod:`tests.results.helpers`,
+and the one below for the equal-compute column (FLOPs in units of 1e12; eval loss). Baseline
 seed 0: (25,4.0) (50,3.5) (75,3.2) (100,3.0); seed 1 the same FLOPs with 4.1 3.6 3.3 3.1.
 
 * S2 near  seed 0 ends at 95 with 3.02 (baseline there 3.04: -0.02),
@@ -12,23 +14,23 @@ seed 0: (25,4.0) (50,3.5) (75,3.2) (100,3.0); seed 1 the same FLOPs with 4.1 3.6
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
+from mlflow.tracking import MlflowClient
 
-from stagetune.results import MlflowTracker, build_report, compute_matched, format_table
-from stagetune.results.analysis import TrialResult
-from stagetune.results.report import NO_SCHEDULE_REACHED, TABLE_COLUMNS, paper_verdict
-from tests.test_results_analysis import BASE0, study, trial
-from tests.test_results_study import E12, records
+from stagetune.results import MlflowTracker, build_report, format_table, load_study, to_json
+from stagetune.results.render import TABLE_COLUMNS
+from stagetune.results.verdict import NO_SCHEDULE_REACHED, PARTIAL_STUDY
+from tests.results.helpers import E12, EXPERIMENT, STUDY, TRIALS, log_trial, records
 
-EXPERIMENT = "matched"
+MATCHED = "matched"
 COLUMN = "Δ loss at equal compute"
 
-TRIALS: list[dict[str, Any]] = [
+MATCHED_TRIALS: list[dict[str, Any]] = [
     {"id": "base_0", "key": "kbase", "label": "baseline", "seed": 0, "baseline": True,
      "recs": records([25, 50, 75, 100], [4.0, 3.5, 3.2, 3.0])},
     {"id": "base_1", "key": "kbase", "label": "baseline", "seed": 1, "baseline": True,
@@ -50,18 +52,14 @@ TRIALS: list[dict[str, Any]] = [
 def report_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("matched")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    tr = MlflowTracker(uri, EXPERIMENT, spool_dir=root / "spool")
+    tr = MlflowTracker(uri, MATCHED, spool_dir=root / "spool")
     tr.start_study(study_name="m", params={}, tags={})
-    for t in TRIALS:
-        params = {"schedule_key": t["key"], "schedule_label": t["label"], "seed": t["seed"]}
-        tr.start_trial(trial_id=t["id"], params=params,
-                       tags={"stagetune.is_baseline": t["baseline"]})  # fmt: skip
-        for rec in t["recs"]:
-            tr.log_report(t["id"], rec)
+    for t in MATCHED_TRIALS:
+        log_trial(tr, t)
         tr.end_trial(t["id"], "finished")
     tr.end_study()
     out = root / "report"
-    build_report(uri, EXPERIMENT, out, log_to_mlflow=False, html_plots=False)
+    build_report(uri, MATCHED, out, log_to_mlflow=False, html_plots=False)
     return out
 
 
@@ -127,48 +125,81 @@ def test_json_fields(report_dir: Path) -> None:
     assert late["matched_delta"]["n"] == 0 and late["trials"][0]["matched_compute"] is None
 
 
-def test_marker_never_rounds_up_to_the_baselines_compute() -> None:
-    nearly = trial("n", "n", "0", [33, 66, 99.8], [4.0, 3.6, 3.2])
-    table = format_table(compute_matched(study(BASE0, nearly)))
-    assert "@ 99.8%" in table and "@ 100%" not in table
-
-
-def paper_trial(
-    tid: str, stages: int, multiple: float, flops: list[float], loss: list[float]
-) -> TrialResult:
-    t = trial(tid, f"S{stages}x{multiple:g}", "0", flops, loss)
-    params = {
-        "schedule_key": t.schedule_key,
-        "schedule_json": json.dumps({"meta": {"space": "paper"}}),
-        "num_stages": str(stages),
-        "continual_multiple": str(multiple),
-    }
-    return dataclasses.replace(t, params=params)
-
-
-def test_paper_verdict_quotes_the_equal_compute_delta() -> None:
-    # S=2: its 1x schedule ends at 99.5 (budget matching floors to whole steps); quoted as the
-    # first within 1 % of the baseline's compute, before the 1.5x one that got all the way.
-    # S=4: every schedule ends well short; the furthest, 0.5x at 80, is quoted there.
-    trials = [
-        BASE0,
-        paper_trial("a", 2, 0.0, [20, 40, 50], [4.4, 3.9, 3.7]),
-        paper_trial("b", 2, 1.0, [20, 40, 60, 80, 99.5], [4.4, 3.9, 3.5, 3.3, 3.1]),
-        paper_trial("e", 2, 1.5, [20, 40, 60, 80, 100, 120], [4.4, 3.9, 3.5, 3.3, 3.1, 3.05]),
-        paper_trial("c", 4, 0.0, [20, 40], [4.5, 4.0]),
-        paper_trial("d", 4, 0.5, [20, 40, 60, 80], [4.5, 4.0, 3.6, 3.2]),
-    ]
-    s = study(*trials)
-    text = paper_verdict(s, compute_matched(s))
-    assert text is not None
-    # S=2 at 99.5: 3.1 - (3.2 - 0.2 * 24.5/25) = +0.096.
-    assert (
-        "at equal compute, 99.5% of the baseline's (where it ended), its eval loss was +0.0960 "
-        "vs the baseline's" in text
+def test_build_report(store: dict[str, Any], tmp_path: Path) -> None:
+    rep = build_report(store["uri"], EXPERIMENT, tmp_path / "out")
+    expected = (
+        "Schedule S2 fast reached the baseline's eval loss with 72.5% of its compute "
+        "(95% CI 40.7–104.3%, 2 seeds; speedup 1.38×)."
     )
-    # S=4 at 80: 3.2 - (3.2 - 0.2 * 5/25) = +0.04; before, S=4 had no such comparison at all.
-    assert (
-        "S=4 did not reach it within 0.80× the baseline's compute; its stages alone cost 0.40×, "
-        "and at equal compute, 80% of the baseline's (where it ended), its eval loss was +0.0400 "
-        "vs the baseline's" in text
-    )
+    assert rep.verdict == expected
+    md = rep.paths["report_md"].read_text()
+    assert expected in md
+    assert "| Schedule | Seeds | Final eval loss |" in md
+    assert "| **baseline** | 0, 1 |" in md
+    assert "not reached" in md and "72.5% ± 31.8%" in md
+    for name in ("loss_vs_compute", "compute_to_baseline_loss", "pareto"):
+        assert f"](plots/{name}.png)" in md
+        png = rep.paths[f"{name}_png"]
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        page = rep.paths[f"{name}_html"].read_text()
+        # plotly.js is inline (a few MB), not fetched from a CDN at view time.
+        assert len(page) > 1_000_000 and 'src="https://cdn.plot.ly' not in page
+    html = rep.paths["report_html"].read_text()
+    assert expected.replace("'", "&#x27;") in html
+    assert html.count("Plotly.newPlot") == 3 and 'src="https://cdn.plot.ly' not in html
+    from plotly.offline import get_plotlyjs
+
+    bundle = len(get_plotlyjs())
+    assert bundle < len(html) < 1.5 * bundle  # plotly.js inline exactly once
+    data = json.loads(rep.paths["report_json"].read_text())
+    assert data["verdict"] == expected
+    assert [r["schedule"] for r in data["rows"]] == [
+        "baseline", "S2 fast", "S4 slow", "S3 diverged"
+    ]  # fmt: skip
+    assert data["rows"][1]["compute_fraction"]["mean"] == pytest.approx(0.725)
+    assert json.loads(to_json(rep.outcomes))["verdict"] == expected
+    # Logged to the parent run.
+    client = MlflowClient(store["uri"])
+    logged = {a.path for a in client.list_artifacts(store["parent"], "report")}
+    assert {
+        "report/report.md",
+        "report/report.html",
+        "report/report.json",
+        "report/plots",
+    } <= logged
+    table = format_table(rep.outcomes)
+    assert "S2 fast" in table and "not reached" in table and "72.5% ± 31.8%" in table
+
+
+def test_report_without_mlflow_logging(store: dict[str, Any], tmp_path: Path,
+                                       caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    caplog.set_level(logging.WARNING)
+    rep = build_report(store["uri"], EXPERIMENT, tmp_path, log_to_mlflow=False, html_plots=False,
+                       convention="paper")  # fmt: skip
+    assert rep.convention == "paper"
+    assert "fast" in rep.verdict  # the paper axis halves every curve alike: same winner
+    assert "loss_vs_compute_html" not in rep.paths
+
+
+def test_report_of_an_interrupted_study_is_partial_without_verdict(tmp_path: Path) -> None:
+    """Stopped by a signal or a full disk: its report says "partial" and gives no verdict
+    from the trials it has (they would favour whatever happened to finish first)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tr = MlflowTracker(uri, EXPERIMENT, spool_dir=tmp_path / "spool")
+    tr.start_study(study_name=STUDY, params={}, tags={})
+    for t in TRIALS[:3]:
+        log_trial(tr, t)
+    tr.end_trial("base_0", "finished")
+    tr.end_trial("base_1", "finished")
+    tr.end_trial("fast_0", "interrupted")
+    tr.end_study("interrupted")
+
+    study = load_study(uri, EXPERIMENT)
+    assert study.partial and study.parent_status == "interrupted"
+    rep = build_report(uri, EXPERIMENT, tmp_path / "out", log_to_mlflow=False, html_plots=False)
+    assert rep.verdict == PARTIAL_STUDY.format(status="interrupted")
+    md = rep.paths["report_md"].read_text()
+    assert md.startswith(f"# stagetune report (partial): {STUDY}\n")
+    assert "reached the baseline's eval loss" not in md
+    assert f"<h1>stagetune report (partial): {STUDY}</h1>" in rep.paths["report_html"].read_text()
+    assert json.loads(rep.paths["report_json"].read_text())["verdict"] == rep.verdict

@@ -1,4 +1,4 @@
-"""Compute-matched outcomes of a study, read back from MLflow alone (no Ray).
+"""Compute-matched outcomes of a study: pure maths on its curves (numpy), no MLflow.
 
 Every schedule is judged against the full-depth baseline of the same seed on the compute axis:
 
@@ -18,364 +18,42 @@ Every schedule is judged against the full-depth baseline of the same seed on the
 
 Trials of one schedule (param ``schedule_key``) are pooled across seeds: mean and 95 % Student-t
 confidence interval of each quantity; the baseline's own seed spread comes out the same way.
+The study itself is read from MLflow by :mod:`stagetune.results.loading`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final, NamedTuple
 
 import numpy as np
 
 from stagetune.errors import ConfigError, StagetuneError, suggest
-from stagetune.metrics import FLOPS, FLOPS_PAPER, STATUS_DIVERGED, STATUS_FAILED, STATUS_FINISHED
+from stagetune.metrics import STATUS_DIVERGED, STATUS_FAILED, STATUS_FINISHED
 from stagetune.registry import CONVENTIONS
-from stagetune.results.naming import (
-    PARAM_SCHEDULE_KEY,
-    PARAM_SCHEDULE_LABEL,
-    ROLE_PARENT,
-    ROLE_TRIAL,
-    STATUS_RUNNING,
-    TAG_IS_BASELINE,
-    TAG_LABEL,
-    TAG_ROLE,
-    TAG_SCHEDULE_KEY,
-    TAG_SEED,
-    TAG_STATUS,
-    TAG_STUDY,
-    TAG_TRIAL_ID,
-)
-from stagetune.results.store import error_reason, is_http, make_client
+from stagetune.results.loading import StudyResults, TrialResult
+from stagetune.results.naming import BASELINE_LABEL
+from stagetune.results.stats import Stat
 
 __all__ = [
-    "Curve",
+    "SAME_COMPUTE_RTOL",
+    "EqualCompute",
     "Outcome",
-    "Stat",
-    "StudyResults",
     "TrialOutcome",
-    "TrialResult",
     "at_equal_compute",
     "compute_matched",
-    "load_study",
     "pareto_front",
-    "t_quantile_975",
 ]
 
 _log = logging.getLogger(__name__)
 
-CURVE_METRICS: Final = ("tokens", FLOPS, FLOPS_PAPER, "eval_loss", "train_loss", "stage")
-_MLFLOW_MAX_FLOAT: Final = 1.7976931348623157e308  # how MLflow's SQL store saves +inf
-_MLFLOW_STATUS_NAMES: Final = {
-    "RUNNING": STATUS_RUNNING,
-    "SCHEDULED": STATUS_RUNNING,
-    "FINISHED": "finished",
-    "KILLED": "stopped",
-    "FAILED": "failed",
-}
-
-# Two-sided 95 % Student-t quantiles t(0.975, df) for df = 1..30.
-_T975: Final = (
-    12.706204736, 4.302652730, 3.182446305, 2.776445105, 2.570581836,
-    2.446911851, 2.364624252, 2.306004135, 2.262157163, 2.228138852,
-    2.200985160, 2.178812830, 2.160368656, 2.144786688, 2.131449546,
-    2.119905299, 2.109815578, 2.100922040, 2.093024054, 2.085963447,
-    2.079613845, 2.073873068, 2.068657610, 2.063898562, 2.059538553,
-    2.055529439, 2.051830516, 2.048407142, 2.045229642, 2.042272456,
-)  # fmt: skip
-
-
-def t_quantile_975(df: int) -> float:
-    """The 0.975 quantile of Student's t with ``df`` degrees of freedom (no SciPy needed).
-
-    Exact table up to 30, then the Cornish-Fisher expansion around the normal quantile
-    (error < 1e-5 for df > 30).
-    """
-    if df < 1:
-        raise ValueError(f"df must be >= 1, got {df}")
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = 1.959963984540054
-    g1 = (z**3 + z) / 4
-    g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
-    g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
-    return z + g1 / df + g2 / df**2 + g3 / df**3
-
-
-# -- what MLflow holds ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Curve:
-    """A trial's metrics aligned on MLflow's step axis (cumulative tokens); NaN where absent."""
-
-    tokens: np.ndarray
-    flops: np.ndarray
-    flops_paper: np.ndarray
-    eval_loss: np.ndarray
-    train_loss: np.ndarray
-    stage: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def compute(self, convention: str = "standard") -> np.ndarray:
-        """Cumulative FLOPs in the given convention (``standard`` or ``paper``)."""
-        return self.flops_paper if convention == "paper" else self.flops
-
-    def eval_points(self, convention: str = "standard") -> tuple[np.ndarray, np.ndarray]:
-        """(compute, eval loss) at the points that have both, in training order."""
-        c = self.compute(convention)
-        keep = ~np.isnan(c) & ~np.isnan(self.eval_loss)
-        return c[keep], self.eval_loss[keep]
-
-    def total_compute(self, convention: str = "standard") -> float | None:
-        """The last cumulative FLOPs the trial reported."""
-        c = self.compute(convention)
-        c = c[~np.isnan(c)]
-        return float(c.max()) if len(c) else None
-
-    def stage_boundaries(self, convention: str = "standard") -> list[tuple[float, int]]:
-        """(compute, new stage) at each point where the reported ``stage`` changes."""
-        c = self.compute(convention)
-        out: list[tuple[float, int]] = []
-        prev: float | None = None
-        for ci, st in zip(c, self.stage):
-            if np.isnan(st):
-                continue
-            if prev is not None and st != prev and not np.isnan(ci):
-                out.append((float(ci), int(st)))
-            prev = float(st)
-        return out
-
-
-@dataclass(frozen=True)
-class TrialResult:
-    """One trial (child run) as MLflow holds it."""
-
-    trial_id: str
-    run_id: str
-    status: str
-    """``running`` or one of :data:`stagetune.metrics.STATUSES`."""
-    is_baseline: bool
-    seed: str | None
-    schedule_key: str
-    label: str
-    params: dict[str, str]
-    tags: dict[str, str]
-    curve: Curve
-
-
-@dataclass(frozen=True)
-class StudyResults:
-    """A study read back from MLflow."""
-
-    tracking_uri: str
-    experiment: str
-    experiment_id: str
-    study_name: str
-    parent_run_id: str | None
-    trials: tuple[TrialResult, ...]
-    parent_status: str | None = None
-    """The parent run's ``stagetune.status``: ``finished`` once the whole study is over."""
-
-    @property
-    def partial(self) -> bool:
-        """The study has not finished (it runs, or was interrupted): no verdict yet."""
-        return self.parent_status not in (None, STATUS_FINISHED)
-
-    @property
-    def baselines(self) -> list[TrialResult]:
-        return [t for t in self.trials if t.is_baseline]
-
-    def trial(self, trial_id: str) -> TrialResult:
-        """The trial with this id (KeyError if absent)."""
-        for t in self.trials:
-            if t.trial_id == trial_id:
-                return t
-        raise KeyError(trial_id)
-
-
-def _experiment_or_error(client: Any, tracking_uri: str, experiment: str) -> Any:
-    try:
-        exp = client.get_experiment_by_name(experiment)
-        names = [] if exp is not None else [e.name for e in client.search_experiments()]
-    except Exception as exc:  # connection refused, DNS, timeouts: say so in one line
-        fix = "start the MLflow server or pass the right tracking URI"
-        raise ConfigError(
-            "tracking_uri", tracking_uri, f"MLflow is unreachable ({error_reason(exc)}); {fix}"
-        ) from exc
-    if exp is None or exp.lifecycle_stage == "deleted":
-        existing = ", ".join(sorted(n for n in names if n != "Default")) or "none"
-        raise ConfigError(
-            "experiment",
-            experiment,
-            f"no such MLflow experiment at {tracking_uri} (existing: {existing}); "
-            "pass one of those or the right tracking URI",
-        )
-    return exp
-
-
-def _search_all(client: Any, exp_id: str, filter_string: str) -> list[Any]:
-    runs: list[Any] = []
-    token = None
-    while True:
-        page = client.search_runs(
-            [exp_id], filter_string=filter_string, max_results=1000, page_token=token
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def _load_curve(client: Any, run_id: str) -> Curve:
-    series: dict[str, dict[int, tuple[int, float]]] = {}
-    for key in CURVE_METRICS:
-        by_step: dict[int, tuple[int, float]] = {}
-        for m in client.get_metric_history(run_id, key):
-            v = float(m.value)
-            if abs(v) >= _MLFLOW_MAX_FLOAT:
-                v = math.copysign(math.inf, v)
-            # The latest timestamp wins should a step appear twice.
-            old = by_step.get(int(m.step))
-            if old is None or m.timestamp >= old[0]:
-                by_step[int(m.step)] = (int(m.timestamp), v)
-        series[key] = by_step
-    steps = sorted(set().union(*(s.keys() for s in series.values())))
-
-    def col(key: str) -> np.ndarray:
-        return np.array([series[key].get(s, (0, math.nan))[1] for s in steps], dtype=float)
-
-    tokens = col("tokens")
-    tokens = np.where(np.isnan(tokens), np.array(steps, dtype=float), tokens)
-    return Curve(
-        tokens=tokens,
-        flops=col(FLOPS),
-        flops_paper=col(FLOPS_PAPER),
-        eval_loss=col("eval_loss"),
-        train_loss=col("train_loss"),
-        stage=col("stage"),
-    )
-
-
-def _trial_from_run(client: Any, run: Any) -> TrialResult:
-    tags = dict(run.data.tags)
-    params = dict(run.data.params)
-    status = tags.get(TAG_STATUS) or _MLFLOW_STATUS_NAMES.get(run.info.status, "failed")
-    trial_id = tags.get(TAG_TRIAL_ID, run.info.run_id)
-    # Without a schedule key a trial cannot be pooled with other seeds: it stands alone.
-    key = params.get(PARAM_SCHEDULE_KEY) or tags.get(TAG_SCHEDULE_KEY) or f"trial:{trial_id}"
-    is_baseline = tags.get(TAG_IS_BASELINE, "false").lower() == "true"
-    label = (
-        params.get(PARAM_SCHEDULE_LABEL)
-        or tags.get(TAG_LABEL)
-        or ("baseline" if is_baseline else key)
-    )
-    return TrialResult(
-        trial_id=trial_id,
-        run_id=run.info.run_id,
-        status=status,
-        is_baseline=is_baseline,
-        seed=tags.get(TAG_SEED),
-        schedule_key=key,
-        label=label,
-        params=params,
-        tags=tags,
-        curve=_load_curve(client, run.info.run_id),
-    )
-
-
-def load_study(tracking_uri: str, experiment: str, *, study: str | None = None) -> StudyResults:
-    """Read a study's trials and curves from MLflow.
-
-    Args:
-        tracking_uri: the MLflow store the study logged to.
-        experiment: the MLflow experiment name.
-        study: the study name (tag ``stagetune.study``); may be left out when the experiment
-            holds a single study.
-
-    Raises:
-        StagetuneError: unreachable store, unknown experiment (the message lists the existing
-            ones), unknown or ambiguous study, or a study without a baseline run.
-    """
-    client = make_client(tracking_uri, must_exist=not is_http(tracking_uri))
-    exp = _experiment_or_error(client, tracking_uri, experiment)
-    exp_id = exp.experiment_id
-    trial_runs = _search_all(client, exp_id, f"tags.`{TAG_ROLE}` = '{ROLE_TRIAL}'")
-    parent_runs = _search_all(client, exp_id, f"tags.`{TAG_ROLE}` = '{ROLE_PARENT}'")
-    studies = sorted({r.data.tags.get(TAG_STUDY, "") for r in [*trial_runs, *parent_runs]} - {""})
-    if not studies:
-        raise ConfigError("experiment", experiment, "holds no stagetune runs; run a study first")
-    if study is None:
-        if len(studies) > 1:
-            raise ConfigError(
-                "study",
-                None,
-                f"experiment {experiment!r} holds several studies: {', '.join(studies)}; name one",
-            )
-        study = studies[0]
-    elif study not in studies:
-        raise ConfigError("study", study, suggest(study, studies))
-    parents = [r for r in parent_runs if r.data.tags.get(TAG_STUDY) == study]
-    parents.sort(key=lambda r: r.info.start_time or 0)
-    trials = tuple(
-        sorted(
-            (_trial_from_run(client, r) for r in trial_runs if r.data.tags.get(TAG_STUDY) == study),
-            key=lambda t: t.trial_id,
-        )
-    )
-    if not any(t.is_baseline for t in trials):
-        raise StagetuneError(
-            f"study {study!r} in experiment {experiment!r} has no baseline run "
-            f"(tag {TAG_IS_BASELINE}=true): run the baseline schedule before comparing"
-        )
-    return StudyResults(
-        tracking_uri=tracking_uri,
-        experiment=experiment,
-        experiment_id=exp_id,
-        study_name=study,
-        parent_run_id=parents[0].info.run_id if parents else None,
-        trials=trials,
-        parent_status=parents[0].data.tags.get(TAG_STATUS) if parents else None,
-    )
-
-
-# -- compute-matched outcomes -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Stat:
-    """Mean and two-sided 95 % Student-t confidence interval over seeds."""
-
-    mean: float | None
-    low: float | None
-    high: float | None
-    n: int
-    values: tuple[float, ...] = ()
-
-    @classmethod
-    def of(cls, values: Sequence[float | None]) -> Stat:
-        """Summary of the non-``None`` values (CI needs at least two)."""
-        vals = tuple(float(v) for v in values if v is not None and not math.isnan(v))
-        n = len(vals)
-        if n == 0:
-            return cls(None, None, None, 0, ())
-        mean = statistics.fmean(vals)
-        if n == 1:
-            return cls(mean, None, None, 1, vals)
-        half = t_quantile_975(n - 1) * statistics.stdev(vals) / math.sqrt(n)
-        return cls(mean, mean - half, mean + half, n, vals)
-
-    @property
-    def half_width(self) -> float | None:
-        if self.low is None or self.high is None or self.mean is None:
-            return None
-        return (self.high - self.low) / 2
+SAME_COMPUTE_RTOL: Final = 1e-9
+"""Two FLOPs counts this close (relative) are the same compute: they differ only by how float
+sums of step FLOPs round, so a comparison "at the baseline's compute" must not hinge on it."""
 
 
 @dataclass(frozen=True)
@@ -498,10 +176,21 @@ def _first_crossing(c: np.ndarray, loss: np.ndarray, target: float) -> float | N
     return c0 + (l0 - target) / (l0 - l1) * (c1 - c0)
 
 
+class EqualCompute(NamedTuple):
+    """A trial and the baseline compared at one compute (see :func:`at_equal_compute`)."""
+
+    compute: float
+    loss: float
+    """The trial's eval loss there (interpolated)."""
+    baseline_loss: float
+    """The baseline's eval loss there (interpolated)."""
+
+
 def at_equal_compute(
     c: np.ndarray, loss: np.ndarray, bc: np.ndarray, bl: np.ndarray
-) -> tuple[float, float, float] | None:
-    """(compute, trial's loss, baseline's loss) at the lesser of the two curves' ends.
+) -> EqualCompute | None:
+    """The trial (``c``, ``loss``) and the baseline (``bc``, ``bl``) at the lesser of the two
+    curves' ends.
 
     Both losses are interpolated there. ``None`` when the curves do not overlap on the compute
     axis: one ends before the other's first eval point.
@@ -514,7 +203,7 @@ def at_equal_compute(
     mine, base = float(np.interp(at, c, loss)), float(np.interp(at, bc, bl))
     if math.isnan(mine) or math.isnan(base):
         return None
-    return at, mine, base
+    return EqualCompute(at, mine, base)
 
 
 def _pick_baselines(study: StudyResults, convention: str) -> dict[str | None, TrialResult]:
@@ -525,12 +214,12 @@ def _pick_baselines(study: StudyResults, convention: str) -> dict[str | None, Tr
         if not len(c):
             continue
         cur = by_seed.get(t.seed)
-        rank = (t.status == "finished", float(c[-1]))
+        rank = (t.status == STATUS_FINISHED, float(c[-1]))
         if cur is None:
             by_seed[t.seed] = t
             continue
         cc, _ = cur.curve.eval_points(convention)
-        if rank > (cur.status == "finished", float(cc[-1])):
+        if rank > (cur.status == STATUS_FINISHED, float(cc[-1])):
             by_seed[t.seed] = t
     return by_seed
 
@@ -543,10 +232,10 @@ def _trial_outcome(
     c, loss = t.curve.eval_points(convention)
     loss_at: float | None
     to: float | None
-    matched: tuple[float, float, float] | None
+    matched: EqualCompute | None
     if t.run_id == base.run_id:
         # The reference itself: by definition it reaches its own loss at its own compute.
-        loss_at, to, matched = l_b, c_b, (c_b, l_b, l_b)
+        loss_at, to, matched = l_b, c_b, EqualCompute(c_b, l_b, l_b)
     else:
         loss_at = _interp_at(c, loss, c_b, rel_tol)
         to = _first_crossing(c, loss, l_b)
@@ -658,7 +347,7 @@ def compute_matched(
                 "trial %s (seed %s): no baseline with that seed; left out", t.trial_id, t.seed
             )
             continue
-        key = "baseline" if t.is_baseline else t.schedule_key
+        key = BASELINE_LABEL if t.is_baseline else t.schedule_key
         firsts.setdefault(key, t)
         groups[key].append(_trial_outcome(t, base, convention, rel_tol))
     labels = [firsts[k].label for k in groups if not firsts[k].is_baseline]
@@ -666,8 +355,8 @@ def compute_matched(
     for key, outs in groups.items():
         outs.sort(key=lambda o: _seed_order(o.seed))
         first = firsts[key]
-        label = "baseline" if first.is_baseline else first.label
-        if not first.is_baseline and (labels.count(label) > 1 or label == "baseline"):
+        label = BASELINE_LABEL if first.is_baseline else first.label
+        if not first.is_baseline and (labels.count(label) > 1 or label == BASELINE_LABEL):
             # Two recipes may share a schedule label (e.g. differ only in lr): keep rows apart.
             label = f"{label} [{key[:8]}]"
         outcomes.append(_group(key, label, first, outs))

@@ -1,4 +1,5 @@
-"""A real ``mlflow server`` (SQLite backend, 127.0.0.1): outage spool, recovery, concurrent trials."""
+"""Delivery against a real ``mlflow server`` (SQLite backend, 127.0.0.1): outage spool,
+recovery, concurrent trials."""
 
 from __future__ import annotations
 
