@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import socket
 from collections.abc import Iterator
@@ -135,6 +136,43 @@ def _single_machine_ray() -> Iterator[None]:
             os.environ[_SINGLE_MACHINE_ENV] = old_env
 
 
+def _outward_ip() -> str | None:
+    """The address this host routes outward from (what Ray advertises for a driver in cluster
+    mode); ``None`` without a route. A UDP ``connect`` sends nothing."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1: only the routing decision matters
+            return str(s.getsockname()[0])
+        except OSError:
+            return None
+
+
+def _loopback_only_head(address: str) -> bool:
+    """Whether ``host:port`` names a GCS on this machine's loopback that answers there only.
+
+    A single-machine head (another study's :func:`start_local` instance) binds 127.0.0.1 alone;
+    Ray rewrites a 127.0.0.1 bootstrap address to the host's outward address in cluster mode,
+    so a driver must join such a head in single-machine mode. A ``ray start`` head binds every
+    interface and is joined as a cluster (a Ray Client ``ray://`` address never is local).
+    """
+    if "://" in address:
+        return False
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+    outward = _outward_ip()
+    if not loopback or outward is None or ipaddress.ip_address(outward).is_loopback:
+        return False
+    try:
+        with socket.create_connection((outward, int(port)), timeout=2):
+            return False
+    except (OSError, ValueError):
+        return True
+
+
 def start_local(**kwargs: Any) -> None:
     """``ray.init`` a new local Ray instance that listens on loopback only.
 
@@ -164,7 +202,10 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> ClusterInfo:
             kwargs["num_cpus"] = num_cpus
         # Workers must not re-run the project's runtime env; the package is installed.
         try:
-            if addr:
+            if addr and _loopback_only_head(addr):
+                with _single_machine_ray():
+                    ray.init(_node_ip_address=LOOPBACK, **kwargs)
+            elif addr:
                 ray.init(**kwargs)
             else:
                 start_local(**kwargs)

@@ -74,7 +74,8 @@ def reconcile_stores(
 ) -> tuple[list[str], dict[str, dict[str, Any]]]:
     """Make Optuna and MLflow agree with the Tune experiment that is about to run.
 
-    A fresh study is created in Optuna with the baseline enqueued. On resume, trials that ran
+    A fresh study is created in Optuna with the baseline enqueued, then the config's
+    ``search.points_to_evaluate``. On resume, trials that ran
     when the driver died but are unknown to Tune's ``snapshot`` are closed: their Optuna trial
     becomes FAIL and their MLflow run KILLED, both with status ``interrupted`` (MLflow also
     tags ``stagetune.interrupted=true``), or the status Optuna recorded when the trial finished
@@ -132,4 +133,8 @@ def reconcile_stores(
                 log.info("trial %s ended before the driver died: replayed", trial_id)
     if ensure_baseline(ot_study, space.baseline_point(ctx), is_baseline=is_baseline):
         log.info("baseline enqueued in Optuna study %s", prep.config.name)
+    if not prep.resume:
+        for point in prep.config.search.points_to_evaluate:
+            # As the space reads it (types normalised, keys it does not use left out).
+            ot_study.enqueue_trial(space.build(point, ctx).params)
     return interrupted, replay
