@@ -11,7 +11,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from ray.tune import Callback
@@ -28,8 +28,9 @@ from stagetune.metrics import (
 from stagetune.orchestration.interrupt import StudyStopper
 from stagetune.results import MlflowTracker
 from stagetune.results.analysis import at_equal_compute
+from stagetune.results.naming import TAG_ASHA_RUNG, TAG_LABEL
 
-__all__ = ["MlflowCallback", "ProgressCallback", "StopCallback", "TrialLedger"]
+__all__ = ["BestMatched", "MlflowCallback", "ProgressCallback", "StopCallback", "TrialLedger"]
 
 DISK_CHECK_S = 0.5
 """How often (at most) a running study asks its file systems for their free space."""
@@ -39,8 +40,19 @@ def _trial_params(trial: Any) -> dict[str, Any]:
     return dict(trial.config.get("point", trial.config))
 
 
+class BestMatched(NamedTuple):
+    """The trial with the lowest loss relative to the baseline at equal compute."""
+
+    trial_id: str
+    eval_loss: float
+    baseline_eval_loss: float
+    """The baseline's eval loss at the same compute."""
+    flops: float
+    """The compute both are compared at."""
+
+
 class TrialLedger:
-    """What the driver knows of every trial: its curve, status and schedule."""
+    """What the driver knows of every trial: its curve, status and label."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -48,6 +60,7 @@ class TrialLedger:
         self.last: dict[str, dict[str, Any]] = {}
         self.status: dict[str, str] = {}
         self.baseline_ids: set[str] = set()
+        self.labels: dict[str, str] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -80,9 +93,8 @@ class TrialLedger:
             return STATUS_FINISHED
         return STATUS_STOPPED
 
-    def best_matched(self) -> tuple[str, float, float, float] | None:
-        """The trial with the lowest loss relative to the baseline at equal compute:
-        (trial, its eval loss, the baseline's eval loss, the FLOPs compared at).
+    def best_matched(self) -> BestMatched | None:
+        """The trial with the lowest loss relative to the baseline at equal compute.
 
         Compared at min(trial's compute, baseline's compute): budget-matched schedules end a
         step or so short of the baseline's compute, and a trial stopped early is compared
@@ -99,7 +111,7 @@ class TrialLedger:
             b = bases[0]
             bx = np.array([c[0] for c in self.curves[b]])
             by = np.array([c[1] for c in self.curves[b]])
-            best: tuple[str, float, float, float] | None = None
+            best: BestMatched | None = None
             for t, curve in self.curves.items():
                 if t == b or not curve:
                     continue
@@ -109,15 +121,18 @@ class TrialLedger:
                 if matched is None:
                     continue  # no overlap on the compute axis yet
                 at, mine, base = matched
-                if best is None or mine - base < best[1] - best[2]:
-                    best = (t, mine, base, at)
+                if best is None or mine - base < best.eval_loss - best.baseline_eval_loss:
+                    best = BestMatched(t, mine, base, at)
             if best is None:
-                return (b, float(by[-1]), float(by[-1]), float(bx[-1]))
+                return BestMatched(b, float(by[-1]), float(by[-1]), float(bx[-1]))
             return best
 
 
 class MlflowCallback(Callback):
-    """Logs every trial as an MLflow child run of the study's parent run."""
+    """Logs every trial as an MLflow child run of the study's parent run.
+
+    ``describe`` gives a trial's MLflow params and tags from its params and id.
+    """
 
     def __init__(
         self,
@@ -148,6 +163,8 @@ class MlflowCallback(Callback):
         if trial.trial_id in self._started:
             return
         info = self._describe(_trial_params(trial), trial.trial_id)
+        with self.ledger.lock:
+            self.ledger.labels[trial.trial_id] = str(info["tags"][TAG_LABEL])
         self.tracker.start_trial(trial_id=trial.trial_id, params=info["params"], tags=info["tags"])
         self._started.add(trial.trial_id)
 
@@ -173,7 +190,7 @@ class MlflowCallback(Callback):
         last = self.ledger.last.get(trial.trial_id, {})
         tags = {}
         if status == STATUS_STOPPED and FLOPS in last:
-            tags["stagetune.asha_rung"] = f"{float(last[FLOPS]):.6g}"
+            tags[TAG_ASHA_RUNG] = f"{float(last[FLOPS]):.6g}"
         self.tracker.end_trial(trial.trial_id, status, tags=tags)
         if self._on_complete is not None:
             self._on_complete(trial.trial_id, status, last)
@@ -210,9 +227,12 @@ class ProgressCallback(Callback):
         if best is None:
             best_txt = "best: waiting for the baseline to finish"
         else:
+            with self.ledger.lock:
+                label = self.ledger.labels.get(best.trial_id, best.trial_id)
+            gap = best.eval_loss - best.baseline_eval_loss
             best_txt = (
-                f"best at equal compute: {best[1]:.4f} vs baseline {best[2]:.4f} "
-                f"({best[1] - best[2]:+.4f} at {best[3]:.3g} FLOPs)"
+                f"best at equal compute: {label} {best.eval_loss:.4f} vs baseline "
+                f"{best.baseline_eval_loss:.4f} ({gap:+.4f} at {best.flops:.3g} FLOPs)"
             )
         pct = 100.0 * spent / self.planned if self.planned else 0.0
         return (

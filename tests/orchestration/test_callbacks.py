@@ -1,4 +1,5 @@
-"""The driver's live progress: the best trial relative to the baseline at equal compute."""
+"""The driver's callbacks: live progress (the best trial relative to the baseline at equal
+compute) and MLflow tracking of each trial's end."""
 
 from __future__ import annotations
 
@@ -32,3 +33,4 @@ def test_only_the_baseline_reports_itself() -> None:
     _feed(ledger, "base", [(10.0, 5.5), (30.0, 4.0)], is_baseline=True)
     ledger.status["base"] = "finished"
     assert ledger.best_matched() == ("base", 4.0, 4.0, 30.0)
+
