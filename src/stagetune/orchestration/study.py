@@ -53,8 +53,9 @@ from stagetune.orchestration.trainable import (
 )
 from stagetune.results import MlflowTracker
 from stagetune.results.store import sqlite_path
+from stagetune.search_spaces import SpaceContext
 
-__all__ = ["StudyRun", "run_study"]
+__all__ = ["StudyRun", "planned_flops", "run_study"]
 
 @dataclass(kw_only=True)
 class StudyRun:
@@ -128,6 +129,12 @@ def _watched_paths(cfg: ExperimentConfig, paths: StudyPaths) -> list[Path]:
     return out
 
 
+def planned_flops(cfg: ExperimentConfig, ctx: SpaceContext) -> float:
+    """The compute a study plans to spend, in the standard convention the progress line counts
+    (``flops``): every trial at the budget."""
+    return cfg.search.num_trials * ctx.budget.in_convention("standard").budget_flops
+
+
 def _run_study(
     prep: PreparedStudy,
     *,
@@ -190,7 +197,7 @@ def _run_study(
         MlflowCallback(tracker, ledger, describe=_describe(study)),
         ProgressCallback(
             ledger,
-            planned_flops=cfg.search.num_trials * prep.ctx.budget_flops,
+            planned_flops=planned_flops(cfg, prep.ctx),
             total_trials=cfg.search.num_trials,
             quiet=quiet,
         ),
