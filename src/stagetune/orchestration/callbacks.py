@@ -131,7 +131,8 @@ class TrialLedger:
 class MlflowCallback(Callback):
     """Logs every trial as an MLflow child run of the study's parent run.
 
-    ``describe`` gives a trial's MLflow params and tags from its params and id.
+    ``describe`` gives a trial's MLflow params and tags from its params and id; ``rung_metric``
+    is the metric ASHA places its rungs on, whose last value a stopped trial is tagged with.
     """
 
     def __init__(
@@ -140,11 +141,14 @@ class MlflowCallback(Callback):
         ledger: TrialLedger,
         *,
         describe: Callable[[dict[str, Any], str], dict[str, Any]],
+        rung_metric: str = FLOPS,
         on_complete: Callable[[str, str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.tracker = tracker
         self.ledger = ledger
         self._describe = describe
+        # ASHA's time_attr: where a stopped trial's rung is (stagetune.asha_rung).
+        self.rung_metric = rung_metric
         self._on_complete = on_complete
         self._started: set[str] = set()
 
@@ -155,6 +159,7 @@ class MlflowCallback(Callback):
             "tracker": self.tracker,
             "ledger": self.ledger,
             "_describe": None,
+            "rung_metric": self.rung_metric,
             "_on_complete": None,
             "_started": set(),
         }
@@ -189,8 +194,8 @@ class MlflowCallback(Callback):
             self.ledger.status[trial.trial_id] = status
         last = self.ledger.last.get(trial.trial_id, {})
         tags = {}
-        if status == STATUS_STOPPED and FLOPS in last:
-            tags[TAG_ASHA_RUNG] = f"{float(last[FLOPS]):.6g}"
+        if status == STATUS_STOPPED and self.rung_metric in last:
+            tags[TAG_ASHA_RUNG] = f"{float(last[self.rung_metric]):.6g}"
         self.tracker.end_trial(trial.trial_id, status, tags=tags)
         if self._on_complete is not None:
             self._on_complete(trial.trial_id, status, last)

@@ -24,7 +24,7 @@ from stagetune.orchestration.callbacks import (
     TrialLedger,
 )
 from stagetune.orchestration.cluster import check_placeable, connect, max_concurrent_trials
-from stagetune.orchestration.early_stopping import make_asha
+from stagetune.orchestration.early_stopping import make_asha, rung_metric
 from stagetune.orchestration.integrity import SIGNED_DIR, TuneStateSigner, load_key
 from stagetune.orchestration.interrupt import StudyStopper, as_interruption, mark_interrupted
 from stagetune.orchestration.prepare import PreparedStudy
@@ -194,7 +194,9 @@ def _run_study(
     # The searcher records each trial's status in Optuna itself (before telling Optuna).
     callbacks = [
         StopCallback(stopper),
-        MlflowCallback(tracker, ledger, describe=_describe(study)),
+        MlflowCallback(
+            tracker, ledger, describe=_describe(study), rung_metric=rung_metric(prep.ctx)
+        ),
         ProgressCallback(
             ledger,
             planned_flops=planned_flops(cfg, prep.ctx),
