@@ -57,6 +57,7 @@ from stagetune.search_spaces import SpaceContext
 
 __all__ = ["StudyRun", "planned_flops", "run_study"]
 
+
 @dataclass(kw_only=True)
 class StudyRun:
     """What a finished (or interrupted) study produced."""
