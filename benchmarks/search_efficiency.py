@@ -17,11 +17,9 @@ copy_top, zero} × continual multiple ∈ {0.5, 1.0}):
    point exactly once.
 2. **Search**: the same space, config and *training* seed with ``search.sampler=tpe`` and
    ``search.early_stopping=true`` (ASHA on cumulative FLOPs), ``search.num_trials`` = the
-   grid's size, for several *sampler* seeds. stagetune seeds its sampler with
-   ``train.seed`` (``make_sampler``), which would also change every trial's initialisation and
-   data order and so the losses the grid is compared with; the script therefore wraps
-   ``stagetune.orchestration.study.make_sampler`` so that only the sampler sees the search seed
-   (the wrapped function is stagetune's own, called with ``train.seed`` replaced).
+   grid's size, for several *sampler* seeds, set with ``search.sampler_seed`` so that only the
+   sampler sees the search seed (``train.seed``, which seeds every trial's initialisation and
+   data order and so the losses the grid is compared with, stays the grid's).
 
 Metric (target ≤ 0.40): compute the search has spent at the moment it first *holds* a schedule
 within 0.5 % of the grid's best final eval loss (a trial that ran to its end, with final eval
@@ -46,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import datetime as _dt
 import itertools
 import json
@@ -57,7 +54,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,37 +82,19 @@ def _log(msg: str) -> None:
 # running studies
 
 
-@contextlib.contextmanager
-def sampler_seed(seed: int | None) -> Iterator[None]:
-    """Seed only the Optuna sampler with ``seed`` (stagetune's make_sampler uses train.seed)."""
-    from stagetune.orchestration import study as study_mod
-
-    if seed is None:
-        yield
-        return
-    original = study_mod.make_sampler
-
-    def seeded(cfg: Any, space: Any, ctx: Any) -> Any:
-        return original(
-            dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed)), space, ctx
-        )
-
-    study_mod.make_sampler = seeded
-    try:
-        yield
-    finally:
-        study_mod.make_sampler = original
-
-
 def run(name: str, root: Path, overrides: list[str], *, seed: int | None = None) -> dict[str, Any]:
-    """One study through stagetune's runner; its trials read back from MLflow."""
+    """One study through stagetune's runner (``seed``: the sampler's); its trials read back
+    from MLflow."""
     from stagetune.config import load_config
-    from stagetune.orchestration.study import prepare_study, run_study
+    from stagetune.orchestration.prepare import prepare_study
+    from stagetune.orchestration.study import run_study
 
+    if seed is not None:
+        overrides = [*overrides, f"search.sampler_seed={seed}"]
     cfg = load_config(overrides=[*overrides, f"name={name}", f"workdir={root / name}"])
     prep = prepare_study(cfg)
     t0 = time.time()
-    with sampler_seed(seed), contextlib.redirect_stdout(sys.stderr):
+    with contextlib.redirect_stdout(sys.stderr):
         study_run = run_study(prep, quiet=True)
     wall = time.time() - t0
     return {"prep": prep, "wall": wall, "trials": read_trials(study_run)}
@@ -304,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         "search.early_stopping=false",
     ]
     from stagetune.config import load_config
-    from stagetune.orchestration.study import prepare_study
+    from stagetune.orchestration.prepare import prepare_study
 
     probe = prepare_study(load_config(overrides=[*grid_overrides, f"workdir={root / 'probe'}"]))
     space = get_search_space("compact")

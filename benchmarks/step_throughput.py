@@ -72,7 +72,7 @@ from stagetune.data import prepare_data
 from stagetune.schedule import Schedule, Stage, baseline_schedule
 from stagetune.trainables.loop import StagedTrainer
 from stagetune.trainables.session import LocalSession
-from stagetune.trainables.spec import TrialSpec
+from stagetune.trial import TrialDescription
 
 FULL_TARGET = 0.95
 PHASE1_TARGET = (0.85, 1.15)
@@ -129,8 +129,13 @@ class Variant:
     """One optimizer step; returns the loss (a Python float, i.e. synchronised)."""
 
 
-def _spec(cfg: ExperimentConfig, schedule: Schedule, vocab_size: int) -> TrialSpec:
-    return TrialSpec.from_config(cfg, schedule=schedule, vocab_size=vocab_size)
+def _trainer(
+    cfg: ExperimentConfig, schedule: Schedule, vocab_size: int, out: str
+) -> StagedTrainer:
+    trial = TrialDescription.from_config(cfg, schedule=schedule)
+    return StagedTrainer(
+        trial, LocalSession(out), config=cfg, vocab_size=vocab_size, device=torch.device("cpu")
+    )
 
 
 def _enter(trainer: StagedTrainer, index: int) -> None:
@@ -207,19 +212,15 @@ def build_variants(
     L = cfg.model.n_layer
 
     # stagetune, full depth (the baseline schedule).
-    base_spec = _spec(cfg, baseline_schedule(L, 1_000_000), vocab)
-    full = StagedTrainer(
-        base_spec, LocalSession(os.path.join(tmp, "full")), device=torch.device("cpu")
-    )
+    full = _trainer(cfg, baseline_schedule(L, 1_000_000), vocab, os.path.join(tmp, "full"))
     _enter(full, 0)
     stream = full.stream  # every variant reads its batches from this one stream
 
     # stagetune, stage 2 phase 1, per freeze policy.
     phase1: dict[str, StagedTrainer] = {}
     for policy in ("new_only", "paper"):
-        spec = _spec(cfg, _two_stage_schedule(L, first_depth, policy), vocab)
-        tr = StagedTrainer(
-            spec, LocalSession(os.path.join(tmp, policy)), device=torch.device("cpu")
+        tr = _trainer(
+            cfg, _two_stage_schedule(L, first_depth, policy), vocab, os.path.join(tmp, policy)
         )
         index = next(i for i, ph in enumerate(tr.phases) if ph.kind == "phase1")
         _enter(tr, index)
@@ -266,8 +267,8 @@ def build_variants(
         raise SystemExit(f"plain model does not match stagetune's model: loss {got} vs {ref}")
 
     # Analytic FLOPs per step (standard and paper conventions).
-    dims = base_spec.dims
-    tokens = base_spec.tokens_per_step
+    dims = full.dims
+    tokens = full.tokens_per_step
     works = {
         "full": step_work(phase="phase2", depth=L, prev_depth=0, freeze_policy="none"),
         **{
@@ -285,9 +286,9 @@ def build_variants(
         for name, w in works.items()
     }
     # The trainer accounts exactly these FLOPs per step.
-    assert full._step_flops[0] == flops["full"]["standard"]
+    assert full._step_flops.standard == flops["full"]["standard"]
     for pol, tr in phase1.items():
-        assert tr._step_flops[0] == flops[f"p1_{pol}"]["standard"], pol
+        assert tr._step_flops.standard == flops[f"p1_{pol}"]["standard"], pol
 
     variants = [
         Variant("plain", "plain PyTorch loop (HF GPT2LMHeadModel)", plain_step),

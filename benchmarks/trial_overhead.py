@@ -9,12 +9,12 @@ Run from the repository root (with stagetune installed, e.g. ``pip install -e .`
 What is measured. Each kind runs as a *study*, the way ``stagetune run`` runs one: a fresh
 process starts its own local Ray instance through ``orchestration.cluster.connect``, then one
 ``ray.tune.Tuner`` runs ``--trials`` trials one after the other over the real trainable
-(``orchestration.study._trainable``, with ``reuse_actors=True`` as ``run_study`` sets) on the
+(``orchestration.trainable.make_trainable``, with ``reuse_actors=True`` as ``run_study`` sets) on the
 ``compact`` space's baseline point, config = the ``smoke`` preset (the integration tests'
 settings), ``resources.cpus_per_worker=1``:
 
 * ``bare``: the trial as a plain function in this process (no Ray):
-  ``StagedTrainer(spec, LocalSession(dir)).run()``.
+  ``StagedTrainer(trial, LocalSession(dir), ...).run()``.
 * ``1 worker``: the loop runs in-process in the Tune trial actor.
 * ``2 workers``: the Tune trial drives a Ray Train ``TorchTrainer`` with two CPU workers (DDP
   over gloo), metrics to Tune through ``TuneReportCallback``.
@@ -26,7 +26,7 @@ settings), ``resources.cpus_per_worker=1``:
   trial on two plain Ray actors that the reused Tune trial actor keeps, with their gloo
   process group, from one trial to the next (no Ray Train): what a persistent worker pool
   would cost per trial.
-* ``fresh-process imports``: ``python -c "import ray.tune, stagetune.trainables.tune_trainable,
+* ``fresh-process imports``: ``python -c "import ray.tune, stagetune.orchestration.trainable,
   stagetune.trainables.loop"`` (Tune, torch, transformers' GPT-2) minus ``python -c "import
   ray"``: what a new trial actor must import before its first step, whatever stagetune does.
 
@@ -77,8 +77,8 @@ def _median(xs: list[float]) -> float:
 def make_study(workers: int, root: Path, extra: list[str]) -> tuple[Any, Any, dict[str, Any]]:
     """(config, StudyContext, baseline point) for a study with ``workers`` workers per trial."""
     from stagetune.config import load_config
-    from stagetune.orchestration.study import prepare_study
-    from stagetune.trainables.tune_trainable import StudyContext
+    from stagetune.orchestration.prepare import prepare_study
+    from stagetune.orchestration.trainable import StudyContext
 
     cfg = load_config(
         preset="smoke",
@@ -102,14 +102,16 @@ def bare_run(study: Any, point: dict[str, Any], out: Path) -> dict[str, float]:
     """The trial as a plain function, in this process."""
     import torch
 
+    from stagetune.orchestration.trainable import describe_trial
     from stagetune.trainables.loop import StagedTrainer
     from stagetune.trainables.session import LocalSession
-    from stagetune.trainables.tune_trainable import make_trial_spec
 
-    torch.set_num_threads(max(1, int(study.experiment().resources.cpus_per_worker)))
+    cfg = study.experiment()
+    torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
     t0 = time.perf_counter()
-    spec = make_trial_spec(point, study, trial_name="bare")
-    result = StagedTrainer(spec, LocalSession(out)).run()
+    trial = describe_trial(point, study, name="bare")
+    session = LocalSession(out)
+    result = StagedTrainer(trial, session, config=cfg, vocab_size=study.vocab_size).run()
     wall = time.perf_counter() - t0
     return {"wall": wall, "seconds": result.seconds, "overhead": wall - result.seconds}
 
@@ -201,7 +203,7 @@ def _pool_trainable(study: Any) -> Any:
     """WHAT-IF, not stagetune's design: a two-worker trial on two Ray actors that outlive it.
 
     The Tune trial actor (reused across trials) keeps two plain actors with a gloo process
-    group set up once; each trial sends them its spec and relays rank 0's records to Tune.
+    group set up once; each trial sends them its description and relays rank 0's records to Tune.
     No Ray Train: no worker restarts, no Train checkpoints. It shows what start-up a trial
     would cost if the worker group were not rebuilt per trial.
     """
@@ -216,16 +218,18 @@ def _pool_trainable(study: Any) -> Any:
             dist.init_process_group("gloo", init_method=addr, rank=rank, world_size=world)
             self.rank, self.world = rank, world
 
-        def run(self, spec_dict: dict[str, Any], out: str) -> list[dict[str, Any]]:
+        def run(self, trial_dict: dict[str, Any], out: str) -> list[dict[str, Any]]:
             import torch
 
             from stagetune.trainables.loop import StagedTrainer
-            from stagetune.trainables.spec import TrialSpec
+            from stagetune.trial import TrialDescription
 
             torch.set_num_threads(1)
-            spec = TrialSpec.from_dict(spec_dict)
+            trial = TrialDescription.from_dict(trial_dict)
             session = _PoolSession(self.rank, self.world, Path(out) / f"rank{self.rank}")
-            StagedTrainer(spec, session).run()
+            StagedTrainer(
+                trial, session, config=study.experiment(), vocab_size=study.vocab_size
+            ).run()
             return session.records
 
     pool: list[Any] = []
@@ -236,7 +240,7 @@ def _pool_trainable(study: Any) -> Any:
         from ray.util.placement_group import get_current_placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        from stagetune.trainables.tune_trainable import make_trial_spec
+        from stagetune.orchestration.trainable import describe_trial
 
         ctx = tune.get_context()
         if not pool:  # the first trial on this (reused) trial actor builds the pool
@@ -255,9 +259,9 @@ def _pool_trainable(study: Any) -> Any:
             )
             addr = f"tcp://127.0.0.1:{port}"
             ray.get([w.setup.remote(i, 2, addr) for i, w in enumerate(pool)])
-        spec = make_trial_spec(config, study, trial_name=ctx.get_trial_name())
+        trial = describe_trial(config, study, name=ctx.get_trial_name())
         out = Path(study.train_storage) / "pool" / ctx.get_trial_id()
-        records = ray.get([w.run.remote(spec.to_dict(), str(out)) for w in pool])[0]
+        records = ray.get([w.run.remote(trial.to_dict(), str(out)) for w in pool])[0]
         for r in records:
             tune.report(r)
 
@@ -300,13 +304,13 @@ def _tune_study(trainable: Any, point: dict[str, Any], storage: Path, name: str,
 def child(workers: int, trials: int, root: Path, extra: list[str]) -> dict[str, Any]:
     """One study of ``workers``-worker trials on a fresh local Ray instance."""
     from stagetune.orchestration.cluster import connect
-    from stagetune.orchestration.study import _trainable
+    from stagetune.orchestration.trainable import make_trainable
 
     cfg, study, point = make_study(workers, root, extra)
     t0 = time.perf_counter()
     connect(None, num_cpus=2)
     out: dict[str, Any] = {"cluster_start": round(time.perf_counter() - t0, 3)}
-    out["stagetune"] = _tune_study(_trainable(study, cfg), point, root / "ray", "real", trials)
+    out["stagetune"] = _tune_study(make_trainable(study, cfg), point, root / "ray", "real", trials)
     if workers > 1:
         out["pool"] = _tune_study(_pool_trainable(study), point, root / "ray", "pool", trials)
         out["floor"] = _tune_study(
@@ -316,7 +320,7 @@ def child(workers: int, trials: int, root: Path, extra: list[str]) -> dict[str, 
 
 
 TRIAL_ACTOR_IMPORTS = (
-    "import ray.tune, stagetune.trainables.tune_trainable, stagetune.trainables.loop"
+    "import ray.tune, stagetune.orchestration.trainable, stagetune.trainables.loop"
 )
 """What a one-worker trial actor imports before its first step (Tune, torch, transformers)."""
 

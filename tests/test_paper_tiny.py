@@ -29,7 +29,7 @@ T = 16  # baseline steps: 2S divides T for S = 2 and 4, so every phase is exactl
 
 def test_preset_enumerates_the_papers_grid() -> None:
     """The preset's sampler walks the whole grid once, baseline first (no Ray, no training)."""
-    from stagetune.orchestration.study import make_sampler
+    from stagetune.orchestration.samplers import make_sampler
     from stagetune.search_spaces import SpaceContext, get_search_space
 
     cfg = load_config(preset="paper-tiny")
@@ -43,7 +43,7 @@ def test_preset_enumerates_the_papers_grid() -> None:
     ctx = SpaceContext.from_config(cfg, vocab_size=cfg.data.vocab_size)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # As run_study drives it: the baseline enqueued, then the define-by-run space.
-    study = optuna.create_study(sampler=make_sampler(cfg, space, ctx))
+    study = optuna.create_study(sampler=make_sampler(cfg, space))
     study.enqueue_trial(space.baseline_point(ctx))
     points: list[tuple[int, float | None]] = []
 

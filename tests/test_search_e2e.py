@@ -86,6 +86,8 @@ def test_search_with_asha_on_flops(
         before, last = hist[-2], hist[-1]
         assert any(before < m * (1 + 1e-5) and last >= m * (1 - 1e-5) for m in rungs), (
             r.info.run_id, before, last, rungs[:4])  # fmt: skip
+        # The tag names where ASHA cut it, in the unit of its rungs.
+        assert float(r.data.tags["stagetune.asha_rung"]) == pytest.approx(last, rel=1e-5)
 
     study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{workdir / 'optuna.db'}")
     assert len(study.trials) >= 6

@@ -362,28 +362,30 @@ def _poison(ckpt: Path, marker: Path) -> None:
 
 
 def _train_with_checkpoints(fast_config: Any, out: Path) -> Any:
+    """Trains the configured schedule into ``out``; returns a trainer factory for that run."""
     from stagetune.data import prepare_data
     from stagetune.schedule import build_schedule
     from stagetune.trainables.loop import StagedTrainer
     from stagetune.trainables.session import LocalSession
-    from stagetune.trainables.spec import TrialSpec
+    from stagetune.trial import TrialDescription
 
     cfg = fast_config("schedule.baseline_steps=12", "train.checkpoint_every=4")
     vocab = prepare_data(cfg.data).vocab_size
-    spec = TrialSpec.from_config(
-        cfg, schedule=build_schedule(cfg, vocab_size=vocab), vocab_size=vocab
-    )
-    StagedTrainer(spec, LocalSession(out)).run()
-    return spec
+    trial = TrialDescription.from_config(cfg, schedule=build_schedule(cfg, vocab_size=vocab))
+
+    def trainer(session: Any) -> StagedTrainer:
+        return StagedTrainer(trial, session, config=cfg, vocab_size=vocab)
+
+    trainer(LocalSession(out)).run()
+    return trainer
 
 
 def test_pickled_object_in_checkpoint_is_refused(fast_config: Any, tmp_path: Path) -> None:
     from stagetune.trainables.checkpoint import CorruptCheckpointError, read_checkpoint
-    from stagetune.trainables.loop import StagedTrainer
     from stagetune.trainables.session import LocalSession
 
     out = tmp_path / "run"
-    spec = _train_with_checkpoints(fast_config, out)
+    trainer_for = _train_with_checkpoints(fast_config, out)
     ckpts = sorted((out / "checkpoints").glob("step_*"))
     marker = tmp_path / "code-ran"
     _poison(ckpts[-1], marker)
@@ -392,14 +394,14 @@ def test_pickled_object_in_checkpoint_is_refused(fast_config: Any, tmp_path: Pat
         read_checkpoint(ckpts[-1])
     assert not marker.exists()
     # A resume skips it like any corrupt checkpoint and takes the previous good one...
-    trainer = StagedTrainer(spec, LocalSession(out))
+    trainer = trainer_for(LocalSession(out))
     trainer.run()
     assert trainer.resumed_from_step == 8 and not marker.exists()
     # ...and with nothing else left it refuses to go on, without running the payload.
     for c in sorted((out / "checkpoints").glob("step_*")):
         _poison(c, marker)
     with pytest.raises(CorruptCheckpointError, match="no valid checkpoint left"):
-        StagedTrainer(spec, LocalSession(out)).run()
+        trainer_for(LocalSession(out)).run()
     assert not marker.exists()
 
 

@@ -10,18 +10,29 @@ stages part), which ``estimate``, ``train``, the search spaces and the study all
 A schedule may still spend *more* than the budget on purpose: a continual phase the user set
 (``schedule.continual_steps``, or a ``continual_multiple`` above 1) is shown with its total
 cost, never trimmed.
+
+:class:`Budget` is budget matching: the baseline's FLOPs, the budget, and the continual length
+that spends what a schedule's stages saved. Its tests are the paper's closed forms
+(``tests/test_budget.py``). The schedule built from a budget is
+:func:`stagetune.schedule.budgeted_schedule`, the one recipe of ``train``, ``estimate`` and every
+search space.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
+from typing import Final
 
+from stagetune.compute import ModelDims, StepWork, step_flops
 from stagetune.errors import ConfigError
 
 __all__ = [
+    "FLOPS_REL_TOL",
     "MAX_BUDGET_FACTOR",
     "MAX_CONTINUAL_MULTIPLE",
     "MIN_BUDGET_FACTOR",
+    "Budget",
     "check_budget_factor",
     "smallest_budget_factor",
 ]
@@ -34,8 +45,9 @@ MAX_BUDGET_FACTOR = 100.0
 longer baseline (``schedule.baseline_steps``), not a bigger budget."""
 MAX_CONTINUAL_MULTIPLE = 10.0
 """Most multiples of the budget-matched continual length: beyond that, raise the budget."""
-# Two FLOP totals computed along different paths may differ in the last bits.
-_REL_TOL = 1e-9
+FLOPS_REL_TOL: Final = 1e-9
+"""Two FLOP totals computed along different paths (a sum of steps, a product) may differ in
+their last bits: comparisons of FLOPs, and step counts derived from them, allow this much."""
 
 
 def smallest_budget_factor(stages_ratio: float = 0.0) -> float:
@@ -58,10 +70,10 @@ def check_budget_factor(
             "longer, raise schedule.baseline_steps instead",
         )
     need = smallest_budget_factor(stages_ratio or 0.0)
-    if factor >= need * (1 - _REL_TOL):
+    if factor >= need * (1 - FLOPS_REL_TOL):
         return
     # Rounded up, so the factor the message names really fits.
-    fits = math.ceil(need * 10_000 * (1 - _REL_TOL)) / 10_000
+    fits = math.ceil(need * 10_000 * (1 - FLOPS_REL_TOL)) / 10_000
     if stages_ratio is not None and stages_ratio > MIN_BUDGET_FACTOR:
         label = f" ({schedule_label})" if schedule_label else ""
         why = (
@@ -74,3 +86,56 @@ def check_budget_factor(
             "schedule is compared with) over budget"
         )
     raise ConfigError(_FIELD, factor, f"{why}; the smallest factor that fits is {fits:g}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Budget:
+    """A study's compute budget in one FLOPs convention: the baseline (``baseline_steps`` steps
+    at depth ``num_layers``, every block training) × ``factor``."""
+
+    num_layers: int
+    """Target depth L."""
+    baseline_steps: int
+    """T: steps of the full-depth baseline."""
+    dims: ModelDims
+    tokens_per_step: int
+    convention: str = "standard"
+    """FLOPs convention the budget is counted in (a name in :data:`stagetune.registry.CONVENTIONS`)."""
+    factor: float = 1.0
+    """``budget.factor``: the budget as a multiple of the baseline's compute."""
+
+    def in_convention(self, convention: str) -> Budget:
+        """The same budget counted in ``convention``."""
+        return replace(self, convention=convention)
+
+    @property
+    def full_step_flops(self) -> float:
+        """FLOPs of one full-depth step with every block training (a baseline or continual
+        step; the same for every freeze policy)."""
+        work = StepWork.all_trainable(self.num_layers)
+        return step_flops(self.dims, work, tokens=self.tokens_per_step, convention=self.convention)
+
+    @property
+    def baseline_flops(self) -> float:
+        """Training FLOPs of the full-depth baseline: T full-depth steps."""
+        return self.baseline_steps * self.full_step_flops
+
+    @property
+    def budget_flops(self) -> float:
+        """The compute every schedule is matched to: baseline × factor."""
+        return self.baseline_flops * self.factor
+
+    def continual_steps(self, stages_flops: float, *, schedule_label: str = "") -> int:
+        """Full-depth steps that bring stages costing ``stages_flops`` up to the budget.
+
+        Floors, so the schedule never spends more than the budget. A budget that the baseline
+        or the stages alone exceed is refused (:func:`check_budget_factor`, naming
+        ``schedule_label``).
+        """
+        base = self.baseline_flops
+        check_budget_factor(
+            self.factor, stages_ratio=stages_flops / base, schedule_label=schedule_label
+        )
+        # The exact-equality case must not lose a step to float rounding.
+        steps = (self.factor * base - stages_flops) / self.full_step_flops + FLOPS_REL_TOL
+        return max(0, math.floor(steps))

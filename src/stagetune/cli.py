@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -18,10 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from stagetune.errors import StagetuneError
+from stagetune.registry import CONVENTIONS
 
 if TYPE_CHECKING:
     from stagetune.orchestration.interrupt import StudyStopper
-    from stagetune.orchestration.study import PreparedStudy
+    from stagetune.orchestration.prepare import PreparedStudy
 
 __all__ = ["main"]
 
@@ -86,7 +88,7 @@ def _build_parser() -> argparse.ArgumentParser:
     est.add_argument("--stages", type=int, help="number of stages S (uniform increments)")
     est.add_argument("--increments", help="explicit increments, e.g. 2,2,4,4")
     est.add_argument(
-        "--convention", choices=["standard", "paper"], help="FLOPs convention for matching"
+        "--convention", choices=CONVENTIONS.names(), help="FLOPs convention for matching"
     )
 
     rep = sub.add_parser("report", help="rebuild the compute-matched comparison from MLflow")
@@ -164,8 +166,7 @@ def _increments(text: str | None) -> str | None:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from stagetune.models import model_dims
-    from stagetune.schedule import baseline_schedule, build_schedule, matched_continual_steps
+    from stagetune.estimate import estimate
 
     cfg = _load(
         args,
@@ -175,93 +176,33 @@ def cmd_estimate(args: argparse.Namespace) -> int:
             ("--convention", "budget.convention", args.convention),
         ],
     )
-    vocab = cfg.model.vocab_size or cfg.data.vocab_size
-    dims = model_dims(cfg.model, vocab_size=vocab, seq_len=cfg.data.seq_len)
-    tps = cfg.train.batch_size * cfg.data.seq_len
-    T = cfg.schedule.baseline_steps
     # Exactly what `stagetune train` would run: the same builder.
-    sched = build_schedule(cfg, vocab_size=vocab)
-    base = baseline_schedule(cfg.model.n_layer, T)
-    stages_only = sched.with_continual(0)
-    out: dict[str, Any] = {
-        "model": f"{cfg.model.family} L={cfg.model.n_layer} d={cfg.model.n_embd} V={vocab}",
-        "tokens_per_step": tps,
-        "baseline_steps": T,
-        "schedule": sched.to_dict(),
-        "continual_steps": sched.continual_steps,
-        "budget_factor": cfg.budget.factor,
-        "conventions": {},
-    }
-    for conv in ("standard", "paper"):
-        b = base.flops(dims, tokens_per_step=tps, convention=conv)
-        inc = stages_only.flops(dims, tokens_per_step=tps, convention=conv)
-        total = sched.flops(dims, tokens_per_step=tps, convention=conv)
-        matched = matched_continual_steps(
-            stages_only,
-            baseline_steps=T,
-            dims=dims,
-            tokens_per_step=tps,
-            convention=conv,
-            budget_factor=cfg.budget.factor,
-        )
-        phases = [
-            {"stage": ph.stage, "phase": ph.kind, "depth": ph.depth, "steps": ph.steps, "flops": f}
-            for ph, f in sched.phase_flops(dims, tokens_per_step=tps, convention=conv)
-        ]
-        out["conventions"][conv] = {
-            "baseline_flops": b,
-            "budget_flops": cfg.budget.factor * b,
-            "incremental_flops": inc,
-            "ratio": inc / b,
-            "continual_steps_matched": matched,
-            "total_flops": total,
-            "total_ratio": total / b,
-            "phases": phases,
-        }
-    chosen = out["conventions"][cfg.budget.convention]
-    out.update(
-        convention=cfg.budget.convention,
-        **{k: v for k, v in chosen.items() if k != "phases"},
-    )
+    est = estimate(cfg)
     if args.json:
-        print(json.dumps(out, indent=1))
+        print(json.dumps(est.to_dict(), indent=1))
         return 0
-    print(f"model: {out['model']}, {tps} tokens/step, baseline {T} steps")
+    sched = est.schedule
+    print(f"model: {est.model}, {est.tokens_per_step} tokens/step, baseline {est.baseline_steps} steps")
     print(
         f"schedule (what 'stagetune train' runs): {sched.label()}  increments "
-        f"{sched.increments}  continual steps {sched.continual_steps} "
-        f"({_continual_source(cfg, sched)})"
+        f"{sched.increments}  continual steps {sched.continual_steps} ({est.continual_source})"
     )
-    print(f"budget: {cfg.budget.factor:g}× the baseline's compute, {cfg.budget.convention} convention")
-    for conv, c in out["conventions"].items():
+    print(f"budget: {est.budget_factor:g}× the baseline's compute, {est.convention} convention")
+    for conv, c in est.conventions.items():
         print(f"\n[{conv} convention]")
         print(f"  {'stage':>5} {'phase':>9} {'depth':>5} {'steps':>7} {'FLOPs':>12}")
-        for ph in c["phases"]:
-            print(
-                f"  {ph['stage']:>5} {ph['phase']:>9} {ph['depth']:>5} {ph['steps']:>7} {ph['flops']:>12.4g}"
-            )
+        for ph in c.phases:
+            print(f"  {ph.stage:>5} {ph.phase:>9} {ph.depth:>5} {ph.steps:>7} {ph.flops:>12.4g}")
         print(
-            f"  stages {c['incremental_flops']:.4g} (ratio {c['ratio']:.4f} to the baseline "
-            f"{c['baseline_flops']:.4g}); continual steps that match the budget: "
-            f"{c['continual_steps_matched']}"
+            f"  stages {c.incremental_flops:.4g} (ratio {c.ratio:.4f} to the baseline "
+            f"{c.baseline_flops:.4g}); continual steps that match the budget: "
+            f"{c.continual_steps_matched}"
         )
         print(
-            f"  total {c['total_flops']:.4g}: {c['total_ratio']:.4f}× the baseline "
-            f"(budget {c['budget_flops']:.4g})"
+            f"  total {c.total_flops:.4g}: {c.total_ratio:.4f}× the baseline "
+            f"(budget {c.budget_flops:.4g})"
         )
     return 0
-
-
-def _continual_source(cfg: Any, sched: Any) -> str:
-    """Where the continual length of the configured schedule comes from (for the reader)."""
-    sc = cfg.schedule
-    if sc.continual_steps is not None:
-        return "schedule.continual_steps"
-    if sched.num_stages == 1:
-        return "the baseline has none"
-    if sc.continual_multiple != 1.0:
-        return f"{sc.continual_multiple:g}× the budget-matched length"
-    return "budget-matched"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -271,7 +212,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from stagetune.orchestration.lock import LOCK_FILE, DirectoryLock, check_unlocked
     from stagetune.orchestration.storage import TRAIN_DIR, check_own_directory, check_writable
     from stagetune.schedule import build_schedule
-    from stagetune.trainables.spec import TrialSpec
+    from stagetune.trial import TrialDescription
 
     cfg = _load(args, [("--workers", "resources.workers_per_trial", args.workers)])
     out = Path(args.out).expanduser() if args.out else cfg.workdir_path / TRAIN_DIR / cfg.name
@@ -284,113 +225,43 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     prepared = prepare_data(cfg.data)
     vocab = model_vocab_size(cfg, prepared)
-    schedule = build_schedule(cfg, vocab_size=vocab)
-    spec = TrialSpec.from_config(cfg, schedule=schedule, vocab_size=vocab)
+    trial = TrialDescription.from_config(cfg, schedule=build_schedule(cfg, vocab_size=vocab))
     # Everything above can refuse; only from here on is --out created.
     with DirectoryLock(out, field="--out", command="stagetune train"):
-        return _train_into(out, spec, schedule, as_json=args.json)
+        return _train_into(out, trial, cfg, vocab, as_json=args.json)
 
 
-def _train_into(out: Path, spec: Any, schedule: Any, *, as_json: bool) -> int:
-    from stagetune.trainables.loop import StagedTrainer
-    from stagetune.trainables.session import LocalSession
+def _train_into(out: Path, trial: Any, cfg: Any, vocab: int, *, as_json: bool) -> int:
+    from stagetune.metrics import STATUS_FINISHED
+    from stagetune.trainables.launcher import train_to_directory
 
-    if spec.config.resources.workers_per_trial > 1:
-        result = _train_distributed(spec, out)
-    else:
+    res = cfg.resources
+    if res.workers_per_trial > 1:
+        from stagetune.orchestration.cluster import check_placeable, connect
 
-        def echo(rec: dict[str, Any]) -> None:
-            if not as_json:
-                print(
-                    f"step {rec['step']:>6}/{rec['total_steps']}  stage {rec['stage']} {rec['phase']:<9} "
-                    f"depth {rec['active_depth']}  train {rec['train_loss']:.4f}  eval {rec['eval_loss']:.4f}  "
-                    f"{rec['flops']:.3g} FLOPs  {rec['seconds']:.1f}s",
-                    flush=True,
-                )
-
-        session = LocalSession(out, echo=echo)
-        res = StagedTrainer(spec, session).run()
-        result = {
-            "status": res.status,
-            "final_eval_loss": res.final_eval_loss,
-            "flops": res.flops,
-            "flops_paper": res.flops_paper,
-            "tokens": res.tokens,
-            "seconds": res.seconds,
-            "steps": res.steps,
-            "resumed_from_step": res.resumed_from_step,
-        }
-    summary = {**result, "schedule": schedule.to_dict(), "label": schedule.label(), "out": str(out)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        check_placeable(res, connect(res.address))
+    summary = train_to_directory(
+        trial, config=cfg, vocab_size=vocab, out=out, echo=None if as_json else _echo
+    )
     if as_json:
         print(json.dumps(summary))
     else:
         print(
-            f"{result['status']}: final eval loss {result['final_eval_loss']:.4f} after "
-            f"{result['flops']:.4g} FLOPs ({result['tokens']} tokens, {result['seconds']:.1f}s); "
-            f"metrics in {out / 'metrics.jsonl'}"
+            f"{summary['status']}: final eval loss {summary['final_eval_loss']:.4f} after "
+            f"{summary['flops']:.4g} FLOPs ({summary['tokens']} tokens, "
+            f"{summary['seconds']:.1f}s); metrics in {out / 'metrics.jsonl'}"
         )
-    return 0 if result["status"] == "finished" else 1
+    return 0 if summary["status"] == STATUS_FINISHED else 1
 
 
-def _train_distributed(spec: Any, out: Path) -> dict[str, Any]:
-    """``stagetune train --workers N``: a Ray Train TorchTrainer without Tune."""
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from stagetune.orchestration.cluster import check_placeable, connect
-    from stagetune.trainables.tune_trainable import train_worker_loop
-
-    res = spec.config.resources
-    info = connect(res.address)
-    check_placeable(res, info)
-    out.mkdir(parents=True, exist_ok=True)
-    trainer = TorchTrainer(
-        train_worker_loop,
-        train_loop_config={"spec": spec.to_dict(), "local_root": str(out / "workers")},
-        torch_config=TorchConfig(backend="gloo"),
-        scaling_config=ScalingConfig(
-            num_workers=res.workers_per_trial, resources_per_worker={"CPU": res.cpus_per_worker}
-        ),
-        run_config=RunConfig(
-            name="train",
-            storage_path=str(out / "ray"),
-            failure_config=FailureConfig(max_failures=res.max_failures),
-        ),
+def _echo(rec: dict[str, Any]) -> None:
+    """``stagetune train``'s line per record."""
+    print(
+        f"step {rec['step']:>6}/{rec['total_steps']}  stage {rec['stage']} {rec['phase']:<9} "
+        f"depth {rec['active_depth']}  train {rec['train_loss']:.4f}  eval {rec['eval_loss']:.4f}  "
+        f"{rec['flops']:.3g} FLOPs  {rec['seconds']:.1f}s",
+        flush=True,
     )
-    result = trainer.fit()
-    records = (
-        [dict(r) for r in result.metrics_dataframe.to_dict("records")]
-        if result.metrics_dataframe is not None
-        else []
-    )
-    keep = (
-        "step",
-        "tokens",
-        "flops",
-        "flops_paper",
-        "seconds",
-        "train_loss",
-        "eval_loss",
-        "stage",
-        "phase",
-        "active_depth",
-        "status",
-    )
-    with (out / "metrics.jsonl").open("w") as f:
-        for r in records:
-            f.write(json.dumps({k: r[k] for k in keep if k in r}) + "\n")
-    last = records[-1] if records else {}
-    return {
-        "status": last.get("status", "failed"),
-        "final_eval_loss": float(last.get("eval_loss", float("nan"))),
-        "flops": float(last.get("flops", 0.0)),
-        "flops_paper": float(last.get("flops_paper", 0.0)),
-        "tokens": int(last.get("tokens", 0)),
-        "seconds": float(last.get("seconds", 0.0)),
-        "steps": int(last.get("step", 0)),
-        "resumed_from_step": None,
-    }
 
 
 def cmd_run(args: argparse.Namespace, *, stopper: StudyStopper | None = None) -> int:
@@ -436,7 +307,7 @@ def cmd_run(args: argparse.Namespace, *, stopper: StudyStopper | None = None) ->
         workdir = cfg.workdir_path
     # Refuse a directory in use at once, not after the study's imports (seconds).
     check_unlocked(workdir.expanduser().resolve(), field="workdir")
-    from stagetune.orchestration.study import hold_workdir, prepare_study
+    from stagetune.orchestration.prepare import hold_workdir, prepare_study
 
     prep = prepare_study(
         cfg, workdir=args.workdir, resume=args.resume, tracking_uri=args.tracking_uri
@@ -616,8 +487,29 @@ def _run_until_stopped(args: argparse.Namespace) -> int:
             return stop.exit_code
 
 
+class _PrintHandler(logging.Handler):
+    """Prints records to the ``sys.stdout`` of the moment (``run --json`` redirects it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(self.format(record), flush=True)
+        except Exception:
+            self.handleError(record)
+
+
+def _show_training_notes() -> None:
+    """The training loop's notes (a corrupt checkpoint skipped, generators reseeded) appear on
+    stdout beside its progress lines; stderr stays for the one line of an error."""
+    notes = logging.getLogger("stagetune.trainables")
+    if not any(isinstance(h, _PrintHandler) for h in notes.handlers):
+        handler = _PrintHandler()
+        handler.setFormatter(logging.Formatter("[stagetune] %(message)s"))
+        notes.addHandler(handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``stagetune`` console script."""
+    _show_training_notes()
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # Tune's own progress tables at verbose=0 only in the legacy reporter; stagetune prints its
     # own one-line progress instead.

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
-    "CONTINUAL",
+    "EVAL_LOSS",
     "FLOPS",
     "FLOPS_BY_CONVENTION",
     "FLOPS_PAPER",
@@ -26,6 +26,8 @@ FLOPS_PAPER: Final = "flops_paper"
 """Cumulative training FLOPs, the paper's convention."""
 FLOPS_BY_CONVENTION: Final = {"standard": FLOPS, "paper": FLOPS_PAPER}
 """The cumulative-FLOPs metric of each FLOPs convention (``budget.convention``)."""
+EVAL_LOSS: Final = "eval_loss"
+"""Held-out loss at a compute point: what the search minimises."""
 
 METRIC_KEYS: Final = (
     "step",  # optimizer steps done
@@ -34,7 +36,7 @@ METRIC_KEYS: Final = (
     FLOPS_PAPER,
     "seconds",  # cumulative training wall-clock seconds (eval excluded)
     "train_loss",  # mean training loss since the previous record
-    "eval_loss",  # held-out loss at this compute point
+    EVAL_LOSS,  # held-out loss at this compute point
     "lr",  # the learning rate the last step before this record trained with: lr_at(step - 1)
     "stage",  # 1-based stage; continual training is num_stages + 1
     "phase_id",  # see PHASE_IDS
@@ -42,7 +44,6 @@ METRIC_KEYS: Final = (
 )
 
 PHASE_IDS: Final = {"phase1": 1, "phase2": 2, "continual": 3}
-CONTINUAL: Final = "continual"
 
 STATUS_FINISHED: Final = "finished"
 STATUS_STOPPED: Final = "stopped"  # stopped early by ASHA

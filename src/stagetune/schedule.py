@@ -1,8 +1,12 @@
-"""Schedules: stages of growing depth, their phases, the baseline, and budget matching.
+"""Schedules: stages of growing depth, their phases, the baseline, and the one recipe that
+turns layer increments into a schedule within the budget.
 
 A :class:`Schedule` is an ordered tuple of :class:`Stage` (stage i ends at depth d_i, with
 ``phase1_steps`` training the new blocks and ``phase2_steps`` training all active blocks) plus
 ``continual_steps`` at full depth. The baseline is the one-stage schedule d_1 = L.
+:func:`budgeted_schedule` is the recipe ``stagetune train``, ``stagetune estimate`` and every
+search space build schedules with; :func:`build_schedule` feeds it a config. One cohesive thing:
+the schedule, its views, and how one is built.
 """
 
 from __future__ import annotations
@@ -11,26 +15,31 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Final
 
-from stagetune.budget import check_budget_factor
+from stagetune.budget import Budget
 from stagetune.compute import ModelDims, step_flops, step_work
 from stagetune.config import ExperimentConfig
 from stagetune.errors import ConfigError
+from stagetune.freeze import get_freeze_policy
 from stagetune.registry import FREEZE_POLICIES, GROWTH_OPERATORS
 
 __all__ = [
+    "BASELINE_LABEL",
     "Phase",
     "Schedule",
     "Stage",
     "baseline_schedule",
+    "budgeted_schedule",
     "build_schedule",
+    "config_budget",
     "even_increments",
     "from_increments",
-    "matched_continual_steps",
     "split_steps",
-    "uniform_schedule",
 ]
+
+BASELINE_LABEL: Final = "baseline"
+"""The label of the full-depth baseline, in schedules, trials, tracking and reports."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,11 +110,11 @@ class Schedule:
                     (st.phase1_steps, st.phase2_steps),
                     "phase steps must be >= 0 and each stage needs at least one step",
                 )
-            if self.freeze_policy == "none" and st.phase1_steps and prev:
+            if st.phase1_steps and prev and not get_freeze_policy(self.freeze_policy).has_phase1:
                 raise ConfigError(
                     f"schedule.stages[{i}].phase1_steps",
                     st.phase1_steps,
-                    "freeze policy 'none' has no phase 1; set it to 0",
+                    f"freeze policy {self.freeze_policy!r} has no phase 1; set it to 0",
                 )
             prev = st.depth
         if prev != self.num_layers:
@@ -260,7 +269,7 @@ class Schedule:
     def label(self) -> str:
         """Short name, e.g. ``S2[2-2] copy_top/new_only +40c``."""
         if self.is_baseline:
-            return "baseline"
+            return BASELINE_LABEL
         inc = "-".join(map(str, self.increments))
         return (
             f"S{self.num_stages}[{inc}] {self.growth}/{self.freeze_policy} +{self.continual_steps}c"
@@ -329,9 +338,10 @@ def from_increments(
     if min(per_stage) < 1:
         per_stage = split_steps(stage_steps - len(incs), weights)
         per_stage = [n + 1 for n in per_stage]
+    policy_has_phase1 = get_freeze_policy(freeze_policy).has_phase1
     stages = []
     for i, n in enumerate(per_stage):
-        has_phase1 = i > 0 and freeze_policy != "none"
+        has_phase1 = i > 0 and policy_has_phase1
         p1 = min(n - 1, round(n * phase1_fraction)) if has_phase1 else 0
         stages.append(Stage(depth=depths[i], phase1_steps=max(p1, 0), phase2_steps=n - max(p1, 0)))
     return Schedule(
@@ -341,15 +351,6 @@ def from_increments(
         growth=growth,
         freeze_policy=freeze_policy,
         optimizer_policy=optimizer_policy,
-    )
-
-
-def uniform_schedule(
-    num_layers: int, num_stages: int, *, stage_steps: int, **kwargs: Any
-) -> Schedule:
-    """S stages of L/S layers each (uneven remainders go to the top stages)."""
-    return from_increments(
-        even_increments(num_layers, num_stages), stage_steps=stage_steps, **kwargs
     )
 
 
@@ -363,73 +364,90 @@ def baseline_schedule(num_layers: int, steps: int) -> Schedule:
     )
 
 
-def matched_continual_steps(
-    schedule: Schedule,
+def budgeted_schedule(
+    increments: Sequence[int],
     *,
-    baseline_steps: int,
-    dims: ModelDims,
-    tokens_per_step: int,
-    convention: str = "standard",
-    budget_factor: float = 1.0,
-) -> int:
-    """Continual steps that bring the schedule's compute up to baseline × ``budget_factor``.
+    budget: Budget,
+    continual_multiple: float = 1.0,
+    continual_steps: int | None = None,
+    phase1_fraction: float = 0.5,
+    step_spread: str = "uniform",
+    growth: str = "random",
+    freeze_policy: str = "new_only",
+    optimizer_policy: str = "reset",
+) -> Schedule:
+    """The schedule of ``increments`` within ``budget``: the one recipe of ``stagetune train``,
+    ``stagetune estimate`` and every search space.
 
-    Floors, so the schedule never spends more than the budget. A budget that the baseline or
-    the stages alone exceed is refused (:func:`stagetune.budget.check_budget_factor`).
+    The stages share the baseline's T steps (:func:`from_increments`). The continual phase is
+    ``continual_steps`` when given, else ``continual_multiple`` × the budget-matched length
+    ("spend what the stages saved", :meth:`Budget.continual_steps`), rounded; either way the
+    stages must fit in the budget. One increment without continual steps is the baseline
+    itself: it *is* the reference compute.
     """
-    base_flops = baseline_schedule(schedule.num_layers, baseline_steps).flops(
-        dims, tokens_per_step=tokens_per_step, convention=convention
+    if _is_baseline(increments, continual_steps):
+        return baseline_schedule(budget.num_layers, budget.baseline_steps)
+    staged = from_increments(
+        increments,
+        stage_steps=budget.baseline_steps,
+        phase1_fraction=phase1_fraction,
+        step_spread=step_spread,
+        growth=growth,
+        freeze_policy=freeze_policy,
+        optimizer_policy=optimizer_policy,
     )
-    budget = budget_factor * base_flops
-    spent = schedule.flops(
-        dims, tokens_per_step=tokens_per_step, convention=convention, include_continual=False
+    stages_flops = staged.flops(
+        budget.dims, tokens_per_step=budget.tokens_per_step, convention=budget.convention
     )
-    check_budget_factor(
-        budget_factor, stages_ratio=spent / base_flops, schedule_label=schedule.label()
+    matched = budget.continual_steps(stages_flops, schedule_label=staged.label())
+    if continual_steps is not None:
+        return staged.with_continual(continual_steps)
+    return staged.with_continual(round(continual_multiple * matched))
+
+
+def _is_baseline(increments: Sequence[int], continual_steps: int | None) -> bool:
+    return len(increments) == 1 and not continual_steps
+
+
+def config_budget(
+    cfg: ExperimentConfig, *, vocab_size: int, convention: str | None = None
+) -> Budget:
+    """The budget of the study ``cfg`` describes, in ``convention`` (default: the config's
+    ``budget.convention``); ``vocab_size`` is the tokenizer's."""
+    from stagetune.models import model_dims  # torch: only where FLOPs are counted
+
+    return Budget(
+        num_layers=cfg.model.n_layer,
+        baseline_steps=cfg.schedule.baseline_steps,
+        dims=model_dims(cfg.model, vocab_size=vocab_size, seq_len=cfg.data.seq_len),
+        tokens_per_step=cfg.train.batch_size * cfg.data.seq_len,
+        convention=convention or cfg.budget.convention,
+        factor=cfg.budget.factor,
     )
-    full = step_flops(
-        dims,
-        step_work(
-            phase="continual",
-            depth=schedule.num_layers,
-            prev_depth=schedule.num_layers,
-            freeze_policy=schedule.freeze_policy,
-        ),
-        tokens=tokens_per_step,
-        convention=convention,
-    )
-    # Tiny epsilon: the exact-equality case must not lose a step to float rounding.
-    return max(0, math.floor((budget - spent) / full + 1e-9))
 
 
 def build_schedule(cfg: ExperimentConfig, *, vocab_size: int) -> Schedule:
-    """The schedule described by ``cfg.schedule``, with the continual length from the budget.
+    """The schedule described by ``cfg.schedule``, through :func:`budgeted_schedule`.
 
-    ``stagetune train`` trains it and ``stagetune estimate`` shows it: one builder, so the two
-    agree. Refuses a budget the stages do not fit in, and a step count too small for the
-    phases the config asks for (rather than dropping a phase).
+    ``stagetune train`` trains it and ``stagetune estimate`` shows it. Refuses a budget the
+    stages do not fit in, and a step count too small for the phases the config asks for
+    (rather than dropping a phase).
     """
     sc = cfg.schedule
     L = cfg.model.n_layer
     incs = sc.increments if sc.increments is not None else even_increments(L, sc.num_stages)
-    if len(incs) == 1 and sc.continual_steps in (None, 0):
+    if _is_baseline(incs, sc.continual_steps):
+        # No FLOPs model needed: `_load` validates every command's config without torch.
         return baseline_schedule(L, sc.baseline_steps)
-    sched = from_increments(incs, stage_steps=sc.baseline_steps, **_stage_knobs(cfg))
-    _require_phase1(sched, cfg)
-    from stagetune.models.family import model_dims  # torch: only for a staged schedule
-
-    dims = model_dims(cfg.model, vocab_size=vocab_size, seq_len=cfg.data.seq_len)
-    matched = matched_continual_steps(
-        sched,
-        baseline_steps=sc.baseline_steps,
-        dims=dims,
-        tokens_per_step=cfg.train.batch_size * cfg.data.seq_len,
-        convention=cfg.budget.convention,
-        budget_factor=cfg.budget.factor,
+    sched = budgeted_schedule(
+        incs,
+        budget=config_budget(cfg, vocab_size=vocab_size),
+        continual_multiple=sc.continual_multiple,
+        continual_steps=sc.continual_steps,
+        **_stage_knobs(cfg),
     )
-    if sc.continual_steps is not None:
-        return sched.with_continual(sc.continual_steps)
-    return sched.with_continual(round(matched * sc.continual_multiple))
+    _require_phase1(sched, cfg)
+    return sched
 
 
 def _stage_knobs(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -450,7 +468,7 @@ def _require_phase1(sched: Schedule, cfg: ExperimentConfig) -> None:
     configured schedule that silently drops what the config asked for, so it is refused.
     """
     sc = cfg.schedule
-    if sc.freeze_policy == "none" or sc.phase1_fraction == 0:
+    if not get_freeze_policy(sc.freeze_policy).has_phase1 or sc.phase1_fraction == 0:
         return
     short = [i for i, st in enumerate(sched.stages, start=1) if i > 1 and not st.phase1_steps]
     if not short:

@@ -24,8 +24,8 @@ from stagetune.schedule import build_schedule
 from stagetune.trainables.checkpoint import MANIFEST, CorruptCheckpointError, write_manifest
 from stagetune.trainables.loop import StagedTrainer
 from stagetune.trainables.rng_state import RNG_FILE
-from stagetune.trainables.session import LocalSession
-from stagetune.trainables.spec import TrialSpec
+from stagetune.trainables.session import LocalSession, Session
+from stagetune.trial import TrialDescription
 from tests.faults.conftest import fast_args
 
 CKPT = ["schedule.baseline_steps=24", "train.checkpoint_every=4"]
@@ -51,10 +51,18 @@ class _DyingSession(LocalSession):
                 raise _Interrupt
 
 
-def _spec(cfg: Any) -> TrialSpec:
-    prepared = prepare_data(cfg.data)
-    schedule = build_schedule(cfg, vocab_size=prepared.vocab_size)
-    return TrialSpec.from_config(cfg, schedule=schedule, vocab_size=prepared.vocab_size)
+class _Spec:
+    """The configured schedule's trial (what ``stagetune train`` runs) and its study."""
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        self.vocab = prepare_data(cfg.data).vocab_size
+        schedule = build_schedule(cfg, vocab_size=self.vocab)
+        self.trial = TrialDescription.from_config(cfg, schedule=schedule)
+        self.schedule = schedule
+
+    def trainer(self, session: Session) -> StagedTrainer:
+        return StagedTrainer(self.trial, session, config=self.cfg, vocab_size=self.vocab)
 
 
 def corrupt(ckpt: Path, how: str) -> None:
@@ -85,12 +93,12 @@ def corrupt(ckpt: Path, how: str) -> None:
         raise ValueError(how)
 
 
-def _interrupted_run(fast_config: Any, tmp_path: Path) -> tuple[TrialSpec, Path, list[Path]]:
+def _interrupted_run(fast_config: Any, tmp_path: Path) -> tuple[_Spec, Path, list[Path]]:
     torch.set_num_threads(1)
-    spec = _spec(fast_config(*CKPT))
+    spec = _Spec(fast_config(*CKPT))
     out = tmp_path / "run"
     with pytest.raises(_Interrupt):
-        StagedTrainer(spec, _DyingSession(out, n=4)).run()
+        spec.trainer(_DyingSession(out, n=4)).run()
     ckpts = sorted((out / "checkpoints").glob("step_*"))
     assert [c.name for c in ckpts] == ["step_00000008", "step_00000012", "step_00000016"]
     return spec, out, ckpts
@@ -108,16 +116,16 @@ def _interrupted_run(fast_config: Any, tmp_path: Path) -> tuple[TrialSpec, Path,
     ],
 )
 def test_corrupt_newest_checkpoint_resumes_from_previous_good(
-    how: str, fast_config: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    how: str, fast_config: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     spec, out, ckpts = _interrupted_run(fast_config, tmp_path)
     corrupt(ckpts[-1], how)
-    capsys.readouterr()
+    caplog.clear()
 
     session = LocalSession(out)
-    trainer = StagedTrainer(spec, session)
+    trainer = spec.trainer(session)
     result = trainer.run()
-    printed = capsys.readouterr().out
+    printed = caplog.text
     assert trainer.resumed_from_step == 12, "resumed from the previous good checkpoint"
     assert f"skipping corrupt checkpoint: checkpoint {ckpts[-1]}" in printed
     assert "resuming from the previous good checkpoint" in printed
@@ -125,7 +133,7 @@ def test_corrupt_newest_checkpoint_resumes_from_previous_good(
 
     # The same losses as a run that was never interrupted.
     ref = LocalSession(tmp_path / "ref")
-    StagedTrainer(spec, ref).run()
+    spec.trainer(ref).run()
     by_step = {r["step"]: r for r in ref.records}
     for rec in session.records:
         assert rec["eval_loss"] == pytest.approx(by_step[rec["step"]]["eval_loss"], abs=1e-6)
@@ -133,17 +141,17 @@ def test_corrupt_newest_checkpoint_resumes_from_previous_good(
 
 
 def test_checkpoint_without_rng_state_resumes_with_a_note(
-    fast_config: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    fast_config: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A checkpoint written before stagetune saved generator states still resumes."""
     spec, out, ckpts = _interrupted_run(fast_config, tmp_path)
     for c in ckpts:  # what an older stagetune wrote: no RNG file, a manifest without it
         (c / RNG_FILE).unlink()
         write_manifest(c)
-    capsys.readouterr()
-    trainer = StagedTrainer(spec, LocalSession(out))
+    caplog.clear()
+    trainer = spec.trainer(LocalSession(out))
     result = trainer.run()
-    printed = capsys.readouterr().out
+    printed = caplog.text
     assert trainer.resumed_from_step == 16 and result.status == "finished"
     notes = [line for line in printed.splitlines() if "RNG state" in line]
     assert len(notes) == 1 and str(ckpts[-1]) in notes[0], printed
@@ -160,7 +168,7 @@ def test_a_tampered_rng_state_is_refused(fast_config: Any, tmp_path: Path) -> No
         save_file({"rank0.cpu": torch.zeros(7, dtype=torch.uint8)}, str(c / RNG_FILE))
         write_manifest(c)
     with pytest.raises(CorruptCheckpointError) as err:
-        StagedTrainer(spec, LocalSession(out)).run()
+        spec.trainer(LocalSession(out)).run()
     assert f"{RNG_FILE} entry 'rank0.cpu' is no generator state" in str(err.value)
 
 
@@ -171,7 +179,7 @@ def test_no_valid_checkpoint_left_fails_with_a_clear_message(
     for c, how in zip(ckpts, ["truncate-weights", "flip-optimizer-byte", "no-manifest"]):
         corrupt(c, how)
     with pytest.raises(CorruptCheckpointError) as err:
-        StagedTrainer(spec, LocalSession(out)).run()
+        spec.trainer(LocalSession(out)).run()
     msg = str(err.value)
     assert msg.startswith("no valid checkpoint left to resume from (3 found, all corrupt)")
     for c in ckpts:
@@ -203,8 +211,8 @@ def test_corrupt_checkpoint_through_tune(ray_local: None, fast_config: Any, tmp_
     copy and the local one); Tune retries the trial, which resumes from the previous good one."""
     from ray import tune
 
+    from stagetune.orchestration.trainable import StudyContext
     from stagetune.search_spaces import SpaceContext, get_search_space
-    from stagetune.trainables.tune_trainable import StudyContext
 
     cfg = fast_config(*CKPT)
     vocab = prepare_data(cfg.data).vocab_size
@@ -217,9 +225,9 @@ def test_corrupt_checkpoint_through_tune(ray_local: None, fast_config: Any, tmp_
 
     def flaky(config: dict[str, Any], study: StudyContext, marker: str, exp_dir: str) -> None:
         # Defined here so Ray ships it by value to the trial's worker.
+        from stagetune.orchestration.trainable import describe_trial, train_trial
         from stagetune.trainables.loop import StagedTrainer
         from stagetune.trainables.session import TuneSession
-        from stagetune.trainables.tune_trainable import make_trial_spec, train_trial
 
         if Path(marker).exists():  # the retry: stagetune's own trainable, unchanged
             train_trial(config, study)
@@ -243,8 +251,13 @@ def test_corrupt_checkpoint_through_tune(ray_local: None, fast_config: Any, tmp_
                     f.write_bytes(f.read_bytes()[:100])
                 os._exit(1)  # the worker dies with its newest checkpoint torn
 
-        spec = make_trial_spec(config, study, trial_name="flaky")
-        StagedTrainer(spec, DieAfterFourthCheckpoint()).run()
+        trial = describe_trial(config, study, name="flaky")
+        StagedTrainer(
+            trial,
+            DieAfterFourthCheckpoint(),
+            config=study.experiment(),
+            vocab_size=study.vocab_size,
+        ).run()
 
     trainable = tune.with_resources(
         tune.with_parameters(flaky, study=study, marker=str(marker), exp_dir=str(exp_dir)),

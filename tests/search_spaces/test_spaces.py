@@ -74,7 +74,7 @@ def test_wide_space_lr_tuned_full_depth_is_not_the_baseline() -> None:
     other_lr = ctx.base_lr * 2  # any lr but the configured one
     plan = WideSpace().build({"num_stages": 1, "lr": other_lr, "warmup_steps": 0}, ctx)
     assert plan.schedule.is_baseline and not plan.is_baseline
-    assert plan.schedule_key != WideSpace().build(WideSpace().baseline_point(ctx), ctx).schedule_key
+    assert plan.key != WideSpace().build(WideSpace().baseline_point(ctx), ctx).key
 
 
 def test_wide_space_includes_a_long_configured_warmup() -> None:

@@ -11,7 +11,8 @@ from optuna.samplers import TPESampler
 
 from stagetune.errors import ConfigError
 from stagetune.schedule import baseline_schedule
-from stagetune.search_spaces import ParamsTrial, recipe_key, suggest_increments
+from stagetune.search_spaces import ParamsTrial, suggest_increments
+from stagetune.trial import recipe_key
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

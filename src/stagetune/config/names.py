@@ -1,7 +1,7 @@
 """Checking the names a config gives against their registries, where the config enters.
 
 ``model.family``, ``schedule.growth``, ``schedule.freeze_policy``, ``budget.convention``,
-``search.space`` and ``data.source`` name extensions; a name is valid exactly when something is
+``search.space``, ``search.sampler`` and ``data.source`` name extensions; a name is valid exactly when something is
 registered under it (:mod:`stagetune.registry`: built-ins, installed plugins and run-time
 registrations alike). Asking a registry imports the module that defines its built-ins (models,
 search spaces, ...), so names are checked once, where user input becomes a config
@@ -21,6 +21,7 @@ from stagetune.registry import (
     FREEZE_POLICIES,
     GROWTH_OPERATORS,
     MODEL_FAMILIES,
+    SAMPLERS,
     SEARCH_SPACES,
 )
 
@@ -38,6 +39,7 @@ def validate_names(cfg: ExperimentConfig) -> None:
     FREEZE_POLICIES.check(cfg.schedule.freeze_policy)
     CONVENTIONS.check(cfg.budget.convention)
     SEARCH_SPACES.check(cfg.search.space)
+    SAMPLERS.check(cfg.search.sampler)
 
 
 def _check_source(data: DataConfig) -> None:

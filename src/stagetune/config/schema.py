@@ -44,10 +44,6 @@ __all__ = [
     "validate_name",
 ]
 
-SAMPLERS = ("auto", "tpe", "nsga2", "bruteforce", "random")
-"""Names ``search.sampler`` takes (checked here until the samplers registry has its built-ins)."""
-
-
 def _require(cond: bool, field_name: str, value: Any, fix: str) -> None:
     if not cond:
         raise ConfigError(field_name, value, fix)
@@ -374,8 +370,9 @@ class SearchConfig:
     """Search space name: ``wide`` (everything), ``paper`` (the paper's knobs), ``compact``
     (a small finite space) or a registered space (:data:`stagetune.registry.SEARCH_SPACES`)."""
     sampler: str = "auto"
-    """Optuna sampler: ``auto`` (TPE; NSGA-II when multi-objective; brute force over the
-    ``paper`` space's finite grid), ``tpe``, ``nsga2``, ``bruteforce`` or ``random``."""
+    """Optuna sampler: ``auto`` (NSGA-II when multi-objective, else the space's preferred one:
+    brute force over the ``paper`` space's finite grid, TPE elsewhere), ``tpe``, ``nsga2``,
+    ``bruteforce``, ``random`` or a registered sampler (:data:`stagetune.registry.SAMPLERS`)."""
     sampler_seed: int | None = None
     """Seed of the sampler; ``None`` uses ``train.seed`` (set it to vary the search alone)."""
     num_trials: int = 8
@@ -399,7 +396,6 @@ class SearchConfig:
     mapping of the space's params, e.g. ``{num_stages: 1, lr: 0.004, warmup_steps: 0}``."""
 
     def __post_init__(self) -> None:
-        _choice(self.sampler, SAMPLERS, "search.sampler")
         if self.sampler_seed is not None:
             _bounded(self.sampler_seed, 0, MAX_SEED, "search.sampler_seed", SEED_REASON)
         _bounded(self.num_trials, 1, MAX_TRIALS, "search.num_trials", TRIALS_REASON)

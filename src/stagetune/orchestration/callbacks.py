@@ -28,7 +28,7 @@ from stagetune.metrics import (
 from stagetune.orchestration.interrupt import StudyStopper
 from stagetune.results import MlflowTracker
 from stagetune.results.matched import at_equal_compute
-from stagetune.results.naming import TAG_ASHA_RUNG
+from stagetune.results.naming import TAG_ASHA_RUNG, TAG_LABEL
 
 __all__ = ["BestMatched", "MlflowCallback", "ProgressCallback", "StopCallback", "TrialLedger"]
 
@@ -54,7 +54,7 @@ class BestMatched(NamedTuple):
 
 
 class TrialLedger:
-    """What the driver knows of every trial: its curve, status and schedule."""
+    """What the driver knows of every trial: its curve, status and label."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -62,6 +62,7 @@ class TrialLedger:
         self.last: dict[str, dict[str, Any]] = {}
         self.status: dict[str, str] = {}
         self.baseline_ids: set[str] = set()
+        self.labels: dict[str, str] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -131,7 +132,11 @@ class TrialLedger:
 
 
 class MlflowCallback(Callback):
-    """Logs every trial as an MLflow child run of the study's parent run."""
+    """Logs every trial as an MLflow child run of the study's parent run.
+
+    ``describe`` gives a trial's MLflow params and tags from its params and id; ``rung_metric``
+    is the metric ASHA places its rungs on, whose last value a stopped trial is tagged with.
+    """
 
     def __init__(
         self,
@@ -139,11 +144,14 @@ class MlflowCallback(Callback):
         ledger: TrialLedger,
         *,
         describe: Callable[[dict[str, Any], str], dict[str, Any]],
+        rung_metric: str = FLOPS,
         on_complete: Callable[[str, str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.tracker = tracker
         self.ledger = ledger
         self._describe = describe
+        # ASHA's time_attr: where a stopped trial's rung is (stagetune.asha_rung).
+        self.rung_metric = rung_metric
         self._on_complete = on_complete
         self._started: set[str] = set()
 
@@ -154,6 +162,7 @@ class MlflowCallback(Callback):
             "tracker": self.tracker,
             "ledger": self.ledger,
             "_describe": None,
+            "rung_metric": self.rung_metric,
             "_on_complete": None,
             "_started": set(),
         }
@@ -162,6 +171,8 @@ class MlflowCallback(Callback):
         if trial.trial_id in self._started:
             return
         info = self._describe(_trial_params(trial), trial.trial_id)
+        with self.ledger.lock:
+            self.ledger.labels[trial.trial_id] = str(info["tags"][TAG_LABEL])
         self.tracker.start_trial(trial_id=trial.trial_id, params=info["params"], tags=info["tags"])
         self._started.add(trial.trial_id)
 
@@ -186,8 +197,8 @@ class MlflowCallback(Callback):
             self.ledger.status[trial.trial_id] = status
         last = self.ledger.last.get(trial.trial_id, {})
         tags = {}
-        if status == STATUS_STOPPED and FLOPS in last:
-            tags[TAG_ASHA_RUNG] = f"{float(last[FLOPS]):.6g}"
+        if status == STATUS_STOPPED and self.rung_metric in last:
+            tags[TAG_ASHA_RUNG] = f"{float(last[self.rung_metric]):.6g}"
         self.tracker.end_trial(trial.trial_id, status, tags=tags)
         if self._on_complete is not None:
             self._on_complete(trial.trial_id, status, last)
@@ -224,9 +235,12 @@ class ProgressCallback(Callback):
         if best is None:
             best_txt = "best: waiting for the baseline to finish"
         else:
+            with self.ledger.lock:
+                label = self.ledger.labels.get(best.trial_id, best.trial_id)
+            gap = best.loss - best.baseline_loss
             best_txt = (
-                f"best at equal compute: {best.loss:.4f} vs baseline {best.baseline_loss:.4f} "
-                f"({best.loss - best.baseline_loss:+.4f} at {best.compute:.3g} FLOPs)"
+                f"best at equal compute: {label} {best.loss:.4f} vs baseline "
+                f"{best.baseline_loss:.4f} ({gap:+.4f} at {best.compute:.3g} FLOPs)"
             )
         pct = 100.0 * spent / self.planned if self.planned else 0.0
         return (

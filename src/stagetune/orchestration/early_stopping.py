@@ -22,10 +22,15 @@ from stagetune.metrics import FLOPS_BY_CONVENTION
 from stagetune.orchestration.searcher import BaselineKeepingASHA
 from stagetune.search_spaces import SearchSpace, SpaceContext
 
-__all__ = ["MAX_T_MARGIN", "make_asha"]
+__all__ = ["MAX_T_MARGIN", "make_asha", "rung_metric"]
 
 MAX_T_MARGIN = 1.05
 """``max_t`` over the longest schedule's planned compute: room for the rounding of step counts."""
+
+
+def rung_metric(ctx: SpaceContext) -> str:
+    """The cumulative-FLOPs metric ASHA's rungs are placed on: the matching convention's."""
+    return FLOPS_BY_CONVENTION[ctx.convention]
 
 
 def make_asha(
@@ -40,7 +45,7 @@ def make_asha(
     budget = ctx.budget_flops  # in ctx.convention, the unit of time_attr below
     max_t = budget * (1.0 + space.max_continual_multiple) * MAX_T_MARGIN + 1.0
     return BaselineKeepingASHA(
-        time_attr=FLOPS_BY_CONVENTION[ctx.convention],
+        time_attr=rung_metric(ctx),
         metric=metric,
         mode="min",
         max_t=int(max_t),

@@ -21,9 +21,16 @@ from stagetune.orchestration.searcher import ensure_baseline, reconcile_optuna
 from stagetune.results import MlflowTracker
 
 if TYPE_CHECKING:
-    from stagetune.orchestration.study import PreparedStudy
+    from stagetune.orchestration.prepare import PreparedStudy
 
-__all__ = ["TAG_INTERRUPTED", "reconcile_stores", "snapshot_trials", "unfinished_trials_quiet"]
+__all__ = [
+    "TAG_INTERRUPTED",
+    "experiment_uri",
+    "reconcile_stores",
+    "restore_tuner",
+    "snapshot_trials",
+    "unfinished_trials_quiet",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,25 @@ def unfinished_trials_quiet() -> Iterator[None]:
         yield
     finally:
         quiet.setLevel(level)
+
+
+def experiment_uri(storage_root: str, name: str) -> str:
+    """Where Tune keeps the experiment ``name`` (its snapshot and pickled state)."""
+    return f"{storage_root.rstrip('/')}/{name}"
+
+
+def restore_tuner(exp_uri: str, trainable: Any, callbacks: list[Any]) -> Any:
+    """``Tuner.restore`` of an interrupted experiment: errored trials stay errored (Optuna holds
+    them as FAIL), unfinished ones continue from their newest valid checkpoint."""
+    from ray import tune
+
+    with unfinished_trials_quiet():
+        tuner = tune.Tuner.restore(
+            exp_uri, trainable=trainable, resume_unfinished=True, resume_errored=False
+        )
+    # Callbacks hold live clients (MLflow, the stopper): fresh ones replace the pickled copies.
+    tuner._local_tuner.get_run_config().callbacks = callbacks  # type: ignore[union-attr]
+    return tuner
 
 
 def snapshot_trials(exp_uri: str) -> dict[str, str] | None:
@@ -85,7 +111,7 @@ def reconcile_stores(
     Returns the interrupted trials' ids, and the last records of trials Tune's snapshot holds
     as unfinished although they ended before the driver died (Optuna and MLflow have their
     end): those are replayed with Optuna's status, not retrained (see
-    :func:`stagetune.orchestration.study.train_trial`).
+    :func:`stagetune.orchestration.trainable.train_trial`).
     """
     import optuna
 

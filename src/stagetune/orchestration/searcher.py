@@ -168,7 +168,7 @@ class ResumableOptunaSearch(OptunaSearch):
         held = self._recorded(trial_id)
         if held is not None and held.state.is_finished():
             # Optuna recorded this trial's end before the driver died; Tune's snapshot did not
-            # (the trial is replayed, see stagetune.orchestration.study.train_trial). Optuna's
+            # (the trial is replayed, see stagetune.orchestration.trainable.train_trial). Optuna's
             # record stands: the other stores take its status.
             self._completed_trials.add(trial_id)
             return

@@ -1,4 +1,4 @@
-"""The search-space contract: define-by-run sampling, the baseline point, params → plan."""
+"""The search-space contract: define-by-run sampling, the baseline point, params → trial."""
 
 from __future__ import annotations
 
@@ -7,15 +7,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, ClassVar
 
-from stagetune.schedule import (
-    Schedule,
-    baseline_schedule,
-    from_increments,
-    matched_continual_steps,
-)
+from stagetune.schedule import budgeted_schedule
 from stagetune.search_spaces.context import SpaceContext
-from stagetune.search_spaces.plan import TrialPlan, recipe_key
 from stagetune.search_spaces.trial import ParamsTrial, RecordingTrial, TrialLike
+from stagetune.trial import TrialDescription
 
 __all__ = ["DefineByRun", "SearchSpace", "suggest_increments"]
 
@@ -24,8 +19,9 @@ class SearchSpace(ABC):
     """A family of schedules (plus optimiser knobs) that Optuna samples from.
 
     Spaces are stateless: every method takes the study's :class:`SpaceContext`. Subclasses
-    implement :meth:`sample`, :meth:`baseline_point` and :meth:`plan_from`; finite spaces
-    also :meth:`grid`. Contract (checked for every registered space by the test suite):
+    implement :meth:`sample`, :meth:`baseline_point` and :meth:`trial_from`; finite spaces
+    also :meth:`grid`, and a space whose points a sampler other than TPE walks better says so
+    in :attr:`preferred_sampler`. Contract (checked for every registered space by the test suite):
 
     - every point ``define`` can produce builds a valid schedule within the budget, by
       construction (nothing is sampled and then rejected);
@@ -37,7 +33,10 @@ class SearchSpace(ABC):
     """Registry name (``search.space`` in the config)."""
     max_continual_multiple: ClassVar[float]
     """Largest multiple of the budget-matched continual length the space can sample; a
-    plan's FLOPs stay within stages + this × (budget − stages) + one step of rounding."""
+    trial's FLOPs stay within stages + this × (budget − stages) + one step of rounding."""
+    preferred_sampler: ClassVar[str] = "tpe"
+    """The sampler ``search.sampler: auto`` uses for a single-objective study of this space (a
+    name in :data:`stagetune.registry.SAMPLERS`)."""
 
     # -- to implement ----------------------------------------------------------------------
     @abstractmethod
@@ -58,8 +57,9 @@ class SearchSpace(ABC):
         """
 
     @abstractmethod
-    def plan_from(self, params: Mapping[str, Any], ctx: SpaceContext) -> TrialPlan:
-        """The plan of already validated ``params`` (exactly the ones ``define`` asked for)."""
+    def trial_from(self, params: Mapping[str, Any], ctx: SpaceContext) -> TrialDescription:
+        """The trial of already validated ``params`` (exactly the ones ``define`` asked for);
+        :meth:`make_trial` assembles it."""
 
     def grid(self, ctx: SpaceContext) -> list[dict[str, Any]] | None:
         """All points of a finite space, baseline first; ``None`` for an infinite one."""
@@ -76,17 +76,18 @@ class SearchSpace(ABC):
         self.sample(recorder, ctx)
         return recorder.params
 
-    def build(self, params: Mapping[str, Any], ctx: SpaceContext) -> TrialPlan:
-        """The :class:`TrialPlan` of ``params``: pure, so every worker derives the same plan.
+    def build(self, params: Mapping[str, Any], ctx: SpaceContext) -> TrialDescription:
+        """The :class:`~stagetune.trial.TrialDescription` of ``params`` (on the context's seed):
+        pure, so every process derives the same trial.
 
         The params are replayed through :meth:`define` (a :class:`ParamsTrial`), which raises
         :class:`~stagetune.errors.ConfigError` for a missing or out-of-range value. Keys the
         space does not ask for at this point (e.g. constants Tune merged into the trial
-        config, such as a seed) are ignored and left out of ``TrialPlan.params``.
+        config, such as a seed) are ignored and left out of ``TrialDescription.params``.
         """
         replay = ParamsTrial(params)
         self.sample(replay, ctx)
-        return self.plan_from(replay.params, ctx)
+        return self.trial_from(replay.params, ctx)
 
     def as_define_by_run(self, ctx: SpaceContext) -> DefineByRun:
         """The ``fn(trial) -> dict | None`` that ``OptunaSearch(space=fn)`` wants."""
@@ -96,7 +97,7 @@ class SearchSpace(ABC):
         return f"{type(self).__name__}(name={self.name!r})"
 
     # -- helpers for subclasses -------------------------------------------------------------------
-    def staged_plan(
+    def make_trial(
         self,
         params: Mapping[str, Any],
         ctx: SpaceContext,
@@ -110,50 +111,36 @@ class SearchSpace(ABC):
         phase1_fraction: float | None = None,
         step_spread: str | None = None,
         optimizer_policy: str | None = None,
-    ) -> TrialPlan:
-        """Assemble a plan; every knob left ``None`` comes from the context (the config).
+    ) -> TrialDescription:
+        """Assemble a trial; every knob left ``None`` comes from the context (the config).
 
-        The stages share the baseline's T steps. Continual length is ``continual_multiple`` ×
-        the budget-matched length ("spend what the stages saved"), rounded. One stage is the
-        baseline schedule itself, with no continual phase: it *is* the reference compute.
+        The schedule is :func:`~stagetune.schedule.budgeted_schedule`'s, the recipe
+        ``stagetune train`` uses too: the stages share the baseline's T steps, continual length
+        is ``continual_multiple`` × the budget-matched length, and one stage is the baseline.
         """
         lr = ctx.base_lr if lr is None else float(lr)
         warmup = ctx.base_warmup if warmup_steps is None else int(warmup_steps)
-        schedule: Schedule
-        if len(increments) == 1:
-            schedule = baseline_schedule(ctx.num_layers, ctx.baseline_steps)
-        else:
-            staged = from_increments(
-                increments,
-                stage_steps=ctx.baseline_steps,
-                phase1_fraction=(
-                    ctx.phase1_fraction if phase1_fraction is None else phase1_fraction
-                ),
-                step_spread=step_spread or ctx.step_spread,
-                growth=growth or ctx.growth,
-                freeze_policy=freeze_policy or ctx.freeze_policy,
-                optimizer_policy=optimizer_policy or ctx.optimizer_policy,
-            )
-            matched = matched_continual_steps(
-                staged,
-                baseline_steps=ctx.baseline_steps,
-                dims=ctx.dims,
-                tokens_per_step=ctx.tokens_per_step,
-                convention=ctx.convention,
-                budget_factor=ctx.budget_factor,
-            )
-            schedule = staged.with_continual(round(continual_multiple * matched))
+        schedule = budgeted_schedule(
+            increments,
+            budget=ctx.budget,
+            continual_multiple=continual_multiple,
+            phase1_fraction=ctx.phase1_fraction if phase1_fraction is None else phase1_fraction,
+            step_spread=step_spread or ctx.step_spread,
+            growth=growth or ctx.growth,
+            freeze_policy=freeze_policy or ctx.freeze_policy,
+            optimizer_policy=optimizer_policy or ctx.optimizer_policy,
+        )
         # Provenance travels with the schedule (Schedule.meta is excluded from equality).
         schedule = replace(schedule, meta={"space": self.name, "params": dict(params)})
-        return TrialPlan(
+        return TrialDescription(
             schedule=schedule,
             lr=lr,
             warmup_steps=warmup,
-            params=dict(params),
+            seed=ctx.base_seed,
             is_baseline=(
                 schedule.num_stages == 1 and lr == ctx.base_lr and warmup == ctx.base_warmup
             ),
-            schedule_key=recipe_key(schedule, lr=lr, warmup_steps=warmup),
+            params=dict(params),
         )
 
 

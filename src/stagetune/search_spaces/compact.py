@@ -9,9 +9,9 @@ from typing import Any, ClassVar
 from stagetune.schedule import even_increments
 from stagetune.search_spaces.base import SearchSpace
 from stagetune.search_spaces.context import SpaceContext
-from stagetune.search_spaces.plan import TrialPlan
 from stagetune.search_spaces.registry import register_search_space
 from stagetune.search_spaces.trial import TrialLike
+from stagetune.trial import TrialDescription
 
 __all__ = ["CompactSpace"]
 
@@ -50,9 +50,9 @@ class CompactSpace(SearchSpace):
             for s, g, m in itertools.product(staged, GROWTHS, CONTINUAL_MULTIPLES)
         ]
 
-    def plan_from(self, params: Mapping[str, Any], ctx: SpaceContext) -> TrialPlan:
+    def trial_from(self, params: Mapping[str, Any], ctx: SpaceContext) -> TrialDescription:
         num_stages = int(params["num_stages"])
-        return self.staged_plan(
+        return self.make_trial(
             params,
             ctx,
             increments=even_increments(ctx.num_layers, num_stages),

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stagetune.budget import check_budget_factor
-from stagetune.compute import ModelDims, step_flops, step_work
+from stagetune.budget import Budget, check_budget_factor
+from stagetune.compute import ModelDims
 from stagetune.config import ExperimentConfig
 from stagetune.errors import ConfigError, suggest
-from stagetune.models import model_dims
 from stagetune.registry import CONVENTIONS, FREEZE_POLICIES, GROWTH_OPERATORS
-from stagetune.schedule import baseline_schedule
+from stagetune.schedule import config_budget
 
 __all__ = ["SpaceContext"]
 
@@ -35,6 +34,8 @@ class SpaceContext:
     budget_factor: float = 1.0
     base_lr: float
     base_warmup: int = 0
+    base_seed: int = 0
+    """The config's seed: the seed of every trial the space builds (a seed repeat replaces it)."""
     growth: str = "random"
     freeze_policy: str = "new_only"
     phase1_fraction: float = 0.5
@@ -86,16 +87,18 @@ class SpaceContext:
     def from_config(cls, cfg: ExperimentConfig, *, vocab_size: int) -> SpaceContext:
         """The context of the study ``cfg`` describes (``vocab_size``: the tokenizer's)."""
         sc = cfg.schedule
+        # The budget `train` matches schedules to, so budgets agree with `train`.
+        budget = config_budget(cfg, vocab_size=vocab_size)
         return cls(
-            num_layers=cfg.model.n_layer,
-            baseline_steps=sc.baseline_steps,
-            dims=model_dims(cfg.model, vocab_size=vocab_size, seq_len=cfg.data.seq_len),
-            # Same token count as schedule.build_schedule, so budgets agree with `train`.
-            tokens_per_step=cfg.train.batch_size * cfg.data.seq_len,
-            convention=cfg.budget.convention,
-            budget_factor=cfg.budget.factor,
+            num_layers=budget.num_layers,
+            baseline_steps=budget.baseline_steps,
+            dims=budget.dims,
+            tokens_per_step=budget.tokens_per_step,
+            convention=budget.convention,
+            budget_factor=budget.factor,
             base_lr=cfg.train.lr,
             base_warmup=cfg.train.warmup_steps,
+            base_seed=cfg.train.seed,
             growth=sc.growth,
             freeze_policy=sc.freeze_policy,
             phase1_fraction=sc.phase1_fraction,
@@ -104,24 +107,28 @@ class SpaceContext:
         )
 
     @property
+    def budget(self) -> Budget:
+        """The study's budget, in the convention budgets are matched in."""
+        return Budget(
+            num_layers=self.num_layers,
+            baseline_steps=self.baseline_steps,
+            dims=self.dims,
+            tokens_per_step=self.tokens_per_step,
+            convention=self.convention,
+            factor=self.budget_factor,
+        )
+
+    @property
     def baseline_flops(self) -> float:
         """Training FLOPs of the full-depth baseline (T steps at depth L)."""
-        return baseline_schedule(self.num_layers, self.baseline_steps).flops(
-            self.dims, tokens_per_step=self.tokens_per_step, convention=self.convention
-        )
+        return self.budget.baseline_flops
 
     @property
     def budget_flops(self) -> float:
         """The compute budget every schedule is matched to: baseline × budget factor."""
-        return self.baseline_flops * self.budget_factor
+        return self.budget.budget_flops
 
     @property
     def full_step_flops(self) -> float:
         """FLOPs of one full-depth, all-trainable step (a continual step)."""
-        work = step_work(
-            phase="continual",
-            depth=self.num_layers,
-            prev_depth=self.num_layers,
-            freeze_policy="new_only",
-        )
-        return step_flops(self.dims, work, tokens=self.tokens_per_step, convention=self.convention)
+        return self.budget.full_step_flops

@@ -8,9 +8,9 @@ from typing import Any, ClassVar
 
 from stagetune.search_spaces.base import SearchSpace
 from stagetune.search_spaces.context import SpaceContext
-from stagetune.search_spaces.plan import TrialPlan
 from stagetune.search_spaces.registry import register_search_space
 from stagetune.search_spaces.trial import TrialLike
+from stagetune.trial import TrialDescription
 
 __all__ = ["PaperSpace"]
 
@@ -30,6 +30,8 @@ class PaperSpace(SearchSpace):
 
     name: ClassVar[str] = "paper"
     max_continual_multiple: ClassVar[float] = max(CONTINUAL_MULTIPLES)
+    preferred_sampler: ClassVar[str] = "bruteforce"
+    """A small finite grid: TPE would resample points already run, brute force walks each once."""
 
     def stage_choices(self, ctx: SpaceContext) -> list[int]:
         """Divisors S of L with both paper phases at least one step long (2S ≤ T)."""
@@ -53,9 +55,9 @@ class PaperSpace(SearchSpace):
             for s, m in itertools.product(staged, CONTINUAL_MULTIPLES)
         ]
 
-    def plan_from(self, params: Mapping[str, Any], ctx: SpaceContext) -> TrialPlan:
+    def trial_from(self, params: Mapping[str, Any], ctx: SpaceContext) -> TrialDescription:
         num_stages = int(params["num_stages"])
-        return self.staged_plan(
+        return self.make_trial(
             params,
             ctx,
             increments=[ctx.num_layers // num_stages] * num_stages,

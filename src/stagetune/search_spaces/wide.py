@@ -9,9 +9,9 @@ from stagetune.freeze import get_freeze_policy
 from stagetune.schedule import even_increments
 from stagetune.search_spaces.base import SearchSpace, suggest_increments
 from stagetune.search_spaces.context import SpaceContext
-from stagetune.search_spaces.plan import TrialPlan
 from stagetune.search_spaces.registry import register_search_space
 from stagetune.search_spaces.trial import ParamsTrial, TrialLike
+from stagetune.trial import TrialDescription
 
 __all__ = ["WideSpace"]
 
@@ -75,9 +75,9 @@ class WideSpace(SearchSpace):
     def baseline_point(self, ctx: SpaceContext) -> dict[str, Any]:
         return {"num_stages": 1, "lr": ctx.base_lr, "warmup_steps": ctx.base_warmup}
 
-    def plan_from(self, params: Mapping[str, Any], ctx: SpaceContext) -> TrialPlan:
+    def trial_from(self, params: Mapping[str, Any], ctx: SpaceContext) -> TrialDescription:
         num_stages = int(params["num_stages"])
-        return self.staged_plan(
+        return self.make_trial(
             params,
             ctx,
             # Replaying the validated params reuses the sampling code: one rule, not two.

@@ -27,9 +27,10 @@ from stagetune.config import ExperimentConfig, ModelConfig, ScheduleConfig
 from stagetune.errors import ConfigError
 from stagetune.models import get_family
 from stagetune.schedule import baseline_schedule
-from stagetune.search_spaces import SearchSpace, SpaceContext, TrialPlan, recipe_key
+from stagetune.search_spaces import SearchSpace, SpaceContext
+from stagetune.trial import TrialDescription, recipe_key
 
-__all__ = ["CONTEXTS", "N_TRIALS", "SearchSpaceSuite", "assert_valid_plan", "space_context"]
+__all__ = ["CONTEXTS", "N_TRIALS", "SearchSpaceSuite", "assert_valid_trial", "space_context"]
 
 N_TRIALS = 40
 """Trials of each seeded study the suite drives."""
@@ -77,15 +78,15 @@ CONTEXTS: dict[str, SpaceContext] = {
 """Study shapes that stress different corners of a space."""
 
 
-def objective(plan: TrialPlan) -> float:
+def objective(trial: TrialDescription) -> float:
     """Deterministic but uninformative, so TPE wanders the whole space."""
-    return random.Random(plan.schedule_key).random()
+    return random.Random(trial.key).random()
 
 
 def drive_study(
     space: SearchSpace, ctx: SpaceContext, seed: int
-) -> tuple[tuple[dict[str, Any], TrialPlan], ...]:
-    """(params, plan) of :data:`N_TRIALS` ask/define/build/tell rounds of a seeded TPE study."""
+) -> tuple[tuple[dict[str, Any], TrialDescription], ...]:
+    """(params, trial) of :data:`N_TRIALS` ask/define/build/tell rounds of a seeded TPE study."""
     study = optuna.create_study(sampler=TPESampler(seed=seed, n_startup_trials=8))
     out = []
     for _ in range(N_TRIALS):
@@ -104,10 +105,10 @@ def drive_study(
 _cached_study = functools.cache(drive_study)
 
 
-def assert_valid_plan(
-    space: SearchSpace, ctx: SpaceContext, params: dict[str, Any], plan: TrialPlan
+def assert_valid_trial(
+    space: SearchSpace, ctx: SpaceContext, params: dict[str, Any], plan: TrialDescription
 ) -> None:
-    """``plan`` (built by ``space`` from ``params``) is a valid schedule within the budget."""
+    """``plan`` (built by ``space`` from ``params``) is a valid trial within the budget."""
     sched = plan.schedule
     depths = sched.depths
     assert depths == sorted(set(depths)) and depths[0] >= 1 and depths[-1] == ctx.num_layers
@@ -141,7 +142,8 @@ def assert_valid_plan(
     assert plan.is_baseline == (
         sched.num_stages == 1 and plan.lr == ctx.base_lr and plan.warmup_steps == ctx.base_warmup
     )
-    assert plan.schedule_key == recipe_key(sched, lr=plan.lr, warmup_steps=plan.warmup_steps)
+    assert plan.key == recipe_key(sched, lr=plan.lr, warmup_steps=plan.warmup_steps)
+    assert plan.seed == ctx.base_seed
     assert sched.meta == {"space": space.name, "params": params}
 
 
@@ -168,7 +170,7 @@ class SearchSpaceSuite:
     ) -> None:
         plans = _cached_study(space, ctx, 0)
         for params, plan in plans:
-            assert_valid_plan(space, ctx, params, plan)
+            assert_valid_trial(space, ctx, params, plan)
         # The study really explores: it reaches staged schedules wherever the context allows.
         if ctx.num_layers > 1 and ctx.baseline_steps >= 2 * ctx.num_layers:
             assert any(plan.schedule.num_stages > 1 for _, plan in plans)
@@ -219,7 +221,7 @@ class SearchSpaceSuite:
         )
         assert flops == ctx.baseline_flops
         # Every space agrees on the baseline's identity, so results group across spaces.
-        assert plan.schedule_key == recipe_key(
+        assert plan.key == recipe_key(
             baseline_schedule(ctx.num_layers, ctx.baseline_steps),
             lr=ctx.base_lr,
             warmup_steps=ctx.base_warmup,
@@ -247,7 +249,7 @@ class SearchSpaceSuite:
         keys = [tuple(sorted(p.items())) for p in grid]
         assert len(set(keys)) == len(keys)
         for point in grid:
-            assert_valid_plan(space, ctx, point, space.build(point, ctx))
+            assert_valid_trial(space, ctx, point, space.build(point, ctx))
 
     @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
     def test_grid_is_exactly_what_define_can_reach(self, space: SearchSpace) -> None:
@@ -291,7 +293,7 @@ class SearchSpaceSuite:
             assert config is not None
             configs.append(config)
             plan = space.build(config, ctx)
-            assert_valid_plan(space, ctx, config, plan)
+            assert_valid_trial(space, ctx, config, plan)
             searcher.on_trial_complete(f"t{i}", {"eval_loss": objective(plan)})
         assert configs[0] == baseline
         assert space.build(configs[0], ctx).is_baseline

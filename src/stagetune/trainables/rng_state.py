@@ -14,6 +14,7 @@ A checkpoint written before stagetune saved these states resumes with a one-line
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -23,6 +24,8 @@ from safetensors.torch import load_file, save_file
 from stagetune.trainables.checkpoint import CorruptCheckpointError
 
 __all__ = ["RNG_FILE", "RngStates", "gather", "load", "restore", "save"]
+
+log = logging.getLogger(__name__)
 
 RNG_FILE = "rng_state.safetensors"
 _CPU = "cpu"
@@ -108,11 +111,13 @@ def restore(states: RngStates | None, source: Path, device: torch.device, *, ran
     wanted = [_CPU] + ([_CUDA] if device.type == "cuda" else [])
     missing = [g for g in wanted if states is None or _key(rank, g) not in states]
     if missing:
-        print(
-            f"[stagetune] checkpoint {source} holds no {'/'.join(missing)} RNG state for "
-            f"rank {rank} (written by an older stagetune, or on other devices): resuming with "
-            "freshly seeded generators, so dropout draws differ from an uninterrupted run",
-            flush=True,
+        log.warning(
+            "checkpoint %s holds no %s RNG state for rank %d (written by an older stagetune, "
+            "or on other devices): resuming with freshly seeded generators, so dropout draws "
+            "differ from an uninterrupted run",
+            source,
+            "/".join(missing),
+            rank,
         )
     if states is None:
         return

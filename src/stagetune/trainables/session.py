@@ -6,6 +6,7 @@ The loop itself is the same everywhere; only reporting and checkpoint discovery 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 __all__ = ["LocalSession", "Session", "TrainWorkerSession", "TuneSession"]
+
+log = logging.getLogger(__name__)
 
 
 class Session(Protocol):
@@ -144,7 +147,7 @@ class TrainWorkerSession:
             reported = self._train.get_all_reported_checkpoints(timeout_s=60)
             older = [r.checkpoint for r in reversed(reported) if r.checkpoint.path != latest.path]
         except Exception as exc:  # alpha API; the newest alone still resumes
-            print(f"[stagetune] older checkpoints unavailable ({exc})", flush=True)
+            log.warning("older checkpoints unavailable (%s)", exc)
         out = [_fetch(latest)]
         # Remote storage: only the newest is fetched (each would cost a full download).
         out.extend(p for p in map(_in_place, older) if p is not None)

@@ -1,5 +1,6 @@
-"""The same loop on several Ray Train workers (DDP, FSDP2 on gloo) matches one worker, and
-resumes exactly after the workers are restarted."""
+"""The one launcher: the Ray Train workers, resources and backend ``train`` and ``run`` ask for;
+the same loop on several workers (DDP, FSDP2 on gloo) matches one worker, and resumes exactly
+after the workers are restarted."""
 
 from __future__ import annotations
 
@@ -12,11 +13,50 @@ import pytest
 from safetensors.torch import load_file
 
 from stagetune.cli import main
+from stagetune.config import config_to_dict
 from stagetune.data import prepare_data
-from stagetune.schedule import build_schedule
+from stagetune.schedule import baseline_schedule, build_schedule
+from stagetune.trainables.launcher import TRAIN_CHECKPOINTS_KEPT, TrainRun, torch_trainer
 from stagetune.trainables.rng_state import RNG_FILE
-from stagetune.trainables.spec import TrialSpec
+from stagetune.trial import TrialDescription
 from tests.conftest import FAST
+
+
+@pytest.mark.parametrize("gpus", [0, 1])
+@pytest.mark.parametrize("command", ["train", "run"])
+def test_workers_get_their_gpus_and_the_backend_that_fits(
+    fast_config: Any, tmp_path: Path, command: str, gpus: int
+) -> None:
+    """``train --workers N`` and a study's trials build one TorchTrainer: GPU workers ask for
+    their GPUs and talk NCCL, CPU workers ask for CPUs only and talk gloo. (``train`` used to
+    build its own: gloo and CPU-only workers even with ``resources.gpus_per_worker=1``.)"""
+    cfg = fast_config(
+        "resources.workers_per_trial=2",
+        "resources.cpus_per_worker=2",
+        f"resources.gpus_per_worker={gpus}",
+    )
+    trial = TrialDescription.from_config(cfg, schedule=baseline_schedule(4, 24))
+    if command == "train":  # what `stagetune train --out OUT` launches
+        run = TrainRun.for_directory(tmp_path / "out")
+    else:  # what each trial of `stagetune run` launches
+        run = TrainRun.for_study_trial(str(tmp_path / "train"), "trial_1")
+    trainer = torch_trainer(trial, config=cfg, vocab_size=512, run=run)  # built, not started
+
+    scaling = trainer.scaling_config
+    assert scaling.num_workers == 2
+    assert scaling.use_gpu is (gpus > 0)
+    assert scaling.resources_per_worker == ({"CPU": 2, "GPU": 1} if gpus else {"CPU": 2})
+    assert trainer.backend_config.backend == ("nccl" if gpus else "gloo")
+    kept = trainer.run_config.checkpoint_config.num_to_keep
+    if command == "train":
+        assert trainer.run_config.storage_path == str(tmp_path / "out" / "ray")
+        assert kept is None and not run.report_to_tune
+    else:
+        # Tune hears rank 0 (TuneReportCallback, added where a Tune session runs).
+        assert trainer.run_config.name == "train_trial_1"
+        assert kept == TRAIN_CHECKPOINTS_KEPT and run.report_to_tune
+    loop = trainer.train_loop_config or {}
+    assert TrialDescription.from_dict(loop["trial"]) == trial
 
 
 def _train(out: Path, *extra: str) -> dict:
@@ -49,9 +89,15 @@ def test_two_workers_match_one_worker(ray_local: None, tmp_path: Path, strategy:
 
 
 def _ddp_run(
-    spec: TrialSpec, out: Path, *, die_after_checkpoints: int, storage: Path
+    trial: TrialDescription,
+    cfg: Any,
+    vocab: int,
+    out: Path,
+    *,
+    die_after_checkpoints: int,
+    storage: Path,
 ) -> list[dict[str, Any]]:
-    """Train ``spec`` on two Ray Train workers (DDP); rank 0 appends each record to a file.
+    """Train ``trial`` on two Ray Train workers (DDP); rank 0 appends each record to a file.
 
     With ``die_after_checkpoints``, the first attempt's workers fail right after that many
     checkpoints and Ray Train restarts them (``FailureConfig``) from its newest checkpoint.
@@ -64,8 +110,10 @@ def _ddp_run(
         import ray.train
         import torch
 
+        from stagetune.config import config_from_dict
         from stagetune.trainables.loop import StagedTrainer
         from stagetune.trainables.session import TrainWorkerSession
+        from stagetune.trial import TrialDescription
 
         torch.set_num_threads(1)
         first_attempt = ray.train.get_checkpoint() is None
@@ -83,8 +131,12 @@ def _ddp_run(
                 if first_attempt and self.checkpoints == config["die_after"] > 0:
                     raise RuntimeError("injected worker failure")
 
-        spec = TrialSpec.from_dict(config["spec"])
-        trainer = StagedTrainer(spec, Recording(Path(config["local_root"])))
+        trainer = StagedTrainer(
+            TrialDescription.from_dict(config["trial"]),
+            Recording(Path(config["local_root"])),
+            config=config_from_dict(config["config"], check_names=False),
+            vocab_size=config["vocab_size"],
+        )
         trainer.run()
         if trainer.rank == 0:
             with log.open("a") as f:
@@ -95,7 +147,9 @@ def _ddp_run(
     TorchTrainer(
         loop,
         train_loop_config={
-            "spec": spec.to_dict(),
+            "trial": trial.to_dict(),
+            "config": config_to_dict(cfg),
+            "vocab_size": vocab,
             "local_root": str(out / "workers"),
             "log": str(log),
             "die_after": die_after_checkpoints,
@@ -124,12 +178,10 @@ def test_ddp_resume_with_dropout_is_exact(
         "resources.workers_per_trial=2",
     )
     vocab = prepare_data(cfg.data).vocab_size
-    spec = TrialSpec.from_config(
-        cfg, schedule=build_schedule(cfg, vocab_size=vocab), vocab_size=vocab
-    )
+    trial = TrialDescription.from_config(cfg, schedule=build_schedule(cfg, vocab_size=vocab))
     storage = tmp_path / "ray"
-    ref = _ddp_run(spec, tmp_path / "ref", die_after_checkpoints=0, storage=storage)
-    cut = _ddp_run(spec, tmp_path / "cut", die_after_checkpoints=3, storage=storage)
+    ref = _ddp_run(trial, cfg, vocab, tmp_path / "ref", die_after_checkpoints=0, storage=storage)
+    cut = _ddp_run(trial, cfg, vocab, tmp_path / "cut", die_after_checkpoints=3, storage=storage)
 
     assert ref[-1]["resumed_from_step"] is None
     resumed_from = cut[-1]["resumed_from_step"]
@@ -138,7 +190,7 @@ def test_ddp_resume_with_dropout_is_exact(
     assert first and after and resumed_from, "the workers were restarted from a checkpoint"
     assert 0 < resumed_from <= first[-1]["step"] and after[0]["step"] > resumed_from
     by_step = {r["step"]: r for r in ref[:-1]}
-    assert after[-1]["step"] == spec.schedule.total_steps == ref[-2]["step"]
+    assert after[-1]["step"] == trial.schedule.total_steps == ref[-2]["step"]
     for rec in first + after:
         want = by_step[rec["step"]]
         for key in ("eval_loss", "train_loss", "lr", "flops"):

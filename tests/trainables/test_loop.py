@@ -15,17 +15,32 @@ import torch
 from stagetune.cli import main
 from stagetune.data import prepare_data
 from stagetune.schedule import build_schedule
-from stagetune.trainables.loop import StagedTrainer
+from stagetune.trainables.loop import StagedTrainer, growth_seed
 from stagetune.trainables.lr import lr_at
-from stagetune.trainables.session import LocalSession
-from stagetune.trainables.spec import TrialSpec
+from stagetune.trainables.session import LocalSession, Session
+from stagetune.trial import TrialDescription
 
 
-def _spec(cfg: Any, *, lr: float | None = None) -> TrialSpec:
-    prepared = prepare_data(cfg.data)
-    schedule = build_schedule(cfg, vocab_size=prepared.vocab_size)
-    spec = TrialSpec.from_config(cfg, schedule=schedule, vocab_size=prepared.vocab_size)
-    return dataclasses.replace(spec, lr=lr) if lr else spec
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    """A trial of the configured schedule (what ``stagetune train`` runs), and its study."""
+
+    trial: TrialDescription
+    config: Any
+    vocab_size: int
+
+    @property
+    def schedule(self) -> Any:
+        return self.trial.schedule
+
+    def trainer(self, session: Session) -> StagedTrainer:
+        return StagedTrainer(self.trial, session, config=self.config, vocab_size=self.vocab_size)
+
+
+def _spec(cfg: Any, *, lr: float | None = None) -> _Spec:
+    vocab = prepare_data(cfg.data).vocab_size
+    trial = TrialDescription.from_config(cfg, schedule=build_schedule(cfg, vocab_size=vocab))
+    return _Spec(dataclasses.replace(trial, lr=lr) if lr else trial, cfg, vocab)
 
 
 class _Interrupt(Exception):
@@ -58,15 +73,15 @@ def test_resume_mid_stage_gives_identical_losses(fast_config, tmp_path: Path) ->
     )
     spec = _spec(cfg)
     full = LocalSession(tmp_path / "full")
-    StagedTrainer(spec, full).run()
+    spec.trainer(full).run()
 
     dying = _DyingSession(tmp_path / "cut", n=4)
     with pytest.raises(_Interrupt):
-        StagedTrainer(spec, dying).run()
+        spec.trainer(dying).run()
     cut_step = dying.records[-1]["step"]
     # The run died after its 4th report; resume from the latest checkpoint in the same dir.
     resumed = LocalSession(tmp_path / "cut")
-    trainer = StagedTrainer(spec, resumed)
+    trainer = spec.trainer(resumed)
     result = trainer.run()
     assert trainer.resumed_from_step is not None and 0 < trainer.resumed_from_step <= cut_step
     # Mid-stage: the checkpoint we resumed from is not on a phase boundary.
@@ -85,7 +100,7 @@ def test_divergence_stops_the_run_with_status(fast_config, tmp_path: Path) -> No
     cfg = fast_config("train.grad_clip=0", "schedule.baseline_steps=40")
     spec = _spec(cfg, lr=1e6)
     session = LocalSession(tmp_path / "div")
-    result = StagedTrainer(spec, session).run()
+    result = spec.trainer(session).run()
     assert result.status == "diverged"
     assert result.steps < spec.schedule.total_steps
     last = session.records[-1]
@@ -96,7 +111,7 @@ def test_phase_boundaries_grow_and_account_compute(fast_config, tmp_path: Path) 
     cfg = fast_config("schedule.increments=[1, 3]", "model.n_layer=4", "schedule.continual_steps=4")
     spec = _spec(cfg)
     session = LocalSession(tmp_path / "run")
-    trainer = StagedTrainer(spec, session)
+    trainer = spec.trainer(session)
     trainer.run()
     # Blocks added by growth are in the optimizer and actually took optimizer steps.
     for p in trainer.model.blocks[3].parameters():
@@ -104,12 +119,14 @@ def test_phase_boundaries_grow_and_account_compute(fast_config, tmp_path: Path) 
     depths = [r["active_depth"] for r in session.records]
     assert depths[0] == 1 and depths[-1] == 4 and depths == sorted(depths)
     # Cumulative FLOPs equal the schedule's analytic total, in both conventions.
-    total = spec.schedule.flops(spec.dims, tokens_per_step=spec.tokens_per_step)
-    paper = spec.schedule.flops(spec.dims, tokens_per_step=spec.tokens_per_step, convention="paper")
+    total = spec.schedule.flops(trainer.dims, tokens_per_step=trainer.tokens_per_step)
+    paper = spec.schedule.flops(
+        trainer.dims, tokens_per_step=trainer.tokens_per_step, convention="paper"
+    )
     assert session.records[-1]["flops"] == pytest.approx(total, rel=1e-12)
     assert session.records[-1]["flops_paper"] == pytest.approx(paper, rel=1e-12)
     # Evaluations sit at the study's fixed compute intervals (plus phase boundaries).
-    interval = spec.eval_interval_flops
+    interval = trainer.eval_interval_flops
     step_flops = max(b["flops"] - a["flops"] for a, b in zip(session.records, session.records[1:]))
     for k in range(1, int(total // interval) + 1):
         assert any(0 <= r["flops"] - k * interval < step_flops + 1 for r in session.records)
@@ -127,7 +144,7 @@ def test_logged_lr_is_the_rate_the_step_trained_with(
     )
     spec = _spec(cfg)
     session = LocalSession(tmp_path / "run")
-    trainer = StagedTrainer(spec, session)
+    trainer = spec.trainer(session)
     used: list[float] = []
     trainer.optimizer.register_step_pre_hook(
         lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"])
@@ -138,10 +155,10 @@ def test_logged_lr_is_the_rate_the_step_trained_with(
     for rec in session.records:
         step_lr = lr_at(
             rec["step"] - 1,
-            peak=spec.lr,
+            peak=spec.trial.lr,
             total_steps=spec.schedule.total_steps,
             schedule=lr_schedule,
-            warmup_steps=spec.warmup_steps,
+            warmup_steps=spec.trial.warmup_steps,
             min_lr_ratio=t.min_lr_ratio,
             decay_fraction=t.decay_fraction,
         )
@@ -185,3 +202,9 @@ def test_train_command_writes_metrics_and_summary(
     ckpt = sorted((out / "checkpoints").glob("step_*"))[-1] / "hf"
     model = AutoModelForCausalLM.from_pretrained(ckpt)
     assert model.config.n_layer == 4
+
+
+def test_growth_seed_is_distinct_per_trial_seed_and_stage() -> None:
+    seeds = {growth_seed(seed, stage) for seed in range(50) for stage in range(1, 13)}
+    assert len(seeds) == 50 * 12
+    assert growth_seed(3, 2) == growth_seed(3, 2)  # the same on every rank and every resume

@@ -1,0 +1,82 @@
+"""The driver's callbacks: live progress (the best trial relative to the baseline at equal
+compute) and MLflow tracking of each trial's end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stagetune.orchestration.callbacks import TrialLedger
+
+
+def _feed(
+    ledger: TrialLedger, trial: str, points: list[tuple[float, float]], **extra: object
+) -> None:
+    for flops, loss in points:
+        ledger.add(trial, {"flops": flops, "eval_loss": loss, **extra})
+
+
+def test_best_is_compared_at_equal_compute() -> None:
+    ledger = TrialLedger()
+    _feed(ledger, "staged", [(10.0, 5.0), (20.0, 4.0), (29.0, 3.5)])
+    assert ledger.best_matched() is None  # no finished baseline yet
+    _feed(ledger, "base", [(10.0, 5.5), (20.0, 4.5), (30.0, 4.0)], is_baseline=True)
+    ledger.status["base"] = "finished"
+    # The staged trial ended at 29 FLOPs, just short of the baseline's 30: compared there.
+    _feed(ledger, "worse", [(10.0, 6.0), (20.0, 5.5)])
+    trial, mine, base, at = ledger.best_matched()  # type: ignore[misc]
+    assert trial == "staged" and at == 29.0
+    assert mine == pytest.approx(3.5) and base == pytest.approx(4.05)
+
+
+def test_only_the_baseline_reports_itself() -> None:
+    ledger = TrialLedger()
+    _feed(ledger, "base", [(10.0, 5.5), (30.0, 4.0)], is_baseline=True)
+    ledger.status["base"] = "finished"
+    assert ledger.best_matched() == ("base", 4.0, 4.0, 30.0)
+
+
+def test_a_stopped_trial_is_tagged_with_the_rung_asha_read(tmp_path: Path) -> None:
+    """ASHA places its rungs on the matching convention's FLOPs (``flops_paper`` for a
+    ``paper`` study): a stopped trial's ``stagetune.asha_rung`` is that value (it used to be
+    the standard ``flops``, a number on no rung). The progress line names trials by label."""
+    from mlflow.tracking import MlflowClient
+    from ray.tune.experiment import Trial
+
+    from stagetune.metrics import FLOPS_PAPER
+    from stagetune.orchestration.callbacks import MlflowCallback, ProgressCallback
+    from stagetune.results import MlflowTracker
+    from stagetune.results.naming import TAG_ASHA_RUNG, TAG_LABEL, TAG_TRIAL_ID
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = MlflowTracker(uri, "rungs", spool_dir=tmp_path / "spool")
+    tracker.start_study(study_name="rungs", params={}, tags={})
+    labels = {"base": "baseline", "staged": "S2[2-2] zero/new_only +5c lr=0.001"}
+
+    def describe(params: dict, trial_id: str) -> dict:
+        return {"params": dict(params), "tags": {TAG_LABEL: labels[trial_id]}}
+
+    ledger = TrialLedger()
+    mlflow_cb = MlflowCallback(tracker, ledger, describe=describe, rung_metric=FLOPS_PAPER)
+    base = Trial("train_trial", config={"num_stages": 1}, trial_id="base", stub=True)
+    staged = Trial("train_trial", config={"num_stages": 2}, trial_id="staged", stub=True)
+    for trial in (base, staged):
+        mlflow_cb.on_trial_start(0, [base, staged], trial)
+    for flops, loss in [(10.0, 5.5), (20.0, 4.5), (30.0, 4.0)]:
+        record = {"flops": flops, FLOPS_PAPER: flops / 2, "eval_loss": loss, "tokens": flops}
+        if flops == 30.0:
+            record["status"] = "finished"
+        mlflow_cb.on_trial_result(0, [base, staged], base, {**record, "is_baseline": True})
+    mlflow_cb.on_trial_complete(0, [base, staged], base)
+    record = {"flops": 12.0, FLOPS_PAPER: 7.0, "eval_loss": 5.0, "tokens": 12}
+    mlflow_cb.on_trial_result(0, [base, staged], staged, record)
+    mlflow_cb.on_trial_complete(0, [base, staged], staged)  # no final status: ASHA stopped it
+
+    assert ledger.status == {"base": "finished", "staged": "stopped"}
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("rungs")
+    (run,) = client.search_runs([exp.experiment_id], f"tags.`{TAG_TRIAL_ID}` = 'staged'")
+    assert run.data.tags[TAG_ASHA_RUNG] == "7"
+    line = ProgressCallback(ledger, planned_flops=60.0, total_trials=2).line([base, staged])
+    assert f"best at equal compute: {labels['staged']} 5.0000 vs baseline 5.3000" in line
