@@ -32,10 +32,10 @@ from stagetune.config.limits import (
 from stagetune.errors import ConfigError, suggest
 
 __all__ = [
+    "PLACEMENT_STRATEGIES",
     "BudgetConfig",
     "DataConfig",
     "ExperimentConfig",
-    "PLACEMENT_STRATEGIES",
     "ModelConfig",
     "ResourcesConfig",
     "ScheduleConfig",
@@ -44,6 +44,7 @@ __all__ = [
     "TrainConfig",
     "validate_name",
 ]
+
 
 def _require(cond: bool, field_name: str, value: Any, fix: str) -> None:
     if not cond:
