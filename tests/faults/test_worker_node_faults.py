@@ -12,6 +12,10 @@ files, MLflow's store and Optuna's storage.
 - Node lost: a two-node cluster on loopback (``tests/loopback_cluster.py``), one one-CPU
   trial per node. The second node is SIGKILLed (raylet, agents, workers) while its trial runs;
   Tune retries the trial (``FailureConfig``) on the head from its latest checkpoint.
+- One trial across nodes: the same cluster, one two-worker trial with
+  ``resources.placement_strategy=STRICT_SPREAD`` (one worker per node). The non-head node is
+  SIGKILLed after Train registered a checkpoint and a replacement node joins; Ray Train
+  restarts the worker group across the head and the new node from that checkpoint.
 """
 
 from __future__ import annotations
