@@ -218,7 +218,8 @@ def test_fsdp_sharded_checkpoints_resume_at_two_and_one_workers(
     ray_local: None, fast_config: Any, tmp_path: Path
 ) -> None:
     """FSDP2 checkpoints hold each rank's shards (torch.distributed.checkpoint), not a full
-    state gathered on rank 0; the manifest covers every rank's files; two restarted workers
+    state gathered on rank 0; the manifest covers every rank's files (an altered shard sends
+    the resume to the previous good checkpoint); two restarted workers
     train on to the uninterrupted run's losses bit for bit, one process resharded from the
     same checkpoints to the same losses (up to reduction order); the final checkpoint holds
     the model in Hugging Face format."""
@@ -258,10 +259,17 @@ def test_fsdp_sharded_checkpoints_resume_at_two_and_one_workers(
         for key in ("eval_loss", "train_loss", "lr", "flops"):
             assert rec[key] == want[key], (key, rec["step"], rec[key], want[key])
 
-    # World size 1: one process reshards the two ranks' checkpoint and trains on.
-    mid = sorted(s for s in ckpts if 0 < s < total)[0]
+    # World size 1: one process reshards the two ranks' checkpoint and trains on. A newer
+    # checkpoint whose rank-1 shard was altered fails its checksum and is skipped.
+    mid, newer = sorted(s for s in ckpts if 0 < s < total)[:2]
     one = tmp_path / "one"
     shutil.copytree(ckpts[mid], one / "checkpoints" / f"step_{mid:08d}")
+    bad = one / "checkpoints" / f"step_{newer:08d}"
+    shutil.copytree(ckpts[newer], bad)
+    shard = bad / "dcp" / "__1_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
     session = LocalSession(one)
     result = StagedTrainer(trial, session, config=cfg, vocab_size=vocab).run()
     assert result.resumed_from_step == mid and result.steps == total
