@@ -58,8 +58,11 @@ def _res(**kw: Any) -> ResourcesConfig:
         (_res(gpus_per_worker=1), _info(4), "resources.gpus_per_worker", "gpus_per_worker=0"),
         (_res(gpus_per_worker=2), _info(4, 4, node_gpus=(1, 1)), "resources.gpus_per_worker",
          "no node has that many GPUs"),
+        (_res(workers_per_trial=2, placement_strategy="STRICT_SPREAD"), _info(4),
+         "resources.placement_strategy", "the cluster has 1"),
     ],
-    ids=["workers", "workers-two-nodes", "cpus-per-node", "no-gpus", "gpus-per-node"],
+    ids=["workers", "workers-two-nodes", "cpus-per-node", "no-gpus", "gpus-per-node",
+         "strict-spread"],
 )  # fmt: skip
 def test_check_placeable_refuses_what_can_never_run(
     res: ResourcesConfig, info: ClusterInfo, field: str, needle: str
@@ -75,6 +78,7 @@ def test_check_placeable_refuses_what_can_never_run(
     ("res", "info"),
     [
         (_res(workers_per_trial=2), _info(1, 1)),  # workers spread over two nodes
+        (_res(workers_per_trial=2, placement_strategy="STRICT_SPREAD"), _info(1, 1)),
         (_res(workers_per_trial=3, cpus_per_worker=0.1), _info(0.3)),  # float sums
         (_res(gpus_per_worker=0.5, workers_per_trial=2), _info(2, node_gpus=(1,))),
     ],

@@ -12,6 +12,10 @@ files, MLflow's store and Optuna's storage.
 - Node lost: a two-node cluster on loopback (``tests/loopback_cluster.py``), one one-CPU
   trial per node. The second node is SIGKILLed (raylet, agents, workers) while its trial runs;
   Tune retries the trial (``FailureConfig``) on the head from its latest checkpoint.
+- One trial across nodes: the same cluster, one two-worker trial with
+  ``resources.placement_strategy=STRICT_SPREAD`` (one worker per node). The non-head node is
+  SIGKILLed after Train registered a checkpoint and a replacement node joins; Ray Train
+  restarts the worker group across the head and the new node from that checkpoint.
 """
 
 from __future__ import annotations
@@ -323,3 +327,112 @@ def test_node_lost_trials_retry_on_head_and_study_completes(
     states = [t.state for t in study.trials]
     assert len(states) == NODE_LOST_TRIALS, states
     assert all(s == optuna.trial.TrialState.COMPLETE for s in states), states
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. one trial's workers on two nodes, the non-head node lost
+
+
+ACROSS_NODES = [
+    "name=across-nodes",
+    "model.n_layer=1",  # the compact space's single point: one baseline trial
+    "schedule.baseline_steps=160",
+    f"train.eval_points={160 // EVAL_EVERY}",
+    "train.checkpoint_every=40",
+    "search.early_stopping=false",
+    "resources.cpus_per_worker=1",
+    "resources.placement_strategy=STRICT_SPREAD",  # one worker per node
+]
+TRAIN_WORKER = "ray::RayTrainWorker"
+
+
+def _workers_on(node: Any) -> list[int]:
+    """The Ray Train worker processes a node runs (its raylet's children)."""
+    return [p for p in node.tree() if cmdline(p).startswith(TRAIN_WORKER)]
+
+
+def _kill_worker_node_after_checkpoint(
+    cli: Cli, proc: Any, cluster: LoopbackCluster, workdir: Path, timeout: float
+) -> int:
+    """Once Ray Train has registered a checkpoint, check that each node runs one of the trial's
+    two workers and SIGKILL the non-head node. Returns the checkpoint's step."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            _fail_with_logs(
+                cli, "across-nodes", f"the study ended (rc {proc.returncode}) before the fault"
+            )
+        for snap in workdir.glob("ray_train/train_*/checkpoint_manager_snapshot.json"):
+            try:
+                registered = json.loads(snap.read_text())["checkpoint_results"]
+            except (OSError, ValueError, KeyError):
+                continue  # being written
+            if not registered:
+                continue
+            metrics = registered[-1]["metrics"]
+            if metrics["step"] >= metrics["total_steps"]:
+                _fail_with_logs(cli, "across-nodes", "the trial finished before the fault")
+            per_node = [len(_workers_on(n)) for n in cluster.nodes]
+            assert per_node == [1, 1], f"workers per node (head, node1): {per_node}"
+            cluster.kill_node(cluster.nodes[1])
+            return int(metrics["step"])
+        time.sleep(0.1)
+    _fail_with_logs(cli, "across-nodes", "no checkpoint was registered in time")
+    raise AssertionError  # unreachable
+
+
+@pytest.mark.slow
+def test_trial_across_two_nodes_survives_losing_one(
+    cli: Cli, token_cache: Path, tmp_path: Path
+) -> None:
+    """A two-worker trial with one worker per node (``STRICT_SPREAD``) loses the non-head node
+    after a checkpoint; a replacement node joins (what an autoscaler does) and Ray Train
+    restarts the worker group on it from the checkpoint: the trial ends at its full step count
+    with one MLflow run holding every evaluation once."""
+    cluster = LoopbackCluster(cli_env(token_cache), tmp_path / "cluster-logs")
+    try:
+        cluster.start_head(num_cpus=1)
+        cluster.add_node(num_cpus=1)
+        cluster.wait_nodes()
+        workdir = tmp_path / "work"
+        args = ["run", "--address", cluster.address, "--space", "compact", "--trials", "1",
+                "--workers-per-trial", "2", "--workdir", str(workdir), "--quiet",
+                *fast_args(*ACROSS_NODES)]  # fmt: skip
+        t0 = time.monotonic()
+        proc = cli.start(args, name="across-nodes", **cluster.auth_env(), **TRAIN_ENV)
+        ckpt_step = _kill_worker_node_after_checkpoint(cli, proc, cluster, workdir, BUDGET_S - 90)
+        replacement = cluster.add_node(num_cpus=1)
+        cluster.wait_nodes()
+        try:
+            rc = proc.wait(max(30.0, BUDGET_S - (time.monotonic() - t0)))
+        except Exception:
+            _fail_with_logs(cli, "across-nodes", "the study did not finish after the node loss")
+        if rc != 0:
+            _fail_with_logs(cli, "across-nodes", f"stagetune run exited {rc}")
+        assert replacement.node_id
+    finally:
+        cluster.shutdown()
+
+    results = tune_results(workdir / "ray_results" / "across-nodes")
+    assert len(results) == 1, sorted(results)
+    ((trial_id, recs),) = results.items()
+    want_steps = list(range(EVAL_EVERY, 161, EVAL_EVERY))
+    assert sorted({r["step"] for r in recs}) == want_steps
+    assert recs[-1]["step"] == recs[-1]["total_steps"] == 160
+    assert recs[-1]["status"] == "finished"
+    # A new worker group took over from the checkpoint, not from step 0.
+    pids = list(dict.fromkeys(r["worker_pid"] for r in recs))
+    assert len(pids) >= 2, pids
+    after = [r for r in recs if r["worker_pid"] == pids[-1]]
+    assert after[0]["step"] == min(s for s in want_steps if s > ckpt_step), (
+        ckpt_step,
+        [r["step"] for r in recs],
+    )
+
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    runs = _runs_by_trial(uri, "across-nodes")
+    assert list(runs) == [trial_id] and len(runs[trial_id]) == 1, runs
+    (run,) = runs[trial_id]
+    assert run.info.status == "FINISHED" and run.data.tags["stagetune.status"] == "finished"
+    steps = [s for s, _ in _history(MlflowClient(uri), run.info.run_id, "eval_loss")]
+    assert steps == sorted({r["tokens"] for r in recs}), steps

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,11 @@ from stagetune.cli import main
 from stagetune.config import config_to_dict
 from stagetune.data import prepare_data
 from stagetune.schedule import baseline_schedule, build_schedule
+from stagetune.trainables.checkpoint import MANIFEST, STATE
 from stagetune.trainables.launcher import TRAIN_CHECKPOINTS_KEPT, TrainRun, torch_trainer
+from stagetune.trainables.loop import StagedTrainer
 from stagetune.trainables.rng_state import RNG_FILE
+from stagetune.trainables.session import LocalSession
 from stagetune.trial import TrialDescription
 from tests.conftest import FAST
 
@@ -45,6 +49,7 @@ def test_workers_get_their_gpus_and_the_backend_that_fits(
     scaling = trainer.scaling_config
     assert scaling.num_workers == 2
     assert scaling.use_gpu is (gpus > 0)
+    assert scaling.placement_strategy == "PACK"  # resources.placement_strategy's default
     assert scaling.resources_per_worker == ({"CPU": 2, "GPU": 1} if gpus else {"CPU": 2})
     assert trainer.backend_config.backend == ("nccl" if gpus else "gloo")
     kept = trainer.run_config.checkpoint_config.num_to_keep
@@ -198,3 +203,84 @@ def test_ddp_resume_with_dropout_is_exact(
     # Every rank's generators travel with the checkpoint.
     ckpt = next((tmp_path / "cut" / "workers" / "rank0").glob("step_*"))
     assert sorted(load_file(str(ckpt / RNG_FILE))) == ["rank0.cpu", "rank1.cpu"]
+
+
+def _train_checkpoints(storage: Path, run: str) -> dict[int, Path]:
+    """Step -> a Ray Train run's stored checkpoint (every rank's files merged)."""
+    out = {}
+    for d in (storage / run).glob("checkpoint_*/"):
+        out[json.loads((d / STATE).read_text())["step"]] = d
+    return out
+
+
+@pytest.mark.slow
+def test_fsdp_sharded_checkpoints_resume_at_two_and_one_workers(
+    ray_local: None, fast_config: Any, tmp_path: Path
+) -> None:
+    """FSDP2 checkpoints hold each rank's shards (torch.distributed.checkpoint), not a full
+    state gathered on rank 0; the manifest covers every rank's files (an altered shard sends
+    the resume to the previous good checkpoint); two restarted workers
+    train on to the uninterrupted run's losses bit for bit, one process resharded from the
+    same checkpoints to the same losses (up to reduction order); the final checkpoint holds
+    the model in Hugging Face format."""
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+    cfg = fast_config(
+        "schedule.increments=[2, 2]",
+        "schedule.continual_steps=4",
+        "train.checkpoint_every=4",
+        "resources.workers_per_trial=2",
+        "resources.strategy=fsdp",
+    )
+    vocab = prepare_data(cfg.data).vocab_size
+    trial = TrialDescription.from_config(cfg, schedule=build_schedule(cfg, vocab_size=vocab))
+    storage = tmp_path / "ray"
+    ref = _ddp_run(trial, cfg, vocab, tmp_path / "ref", die_after_checkpoints=0, storage=storage)
+    cut = _ddp_run(trial, cfg, vocab, tmp_path / "cut", die_after_checkpoints=2, storage=storage)
+    total = trial.schedule.total_steps
+    by_step = {r["step"]: r for r in ref[:-1]}
+    assert ref[-2]["step"] == total
+
+    # Stored checkpoints: each rank's shards, all of them in the manifest; HF only at the end.
+    ckpts = _train_checkpoints(storage, "ref")
+    assert len(ckpts) >= 3 and max(ckpts) == total, sorted(ckpts)
+    for step, d in ckpts.items():
+        manifest = json.loads((d / MANIFEST).read_text())
+        shards = sorted(k for k in manifest if k.startswith("dcp/"))
+        assert shards == ["dcp/.metadata", "dcp/__0_0.distcp", "dcp/__1_0.distcp"], shards
+        assert not (d / "optimizer.pt").exists()
+        assert (d / "hf" / "model.safetensors").is_file() is (step == total), step
+
+    # World size 2: restarted workers resume from a sharded checkpoint, exactly.
+    resumed_from = cut[-1]["resumed_from_step"]
+    after = [r for r in cut[:-1] if not r["first_attempt"]]
+    assert resumed_from and after and after[-1]["step"] == total
+    for rec in after:
+        want = by_step[rec["step"]]
+        for key in ("eval_loss", "train_loss", "lr", "flops"):
+            assert rec[key] == want[key], (key, rec["step"], rec[key], want[key])
+
+    # World size 1: one process reshards the two ranks' checkpoint and trains on. A newer
+    # checkpoint whose rank-1 shard was altered fails its checksum and is skipped.
+    mid, newer = sorted(s for s in ckpts if 0 < s < total)[:2]
+    one = tmp_path / "one"
+    shutil.copytree(ckpts[mid], one / "checkpoints" / f"step_{mid:08d}")
+    bad = one / "checkpoints" / f"step_{newer:08d}"
+    shutil.copytree(ckpts[newer], bad)
+    shard = bad / "dcp" / "__1_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    session = LocalSession(one)
+    result = StagedTrainer(trial, session, config=cfg, vocab_size=vocab).run()
+    assert result.resumed_from_step == mid and result.steps == total
+    assert [r["step"] for r in session.records] == [s for s in sorted(by_step) if s > mid]
+    # Right after the resume the model and the optimizer are the two ranks' to float
+    # precision; further on one process drifts from two by reduction order, as much as an
+    # uninterrupted one-process run does (test_two_workers_match_one_worker's tolerance).
+    first = session.records[0]
+    assert first["eval_loss"] == pytest.approx(by_step[first["step"]]["eval_loss"], rel=1e-5)
+    assert first["train_loss"] == pytest.approx(by_step[first["step"]]["train_loss"], rel=1e-5)
+    for rec in session.records:
+        want = by_step[rec["step"]]
+        assert rec["eval_loss"] == pytest.approx(want["eval_loss"], abs=2e-3), rec["step"]
+        assert rec["flops"] == want["flops"]

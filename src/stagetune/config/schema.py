@@ -32,6 +32,7 @@ from stagetune.config.limits import (
 from stagetune.errors import ConfigError, suggest
 
 __all__ = [
+    "PLACEMENT_STRATEGIES",
     "BudgetConfig",
     "DataConfig",
     "ExperimentConfig",
@@ -44,6 +45,7 @@ __all__ = [
     "validate_name",
 ]
 
+
 def _require(cond: bool, field_name: str, value: Any, fix: str) -> None:
     if not cond:
         raise ConfigError(field_name, value, fix)
@@ -53,6 +55,10 @@ def _bounded(value: float, low: float, high: float, field_name: str, why_high: s
     """``low <= value <= high``; past ``high`` the error says ``why_high`` (see limits)."""
     _require(value >= low, field_name, value, f"use >= {low:g}")
     _require(value <= high, field_name, value, why_high)
+
+
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+"""Ray placement group strategies a multi-worker trial may ask for."""
 
 
 def _choice(value: str, choices: tuple[str, ...], field_name: str) -> None:
@@ -444,6 +450,10 @@ class ResourcesConfig:
     gpus_per_worker: float = 0.0
     strategy: str = "ddp"
     """Multi-worker strategy: ``ddp`` or ``fsdp`` (FSDP2 ``fully_shard``)."""
+    placement_strategy: str = "PACK"
+    """Where a multi-worker trial's workers go (a Ray placement group strategy): ``PACK`` as
+    few nodes as possible, ``SPREAD`` over nodes when they fit, ``STRICT_PACK`` one node,
+    ``STRICT_SPREAD`` one worker per node (a node lost costs one worker's share)."""
     address: str | None = None
     """Ray cluster address; ``None`` uses ``$RAY_ADDRESS`` or starts a local instance."""
     max_failures: int = 2
@@ -465,6 +475,7 @@ class ResourcesConfig:
             self.gpus_per_worker >= 0, "resources.gpus_per_worker", self.gpus_per_worker, "use >= 0"
         )
         _choice(self.strategy, ("ddp", "fsdp"), "resources.strategy")
+        _choice(self.placement_strategy, PLACEMENT_STRATEGIES, "resources.placement_strategy")
         _require(self.max_failures >= 0, "resources.max_failures", self.max_failures, "use >= 0")
 
 

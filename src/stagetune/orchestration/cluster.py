@@ -257,6 +257,17 @@ def check_placeable(res: ResourcesConfig, info: ClusterInfo) -> None:
             res.cpus_per_worker,
             f"no node has that many CPUs (largest: {info.max_node_cpus:g}); lower it",
         )
+    if (
+        res.placement_strategy == "STRICT_SPREAD"
+        and res.workers_per_trial > 1
+        and res.workers_per_trial > info.nodes
+    ):
+        raise ConfigError(
+            "resources.placement_strategy",
+            res.placement_strategy,
+            f"STRICT_SPREAD puts each of the {res.workers_per_trial} workers on its own node "
+            f"but the cluster has {info.nodes}; use SPREAD or PACK",
+        )
     need_gpu = res.workers_per_trial * res.gpus_per_worker
     if need_gpu > info.gpus + _EPS:
         raise ConfigError(

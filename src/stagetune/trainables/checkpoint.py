@@ -24,9 +24,11 @@ __all__ = [
     "MANIFEST",
     "CorruptCheckpointError",
     "checkpoint_step",
+    "file_digests",
     "find_latest_valid",
     "newest_first",
     "read_checkpoint",
+    "read_state",
     "verify_checkpoint",
     "write_manifest",
 ]
@@ -49,10 +51,17 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_manifest(directory: Path) -> None:
-    """Record the SHA-256 of every file under ``directory`` (written last, atomically)."""
+def file_digests(directory: Path) -> dict[str, str]:
+    """Relative path -> SHA-256 of every file under ``directory`` (the manifest excepted)."""
     files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
-    manifest = {str(p.relative_to(directory)): _sha256(p) for p in files}
+    return {p.relative_to(directory).as_posix(): _sha256(p) for p in files}
+
+
+def write_manifest(directory: Path, others: dict[str, str] | None = None) -> None:
+    """Record the SHA-256 of every file under ``directory`` (written last, atomically), and
+    ``others``: files other ranks wrote into their own copy of the checkpoint directory
+    (:func:`file_digests`), which the stored checkpoint holds once every rank's is merged."""
+    manifest = {**(others or {}), **file_digests(directory)}
     tmp = directory / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
     os.replace(tmp, directory / MANIFEST)
@@ -77,13 +86,8 @@ def verify_checkpoint(directory: Path) -> None:
             raise CorruptCheckpointError(f"checkpoint {directory}: {rel} fails its checksum")
 
 
-def read_checkpoint(directory: Path) -> tuple[dict[str, Any], dict[str, Any], Path]:
-    """Verified (trainer state, optimizer state, HF model dir) of a checkpoint.
-
-    The optimizer state is unpickled with ``weights_only=True``: tensors and plain containers
-    only. A file holding any other object (which could run code on load) is refused, even when
-    its checksum matches (whoever altered it may have rewritten the manifest too).
-    """
+def read_state(directory: Path) -> dict[str, Any]:
+    """The trainer state (counters) of a checkpoint, after verifying every file."""
     verify_checkpoint(directory)
     try:
         state = json.loads((directory / STATE).read_text(encoding="utf-8"))
@@ -93,6 +97,17 @@ def read_checkpoint(directory: Path) -> tuple[dict[str, Any], dict[str, Any], Pa
         ) from None
     if not isinstance(state, dict) or not isinstance(state.get("step"), int):
         raise CorruptCheckpointError(f"checkpoint {directory}: {STATE} holds no step counter")
+    return state
+
+
+def read_checkpoint(directory: Path) -> tuple[dict[str, Any], dict[str, Any], Path]:
+    """Verified (trainer state, optimizer state, HF model dir) of a checkpoint.
+
+    The optimizer state is unpickled with ``weights_only=True``: tensors and plain containers
+    only. A file holding any other object (which could run code on load) is refused, even when
+    its checksum matches (whoever altered it may have rewritten the manifest too).
+    """
+    state = read_state(directory)
     try:
         optim = torch.load(directory / OPTIM, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle.UnpicklingError for a refused object, others for garbage

@@ -1,4 +1,4 @@
-"""The training loop's checkpoint manager: save, restore, FSDP full-state gather, RNG states,
+"""The training loop's checkpoint manager: save, restore, FSDP sharded checkpoints, RNG states,
 verification and fallback.
 
 The loop hands it its counters; it writes the model (Hugging Face safetensors, at the active
@@ -6,8 +6,13 @@ depth), the optimizer, the counters and every rank's generator states into a new
 lists them with checksums (:mod:`stagetune.trainables.checkpoint`) and renames the directory
 into place, so a checkpoint is whole or absent. On restore it takes the newest checkpoint that
 verifies and fits the schedule, skipping corrupt ones, and touches the model only once one does.
-With FSDP2 every rank gathers full tensors (collectives) and rank 0 writes them, so a
-checkpoint does not depend on the number of ranks that wrote it.
+
+With FSDP2 each rank writes only its own shards of the model and the optimizer
+(:mod:`stagetune.trainables.sharded`, ``torch.distributed.checkpoint``) into its own copy of the
+checkpoint directory; rank 0 adds the counters, the generators and a manifest that lists every
+rank's files (their digests are gathered), and Ray Train merges the ranks' directories into one
+stored checkpoint. Loading reshards to any world size, one process included. The final
+checkpoint also holds the model in Hugging Face format (``hf/``), gathered once, at the end.
 """
 
 from __future__ import annotations
@@ -30,12 +35,15 @@ from stagetune.trainables.checkpoint import (
     OPTIM,
     STATE,
     CorruptCheckpointError,
+    file_digests,
     newest_first,
     prune,
     read_checkpoint,
+    read_state,
     write_manifest,
 )
 from stagetune.trainables.session import Session
+from stagetune.trainables.sharded import is_sharded, load_sharded, save_sharded, saved_keys
 
 __all__ = ["CHECKPOINTS_KEPT", "CheckpointManager"]
 
@@ -46,6 +54,8 @@ CHECKPOINTS_KEPT = 3
 _HF_PREFIX = "hf_model."
 """Where the Hugging Face model sits in a :class:`StagedModel`'s state dict."""
 _Weights = dict[str, torch.Tensor]
+_BY_NAME = "by_name"
+"""A sharded checkpoint's optimizer state, keyed by parameter name (see ``restore``)."""
 
 
 class CheckpointManager:
@@ -74,6 +84,7 @@ class CheckpointManager:
         self.optimizer = optimizer
         self.session = session
         self._schedule = schedule.to_dict()
+        self._total_steps = schedule.total_steps
         self.device = device
         self.fsdp = fsdp
         self.rank, self.world_size = session.rank, session.world_size
@@ -81,37 +92,65 @@ class CheckpointManager:
     # -- save ----------------------------------------------------------------------------------
     def save(self, counters: dict[str, Any]) -> Path | None:
         """Write a verified checkpoint of the loop's ``counters`` (they hold its ``step``);
-        every rank calls it (collectives), rank 0 writes and returns the path."""
-        full_model: _Weights | None = None
+        every rank calls it (collectives). Returns the directory to report: rank 0's, and
+        under FSDP every rank's (its shards), else ``None``."""
         if self.fsdp:
-            # Collectives: every rank gathers, rank 0 writes full (unsharded) tensors.
-            optimizer = self._fsdp_full_optimizer_state()
-            full_model = {
-                k[len(_HF_PREFIX) :]: v
-                for k, v in self._full_model_state().items()
-                if k.startswith(_HF_PREFIX)
-            }
-        else:
-            optimizer = self.optimizer.state_dict()
+            return self._save_sharded(counters)
         rng = rng_state.gather(self.device, rank=self.rank, world_size=self.world_size)
         if self.rank != 0:
             return None
+        tmp, final = self._new_directory(int(counters["step"]))
+        self.model.save_pretrained(tmp / HF_DIR)
+        torch.save(self.optimizer.state_dict(), tmp / OPTIM)
+        self._write_rank0_files(tmp, counters, rng)
+        write_manifest(tmp)
+        return self._publish(tmp, final)
+
+    def _save_sharded(self, counters: dict[str, Any]) -> Path:
+        import torch.distributed as dist
+
+        rng = rng_state.gather(self.device, rank=self.rank, world_size=self.world_size)
         step = int(counters["step"])
+        # The users' model, once: a full gather at the end only (a collective).
+        final_model = self._hf_model_state() if step >= self._total_steps else None
+        tmp, final = self._new_directory(step)
+        save_sharded(tmp, self.model, self.optimizer)
+        if self.rank == 0:
+            if final_model is not None:
+                self.model.save_pretrained(tmp / HF_DIR, state_dict=final_model)
+            self._write_rank0_files(tmp, counters, rng)
+        digests: list[dict[str, str] | None] = [None] * self.world_size
+        dist.all_gather_object(digests, file_digests(tmp) if self.rank else {})
+        if self.rank == 0:
+            write_manifest(tmp, {k: v for d in digests if d for k, v in d.items()})
+        return self._publish(tmp, final)
+
+    def _new_directory(self, step: int) -> tuple[Path, Path]:
         root = self.session.checkpoint_root()
         root.mkdir(parents=True, exist_ok=True)
-        final = root / f"step_{step:08d}"
         tmp = root / f".tmp_step_{step:08d}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        self.model.save_pretrained(tmp / HF_DIR, state_dict=full_model)
-        torch.save(optimizer, tmp / OPTIM)
+        return tmp, root / f"step_{step:08d}"
+
+    @staticmethod
+    def _write_rank0_files(tmp: Path, counters: dict[str, Any], rng: rng_state.RngStates) -> None:
         rng_state.save(tmp, rng)
         (tmp / STATE).write_text(json.dumps(counters, indent=1))
-        write_manifest(tmp)
+
+    @staticmethod
+    def _publish(tmp: Path, final: Path) -> Path:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        prune(root, keep=CHECKPOINTS_KEPT)
+        prune(final.parent, keep=CHECKPOINTS_KEPT)
         return final
+
+    def _hf_model_state(self) -> _Weights:
+        return {
+            k[len(_HF_PREFIX) :]: v
+            for k, v in self._full_model_state().items()
+            if k.startswith(_HF_PREFIX)
+        }
 
     def _full_model_state(self) -> _Weights:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -119,27 +158,6 @@ class CheckpointManager:
         return get_model_state_dict(  # type: ignore[return-value]
             self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
         )
-
-    def _fsdp_full_optimizer_state(self) -> dict[str, Any]:
-        """AdamW state with every DTensor gathered to a full tensor, keyed by parameter name.
-
-        Iterates parameters in ``named_parameters`` order, identical on every rank, because
-        ``full_tensor`` is a collective.
-        """
-        from torch.distributed.tensor import DTensor
-
-        out: dict[str, Any] = {}
-        for name, p in self.model.named_parameters():
-            st = self.optimizer.state.get(p)
-            if not st:
-                continue
-            out[name] = {
-                k: (v.full_tensor().cpu() if isinstance(v, DTensor) else v) for k, v in st.items()
-            }
-        groups = [
-            {k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups
-        ]
-        return {"fsdp_full": True, "state": out, "param_groups": groups}
 
     # -- restore -------------------------------------------------------------------------------
     def restore(self) -> dict[str, Any] | None:
@@ -157,49 +175,44 @@ class CheckpointManager:
         depth = int(counters["active_depth"])
         if depth > self.model.active_depth:
             self.model.grow(depth, "random", seed=0)  # weights are overwritten just below
-        self._load_model_weights(weights)
+        if weights is None:  # sharded: the model loads in place, resharded (collective)
+            optimizer = {_BY_NAME: load_sharded(source, self.model, self.optimizer)}
+        else:
+            self._load_model_weights(weights)
         rng_state.restore(rng, source, self.device, rank=self.rank)  # after grow(): it reseeds
         return {"trainer": counters, "optimizer": optimizer}
 
     def load_optimizer_state(self, saved: dict[str, Any]) -> None:
-        """Load an optimizer state :meth:`save` wrote (full tensors re-sharded under FSDP)."""
-        if not saved.get("fsdp_full"):
+        """Load an optimizer state :meth:`restore` returned (sharded ones already resharded
+        like their parameters)."""
+        by_name = saved.get(_BY_NAME)
+        if by_name is None:
             self.optimizer.load_state_dict(saved)
             return
-        from torch.distributed.tensor import DTensor, distribute_tensor
-
-        for name, p in self.model.named_parameters():
-            st = saved["state"].get(name)
-            if st is None:
-                continue
-            self.optimizer.state[p] = {
-                k: (
-                    distribute_tensor(v.to(p.device), p.device_mesh, p.placements)
-                    if isinstance(p, DTensor) and torch.is_tensor(v) and v.shape == p.shape
-                    else v
-                )
-                for k, v in st.items()
-            }
+        params = dict(self.model.named_parameters())
+        for name, st in by_name.items():
+            self.optimizer.state[params[name]] = st
 
     def _read_valid(
         self, candidates: list[Path]
-    ) -> tuple[Path, dict[str, Any], dict[str, Any], _Weights, rng_state.RngStates | None]:
+    ) -> tuple[Path, dict[str, Any], dict[str, Any], _Weights | None, rng_state.RngStates | None]:
         """The newest checkpoint that verifies and loads safely, and all of it; the model is
         not touched until one does, so a bad candidate leaves nothing half-applied."""
         skipped: list[str] = []
         for cand in newest_first(candidates):
             try:
-                counters, optimizer, hf_dir = read_checkpoint(cand)
+                weights: _Weights | None = None
+                optimizer: dict[str, Any] = {}
+                if is_sharded(cand):
+                    counters = read_state(cand)
+                    saved_keys(cand)  # its metadata unpickles under the allowlist
+                else:
+                    counters, optimizer, hf_dir = read_checkpoint(cand)
+                    weights = self._read_weights(cand, hf_dir)
                 if counters.get("schedule") != self._schedule:
                     raise CorruptCheckpointError(
                         f"checkpoint {cand}: it belongs to a different schedule"
                     )
-                try:
-                    weights = load_file(str(hf_dir / "model.safetensors"), device="cpu")
-                except Exception as exc:  # safetensors' own error type for a bad header
-                    raise CorruptCheckpointError(
-                        f"checkpoint {cand}: unreadable model weights ({exc})"
-                    ) from None
                 rng = rng_state.load(cand)
             except CorruptCheckpointError as exc:
                 skipped.append(str(exc))
@@ -217,6 +230,15 @@ class CheckpointManager:
             + "; ".join(skipped)
             + "; delete them to start the run over"
         )
+
+    @staticmethod
+    def _read_weights(cand: Path, hf_dir: Path) -> _Weights:
+        try:
+            return load_file(str(hf_dir / "model.safetensors"), device="cpu")
+        except Exception as exc:  # safetensors' own error type for a bad header
+            raise CorruptCheckpointError(
+                f"checkpoint {cand}: unreadable model weights ({exc})"
+            ) from None
 
     def _load_model_weights(self, weights: _Weights) -> None:
         if self.fsdp:

@@ -180,7 +180,8 @@ def torch_config(res: ResourcesConfig) -> TorchConfig:
 
 
 def scaling_config(res: ResourcesConfig) -> ScalingConfig:
-    """``workers_per_trial`` workers, each asking for its CPUs and GPUs."""
+    """``workers_per_trial`` workers, each asking for its CPUs and GPUs, placed by
+    ``resources.placement_strategy``."""
     from ray.train import ScalingConfig
 
     use_gpu = res.gpus_per_worker > 0
@@ -188,7 +189,10 @@ def scaling_config(res: ResourcesConfig) -> ScalingConfig:
     if use_gpu:
         per_worker["GPU"] = res.gpus_per_worker
     return ScalingConfig(
-        num_workers=res.workers_per_trial, use_gpu=use_gpu, resources_per_worker=per_worker
+        num_workers=res.workers_per_trial,
+        use_gpu=use_gpu,
+        resources_per_worker=per_worker,
+        placement_strategy=res.placement_strategy,
     )
 
 

@@ -121,8 +121,10 @@ class TrainWorkerSession:
         self._placement = _placement()
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        # Every rank that wrote part of the checkpoint reports it (FSDP: each its own shards);
+        # Ray Train puts all of them into one stored checkpoint directory.
         ckpt = None
-        if checkpoint_dir is not None and self.rank == 0:
+        if checkpoint_dir is not None:
             ckpt = self._train.Checkpoint.from_directory(str(checkpoint_dir))
         # Only rank 0's record reaches Tune (TuneReportCallback), so node_id/worker_pid name it.
         self._train.report({**metrics, **self._placement}, checkpoint=ckpt)
