@@ -237,7 +237,8 @@ def _resident_bytes(module: Any, optimizer: Any) -> int:
     tensors = list(module.state_dict().values())
     for state in optimizer.state.values():
         tensors += [v for v in state.values() if hasattr(v, "nbytes")]
-    return sum(int(t.nbytes) for t in {id(t): t for t in tensors}.values())
+    # Tied weights appear under two names: count each storage once.
+    return sum(int(t.nbytes) for t in {t.data_ptr(): t for t in tensors}.values())
 
 
 def _bare_loop(cfg: Any, plain: Any, module: Any, device: Any, stream: Any) -> Callable[[], Any]:
