@@ -564,6 +564,20 @@ def section_ray_train(dry: bool, workdir: str) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ study
+STUDY_COLUMNS = (
+    "final_eval_loss",
+    "total_compute",
+    "loss_at_matched",
+    "baseline_loss_at_matched",
+    "matched_delta",
+    "compute_fraction",
+)
+
+
+def _mean(stat: Any) -> float | None:
+    return stat.get("mean") if isinstance(stat, dict) else stat
+
+
 def section_study(dry: bool, workdir: str) -> dict[str, Any]:
     from stagetune.cli import main
 
@@ -574,8 +588,15 @@ def section_study(dry: bool, workdir: str) -> dict[str, Any]:
     with CardMemory() as mem, contextlib.redirect_stdout(buf):
         rc = main(args)
     data = json.loads(buf.getvalue())
-    keep = ("label", "status", "final_eval_loss", "flops", "is_baseline")
-    rows = [{k: r.get(k) for k in keep if k in r} for r in data.get("outcomes", [])]
+    rows = [
+        {
+            "schedule": r.get("schedule"),
+            "is_baseline": r.get("is_baseline"),
+            # Means over seeds (one seed here) of the report's compute-matched columns.
+            **{k: _mean(r.get(k)) for k in STUDY_COLUMNS},
+        }
+        for r in data.get("outcomes", [])
+    ]
     return {
         "command": "stagetune " + " ".join(args),
         "exit_code": rc,
@@ -673,8 +694,9 @@ def render(doc: dict[str, Any]) -> str:
                 p(f", |gap| {_fmt(gap, '.1e')}, card peak {_fmt(d['card_peak_mib'], '.0f')} MiB\n")
         elif name == "study":
             for r in sec["outcomes"]:
-                p(f"  {r.get('label')!s:<24} {r.get('status')!s:<9} ")
-                p(f"eval {_fmt(r.get('final_eval_loss'), '.4f')}\n")
+                p(f"  {r['schedule']!s:<40} eval {_fmt(r['final_eval_loss'], '.4f')}  ")
+                p(f"at matched compute {_fmt(r['loss_at_matched'], '.4f')} vs baseline ")
+                p(f"{_fmt(r['baseline_loss_at_matched'], '.4f')}\n")
             p(f"  card peak {_fmt(sec['card_peak_mib'], '.0f')} MiB; {sec['verdict']}\n")
     p(f"\noverall: {'PASS' if doc['pass'] else 'MISS'}\n")
     return w.getvalue()
