@@ -796,7 +796,11 @@ def main(argv: list[str] | None = None) -> int:
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
-    print(render(doc), file=sys.stderr)
+    try:
+        table = render(doc)
+    except Exception as e:  # the JSON document must come out whatever a section returned
+        table = f"gpu_check: no table ({type(e).__name__}: {e}); the JSON has every number\n"
+    print(table, file=sys.stderr)
     print(text)
     return 0
 
