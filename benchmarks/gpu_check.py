@@ -5,6 +5,9 @@ Run from the repository root on a machine with one CUDA GPU (H100/H200 class)::
     python benchmarks/gpu_check.py                   # ~5-7 min; JSON to $OUT/gpu_check.json
     python benchmarks/gpu_check.py --out check.json  # or to a given path
     python benchmarks/gpu_check.py --dry-run         # the same code paths on CPU, toy size
+    python benchmarks/gpu_check.py --sections flops,steps --budget 200   # a subset
+
+(``--limit-factor F`` widens every section's time box, for a dry run on a slow CPU.)
 
 It prints one JSON document on stdout and a short table on stderr. Sections, each in a child
 process of its own with a time box (a crash, an out-of-memory or a hang in one still leaves the
