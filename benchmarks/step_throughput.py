@@ -70,10 +70,11 @@ from stagetune.compute import step_flops, step_work
 from stagetune.config import ExperimentConfig, load_config
 from stagetune.data import prepare_data
 from stagetune.schedule import Schedule, Stage, baseline_schedule
-from stagetune.trainables.loop import StagedTrainer
+from stagetune.trainables.loop import StagedTrainer, adamw_kernel
 from stagetune.trainables.session import LocalSession
 from stagetune.trial import TrialDescription
 
+CPU = torch.device("cpu")
 FULL_TARGET = 0.95
 PHASE1_TARGET = (0.85, 1.15)
 
@@ -130,12 +131,14 @@ class Variant:
 
 
 def _trainer(
-    cfg: ExperimentConfig, schedule: Schedule, vocab_size: int, out: str
+    cfg: ExperimentConfig,
+    schedule: Schedule,
+    vocab_size: int,
+    out: str,
+    device: torch.device = CPU,
 ) -> StagedTrainer:
     trial = TrialDescription.from_config(cfg, schedule=schedule)
-    return StagedTrainer(
-        trial, LocalSession(out), config=cfg, vocab_size=vocab_size, device=torch.device("cpu")
-    )
+    return StagedTrainer(trial, LocalSession(out), config=cfg, vocab_size=vocab_size, device=device)
 
 
 def _enter(trainer: StagedTrainer, index: int) -> None:
@@ -186,7 +189,9 @@ def _plain_model(cfg: ExperimentConfig, vocab_size: int) -> nn.Module:
     return model
 
 
-def _plain_optimizer(model: nn.Module, cfg: ExperimentConfig) -> torch.optim.Optimizer:
+def _plain_optimizer(
+    model: nn.Module, cfg: ExperimentConfig, device: torch.device = CPU
+) -> torch.optim.Optimizer:
     t = cfg.train
     embeddings = {id(mod.weight) for mod in model.modules() if isinstance(mod, nn.Embedding)}
     decay, no_decay = [], []
@@ -200,7 +205,7 @@ def _plain_optimizer(model: nn.Module, cfg: ExperimentConfig) -> torch.optim.Opt
         lr=t.lr,
         betas=(t.beta1, t.beta2),
         weight_decay=t.weight_decay,
-        foreach=True,
+        **adamw_kernel(device),  # the kernel stagetune's loop uses on this device
     )
 
 
@@ -292,16 +297,16 @@ def build_variants(
 
     variants = [
         Variant("plain", "plain PyTorch loop (HF GPT2LMHeadModel)", plain_step),
-        Variant("full", "stagetune full depth (baseline)", full.train_step),
+        Variant("full", "stagetune full depth (baseline)", lambda: float(full.train_step())),
         Variant(
             "p1_new_only",
             f"stagetune phase 1, new_only ({first_depth} frozen, no_grad)",
-            phase1["new_only"].train_step,
+            lambda: float(phase1["new_only"].train_step()),
         ),
         Variant(
             "p1_paper",
             f"stagetune phase 1, paper ({first_depth} frozen, grad to embeddings)",
-            phase1["paper"].train_step,
+            lambda: float(phase1["paper"].train_step()),
         ),
     ]
     info = {

@@ -26,16 +26,18 @@ from stagetune.trial import TrialDescription
 from tests.conftest import FAST
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("gpus", [0, 1])
 @pytest.mark.parametrize("command", ["train", "run"])
 def test_workers_get_their_gpus_and_the_backend_that_fits(
-    fast_config: Any, tmp_path: Path, command: str, gpus: int
+    fast_config: Any, tmp_path: Path, command: str, gpus: int, workers: int
 ) -> None:
     """``train --workers N`` and a study's trials build one TorchTrainer: GPU workers ask for
     their GPUs and talk NCCL, CPU workers ask for CPUs only and talk gloo. (``train`` used to
-    build its own: gloo and CPU-only workers even with ``resources.gpus_per_worker=1``.)"""
+    build its own: gloo and CPU-only workers even with ``resources.gpus_per_worker=1``.) One
+    worker too: the GPU check drives a one-GPU Ray Train run through this same trainer."""
     cfg = fast_config(
-        "resources.workers_per_trial=2",
+        f"resources.workers_per_trial={workers}",
         "resources.cpus_per_worker=2",
         f"resources.gpus_per_worker={gpus}",
     )
@@ -47,7 +49,7 @@ def test_workers_get_their_gpus_and_the_backend_that_fits(
     trainer = torch_trainer(trial, config=cfg, vocab_size=512, run=run)  # built, not started
 
     scaling = trainer.scaling_config
-    assert scaling.num_workers == 2
+    assert scaling.num_workers == workers
     assert scaling.use_gpu is (gpus > 0)
     assert scaling.placement_strategy == "PACK"  # resources.placement_strategy's default
     assert scaling.resources_per_worker == ({"CPU": 2, "GPU": 1} if gpus else {"CPU": 2})

@@ -238,6 +238,9 @@ class TrainConfig:
     """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
     dtype: str = "auto"
     """``auto`` (bf16 autocast on GPU, fp32 on CPU), ``float32`` or ``bfloat16``."""
+    compile: bool = False
+    """``torch.compile`` the training forward/backward, afresh for each phase (the model's
+    depth and trainable set change at a phase boundary); the FLOPs accounting is unchanged."""
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, "train.batch_size", self.batch_size, "use >= 1")

@@ -14,7 +14,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.distributed as dist
@@ -41,7 +41,23 @@ from stagetune.trainables.lr import lr_at
 from stagetune.trainables.session import Session
 from stagetune.trial import TrialDescription
 
-__all__ = ["StagedTrainer", "StepFlops", "TrainResult", "growth_seed", "quiet_progress_bars"]
+__all__ = [
+    "DIVERGENCE_CHECK_STEPS",
+    "StagedTrainer",
+    "StepFlops",
+    "TrainResult",
+    "adamw_kernel",
+    "growth_seed",
+    "quiet_progress_bars",
+]
+
+DIVERGENCE_CHECK_STEPS = 8
+"""On a GPU the loop reads the training loss on the host only every this many steps and at
+every evaluation/checkpoint/log point, so the device queue never drains mid-run for a number
+nobody looks at. Divergence is still caught: the losses since the last record are summed on
+the device, and a sum is non-finite as soon as one of its terms is, so a non-finite step is
+detected at the next check, at most this many steps late (on a CPU, where reading a loss costs
+nothing, every step is a check)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,6 +113,12 @@ def quiet_progress_bars() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+
+
+def adamw_kernel(device: torch.device) -> dict[str, bool]:
+    """AdamW's implementation on ``device``: the fused CUDA kernel on a GPU (one launch for
+    every parameter), the multi-tensor ``foreach`` path elsewhere."""
+    return {"fused": True} if device.type == "cuda" else {"foreach": True}
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -174,7 +196,9 @@ class StagedTrainer:
         self.model: StagedModel = build_model(cfg.model, vocab_size=vocab_size, seed=trial.seed)
         self.model.set_active_depth(self.schedule.stages[0].depth)
         self.model.to(self.device)
-        self._fsdp = cfg.resources.strategy == "fsdp" and self.world_size > 1
+        # FSDP2 wherever a process group runs, a one-worker Ray Train run included (a world
+        # of one: the same sharded code path, e.g. for a one-GPU check).
+        self._fsdp = cfg.resources.strategy == "fsdp" and dist.is_initialized()
         if self._fsdp:
             self._shard_fsdp()
         self.optimizer = self._make_optimizer()
@@ -198,6 +222,8 @@ class StagedTrainer:
         self.last_eval_loss = float("nan")
         self._loss_sum = torch.zeros((), device=self.device)
         self._loss_count = 0
+        self._clock: float | None = None  # start of the training time not yet in ``seconds``
+        self._compiled: nn.Module | None = None
         self._phase_index = -1
         self._step_flops = StepFlops(0.0, 0.0)
         self.resumed_from_step: int | None = None
@@ -225,23 +251,24 @@ class StagedTrainer:
             ph_index = self._phase_at(self.step)
             if ph_index != self._phase_index:
                 self._enter_phase(ph_index, fresh=True)
-            loss = self.train_step()
-            if not math.isfinite(loss):
-                status = STATUS_DIVERGED
-                rec = self._record(eval_loss=float("nan"), status=status)
-                rec["train_loss"] = loss
-                self.session.report(rec, None)
-                break
+            self.train_step()
             at_boundary = self.step == self.phases[self._phase_index].end_step
             at_eval = self.flops >= next_eval * (1 - FLOPS_REL_TOL)
             periodic = bool(every) and self.step % every == 0
-            if at_eval or at_boundary or periodic:
+            log_point = at_eval or at_boundary or periodic
+            if (log_point or self._check_due()) and self._diverged():
+                status = STATUS_DIVERGED
+                # train_loss: the (non-finite) mean of the losses since the last record.
+                self.session.report(self._record(eval_loss=float("nan"), status=status), None)
+                break
+            if log_point:
                 done = self.step >= self.total_steps
                 self._eval_and_report(
                     checkpoint=at_boundary or periodic, status=STATUS_FINISHED if done else None
                 )
                 while next_eval <= self.flops * (1 + FLOPS_REL_TOL):
                     next_eval += interval
+        self._settle()
         return TrainResult(
             status=status,
             final_eval_loss=self.last_eval_loss,
@@ -254,12 +281,14 @@ class StagedTrainer:
         )
 
     # ------------------------------------------------------------------ the step
-    def train_step(self) -> float:
-        """One optimizer step; returns the (rank-averaged) training loss."""
+    def train_step(self) -> torch.Tensor:
+        """One optimizer step; returns the (rank-averaged) training loss as a 0-d tensor on
+        the device, without waiting for it (reading it on the host is the caller's sync)."""
         lr = self._lr(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        t0 = time.perf_counter()
+        if self._clock is None:
+            self._clock = time.perf_counter()
         module = self._forward_module
         loss_acc = torch.zeros((), device=self.device)
         for micro in range(self.grad_accum):
@@ -282,17 +311,30 @@ class StagedTrainer:
         if self.world_size > 1:
             dist.all_reduce(loss_acc, op=dist.ReduceOp.SUM)
             loss_acc /= self.world_size
-        loss_val = float(loss_acc)  # syncs; also what divergence detection needs every step
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.seconds += time.perf_counter() - t0
         self.step += 1
         self.tokens += self.tokens_per_step
         self.flops += self._step_flops.standard
         self.flops_paper += self._step_flops.paper
         self._loss_sum += loss_acc
         self._loss_count += 1
-        return loss_val
+        return loss_acc
+
+    def _check_due(self) -> bool:
+        return self.device.type != "cuda" or self.step % DIVERGENCE_CHECK_STEPS == 0
+
+    def _diverged(self) -> bool:
+        """Whether a loss since the last record was non-finite (a host sync)."""
+        return not math.isfinite(float(self._loss_sum))
+
+    def _settle(self) -> None:
+        """Add the training time since the clock started to ``seconds``: on a GPU after the
+        queued work has run, so ``seconds`` is the steps' real time, not their launch time."""
+        if self._clock is None:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds += time.perf_counter() - self._clock
+        self._clock = None
 
     def _lr(self, step: int) -> float:
         t = self.cfg.train
@@ -308,6 +350,8 @@ class StagedTrainer:
 
     @property
     def _forward_module(self) -> nn.Module:
+        if self._compiled is not None:
+            return self._compiled
         return self._ddp if self._ddp is not None else self.model
 
     @torch.no_grad()
@@ -329,6 +373,7 @@ class StagedTrainer:
 
     # ------------------------------------------------------------------ eval, checkpoint, log
     def _eval_and_report(self, *, checkpoint: bool, status: str | None = None) -> None:
+        self._settle()  # the evaluation's time is not training time
         eval_loss = self.evaluate()
         self.last_eval_loss = eval_loss
         self.evals_done += 1
@@ -337,6 +382,7 @@ class StagedTrainer:
         self.session.report(rec, ckpt)
 
     def _record(self, *, eval_loss: float, status: str | None = None) -> dict[str, Any]:
+        self._settle()
         ph = self.phases[self._phase_index]
         train_loss = float(self._loss_sum) / self._loss_count if self._loss_count else float("nan")
         self._loss_sum.zero_()
@@ -405,6 +451,19 @@ class StagedTrainer:
         )
         self._phase_index = index
         self._wrap_ddp()
+        self._compile()
+
+    def _compile(self) -> None:
+        """``train.compile``: compile this phase's training module afresh. Its depth, frozen
+        prefix and ``no_grad`` split are fixed within a phase and change at the next, so the
+        old phase's graphs are dropped first (they would only count against dynamo's
+        recompile limit, which a many-stage schedule would otherwise reach)."""
+        self._compiled = None
+        if not self.cfg.train.compile:
+            return
+        torch.compiler.reset()
+        # An nn.Module compiles to an nn.Module (OptimizedModule); the stub says Callable.
+        self._compiled = cast(nn.Module, torch.compile(self._forward_module, dynamic=False))
 
     def _wrap_ddp(self) -> None:
         if self.world_size == 1 or self._fsdp:
@@ -438,7 +497,7 @@ class StagedTrainer:
             lr=self.trial.lr,
             betas=(t.beta1, t.beta2),
             weight_decay=t.weight_decay,
-            foreach=True,
+            **adamw_kernel(self.device),
         )
 
     # ------------------------------------------------------------------ state
@@ -447,6 +506,7 @@ class StagedTrainer:
         return {"trainer": self._counters(), "optimizer": self.optimizer.state_dict()}
 
     def _counters(self) -> dict[str, Any]:
+        self._settle()
         return {
             "step": self.step,
             "flops": self.flops,
