@@ -56,7 +56,7 @@ def test_best_incremental_trial_of_a_wide_study(tmp_path: Path) -> None:
 
 
 def test_other_spaces_and_empty_directories_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="--from-study.*'compact'"):
+    with pytest.raises(ConfigError, match=r"--from-study.*'compact'"):
         _best_of_prior_study(_prior(tmp_path, "compact"))
     with pytest.raises(ConfigError, match="holds no study"):
         _best_of_prior_study(tmp_path / "nothing")
