@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from stagetune.config import load_config
@@ -82,3 +84,26 @@ def test_parsers_and_corpus_cap() -> None:
     # 30 tokens/param of 1.2M parameters: 36M tokens ≈ 83 MiB of source before the margin
     assert corpus_cap_mb(36e6, 0.05) == 128
     assert corpus_cap_mb(1000, 0.05) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["--tokens-per-param", "0.3,-1"], "--tokens-per-param"),
+        (["--seeds", "1"], "--seeds"),
+        (["--target-params", "1e6"], "--target-params"),
+        (["--resume", "--sizes", "4x32"], "--sizes"),
+        (["--resume"], "--resume"),
+    ],
+)
+def test_bad_sweep_flags_are_one_line_exit_2_nothing_created(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], flag: str
+) -> None:
+    from stagetune.cli import main
+
+    work = tmp_path / "sweep"
+    preset = [] if "--resume" in args else ["--preset", "smoke"]
+    assert main(["sweep", *preset, "--workdir", str(work), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"stagetune: error: {flag}") and "\n" not in err
+    assert not work.exists()
