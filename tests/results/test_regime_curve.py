@@ -78,3 +78,10 @@ def test_one_length_has_no_trend() -> None:
     assert curve.predict(10.0) is None
     assert "no trend" in curve.crossover.describe()
     assert curve.to_dict()["points"][0]["n"] == 2
+
+
+def test_flat_at_the_level_is_no_crossover() -> None:
+    # Every seed at every length failed to reach the reference: counted at 1, the level.
+    curve = fit_regime_curve([(x, [1.0, 1.0, 1.0]) for x in LENGTHS], level=1.0)
+    assert curve.crossover.x is None
+    assert "stays at or above the level" in curve.crossover.describe()

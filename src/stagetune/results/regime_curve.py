@@ -43,6 +43,8 @@ __all__ = [
 BOOTSTRAP_RESAMPLES: Final = 2000
 TREND_MODEL: Final = "y = a + b · log10(tokens per non-embedding parameter), least squares"
 UNDETERMINED: Final = "undetermined"
+_FLAT: Final = 1e-12
+"""Slopes and distances to the level this small are rounding of equal values: zero."""
 _SEED: Final = 0
 """The bootstrap's generator seed: the same data give the same interval."""
 
@@ -78,7 +80,8 @@ class Crossover:
         if self.x is None and self.side == UNDETERMINED:
             return "no trend: fewer than two training lengths with values"
         if self.x is None:
-            return f"no crossover in the measured range (the trend stays {self.side} the level)"
+            where = "at or above" if self.side == "above" else "below"
+            return f"no crossover in the measured range (the trend stays {where} the level)"
         lo = "≤ range start" if self.low is None else f"{self.low:.3g}"
         hi = "beyond the measured range" if self.high is None else f"{self.high:.3g}"
         return f"crossover at ≈ {self.x:.3g} {unit} (95 % interval {lo} … {hi})"
@@ -178,8 +181,8 @@ def _fit(logx: np.ndarray, y: np.ndarray) -> tuple[float, float] | None:
 
 def _crossing(a: float, b: float, level: float, lo: float, hi: float) -> float:
     """log10 x where ``a + b·log10 x = level``, clipped to ±inf outside [lo, hi] (log10)."""
-    if b == 0:
-        return math.inf if a < level else -math.inf
+    if abs(b) < _FLAT:
+        return math.inf if a < level - _FLAT else -math.inf
     t = (level - a) / b
     if t < lo:
         return -math.inf
@@ -209,10 +212,10 @@ def _crossover(
     a: float, b: float, boot: np.ndarray, level: float, lo: float, hi: float
 ) -> Crossover:
     t = _crossing(a, b, level, lo, hi)
-    end_side = "below" if a + b * hi < level else "above"
+    end_side = "below" if a + b * hi < level - _FLAT else "above"
     if not math.isfinite(t):
         # No crossing inside: the whole fitted segment is on one side.
-        side = "below" if a + b * lo < level else "above"
+        side = "below" if a + b * lo < level - _FLAT else "above"
         return Crossover(None, None, None, side)
     ts = np.array([_crossing(float(ai), float(bi), level, lo, hi) for ai, bi in boot])
     # ±inf resamples sort to the ends: a percentile that lands on one is an open bound.

@@ -12,9 +12,12 @@ per seed. The only place a sweep turns a study into the two numbers of its regim
   fraction; then by mean Δ loss at equal compute). It is chosen on the same seeds that measure
   it, which flatters it slightly; the interval over seeds is what the sweep reports.
 * A seed that never reached the reference's loss has no compute fraction; for the regime curve
-  it counts as the compute it spent over the reference's (:attr:`StudyOutcome.curve_fractions`):
-  a lower bound of the fraction it would need, so a crossover estimated with it comes, if
-  anything, late — never early.
+  (:attr:`StudyOutcome.curve_fractions`) it counts as 1, or the compute it spent over the
+  reference's if that is more: it did not reach the reference's loss with less compute, and
+  any finite value is only a lower bound of what it would need. (Counting the compute it spent
+  alone would put budget-matched schedules, which end a step short of the reference, just
+  below 1 and fake a trend toward 1 as lengths grow.) A trend through such values understates
+  the fraction; a crossover estimated with it comes, if anything, late — never early.
 """
 
 from __future__ import annotations
@@ -22,14 +25,17 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Final
 
 from stagetune.errors import StagetuneError
 from stagetune.metrics import STATUS_FINISHED
 from stagetune.results.loading import StudyResults, TrialResult
 from stagetune.results.matched import Outcome, compute_matched
 
-__all__ = ["StudyOutcome", "full_depth", "read_study_outcome"]
+__all__ = ["CENSORED_FLOOR", "StudyOutcome", "full_depth", "read_study_outcome"]
+
+CENSORED_FLOOR: Final = 1.0
+"""The least compute fraction a seed that never reached the reference's loss counts as."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +54,7 @@ class StudyOutcome:
     """Compute to the reference's final eval loss over the reference's compute (``None``: not
     reached)."""
     curve_fractions: tuple[float | None, ...]
-    """As :attr:`compute_fractions`, a seed that did not reach counted at its lower bound."""
+    """As :attr:`compute_fractions`, a seed that did not reach counted as at least 1."""
     matched_deltas: tuple[float | None, ...]
     """Eval loss minus the reference's at equal compute (negative: incremental better)."""
     reference_final_loss: float | None
@@ -119,7 +125,7 @@ def read_study_outcome(
             return float(o.compute_fraction)
         if o.total_compute is None:
             return None
-        return float(o.total_compute) / float(o.baseline_compute)
+        return max(CENSORED_FLOOR, float(o.total_compute) / float(o.baseline_compute))
 
     return StudyOutcome(
         study=study.study_name,

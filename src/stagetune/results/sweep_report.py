@@ -84,7 +84,7 @@ def _size_markdown(sc: SizeCurves) -> list[str]:
     ]
     for x, o in sc.outcomes:
         reached = sum(f is not None for f in o.compute_fractions)
-        # A seed that did not reach counts at its lower bound: the mean is one too.
+        # A seed that did not reach counts as a lower bound: the mean is one too.
         bound = "≥ " if reached < len(o.seeds) else ""
         lines.append(
             f"| {x:.3g} | {o.reference_label} | {o.schedule_label or '—'} "
@@ -114,8 +114,8 @@ def _markdown(sizes: list[SizeCurves]) -> str:
         f"Trend model: {TREND_MODEL}, fitted to every seed's value; 95 % intervals: Student-t "
         "over seeds at each length, percentile bootstrap over seeds for the trend and the "
         "crossover. A seed that never reached the reference's loss counts at its lower bound "
-        "(the compute it spent over the reference's; such rows are marked ≥, and a trend "
-        "through them understates the fraction). With few seeds a percentile bootstrap is "
+        "(1, or the compute it spent over the reference's if more; such rows are marked ≥, "
+        "and a trend through them understates the fraction). With few seeds a percentile bootstrap is "
         "narrower than the truth. Crossover: where the compute-fraction "
         "trend reaches 1 (Δ loss: 0) inside the measured range; outside it, none is claimed. "
         f"Reference points: compute-optimal ≈ {COMPUTE_OPTIMAL_TOKENS_PER_PARAM:g}, the "
