@@ -1,4 +1,4 @@
-"""The ``stagetune`` command: run, train, estimate, report, ui.
+"""The ``stagetune`` command: run, sweep, train, estimate, report, ui.
 
 Every user error becomes one line on stderr (field, value, fix) and exit code 2, before
 anything is created.
@@ -104,6 +104,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "--sync", action="store_true", help="first deliver metrics spooled while MLflow was away"
     )
     rep.add_argument("--json", action="store_true")
+
+    from stagetune.cli_sweep import add_sweep_parser
+
+    add_sweep_parser(sub, _config_args)
 
     ui = sub.add_parser("ui", help="start the MLflow UI on the study's store (127.0.0.1)")
     ui.add_argument("--workdir", default="stagetune-work")
@@ -466,9 +470,15 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace, *, stopper: StudyStopper) -> int:
+    from stagetune.cli_sweep import run_sweep_command
+
+    return run_sweep_command(args, _load, stopper)
+
+
 def _run_until_stopped(args: argparse.Namespace) -> int:
-    """``stagetune run`` under a :class:`StudyStopper`: SIGINT, SIGTERM or a full disk stop the
-    study gracefully, at any moment, with one line that says how to continue."""
+    """``stagetune run`` (or ``sweep``) under a :class:`StudyStopper`: SIGINT, SIGTERM or a full
+    disk stop the study gracefully, at any moment, with one line that says how to continue."""
     from stagetune.orchestration.interrupt import StudyInterrupted, StudyStopper
 
     # Tune's graceful stop is its SIGINT handler; the stopper routes SIGTERM to it as well.
@@ -476,7 +486,8 @@ def _run_until_stopped(args: argparse.Namespace) -> int:
     with StudyStopper() as stopper:
         stopper.as_json = args.json
         try:
-            return cmd_run(args, stopper=stopper)
+            command = _sweep if args.command == "sweep" else cmd_run
+            return command(args, stopper=stopper)
         except StudyInterrupted as stop:
             # Further signals are ignored from here on: the clean-up is not cut short.
             stopper.close(stop)
@@ -523,6 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     handlers = {
         "run": _run_until_stopped,
+        "sweep": _run_until_stopped,
         "train": cmd_train,
         "estimate": cmd_estimate,
         "report": cmd_report,

@@ -143,13 +143,16 @@ class ModelConfig:
 
 @dataclass(kw_only=True)
 class DataConfig:
-    """Where tokens come from. The default is fully offline: the interpreter's stdlib source."""
+    """Where tokens come from. Both built-in sources are offline: ``builtin`` (the default) and
+    ``pysources`` (the default of ``stagetune sweep``)."""
 
     source: str = "builtin"
-    """``builtin`` (stdlib source), the name of a registered source (an installed package's
-    ``stagetune.data_sources`` entry point, or ``register_source``), or a path / directory /
-    glob of .txt, .jsonl, .parquet, or uint16 token shards (.bin, .npy). A name or an existing
-    path is checked where a config enters (:func:`stagetune.config.names.validate_names`)."""
+    """``builtin`` (the interpreter's stdlib source, ≈ 11 MiB), ``pysources`` (every ``.py``
+    file of the installed environment, ≈ 370 MiB, for long training), the name of a registered
+    source (an installed package's ``stagetune.data_sources`` entry point, or
+    ``register_source``), or a path / directory / glob of .txt, .jsonl, .parquet, or uint16
+    token shards (.bin, .npy). Checked where a config enters
+    (:func:`stagetune.config.names.validate_names`)."""
     tokenizer: str = "builtin"
     """``builtin`` (byte-level BPE trained on the corpus and cached) or a tokenizer.json path."""
     vocab_size: int = 1024
@@ -163,13 +166,16 @@ class DataConfig:
     text_field: str = "text"
     """Field holding the text in JSONL / Parquet files."""
     max_corpus_mb: float = 6.0
-    """Cap on the builtin corpus size (MiB of source text), to keep tokenizer training quick."""
+    """Cap on a built-in corpus (``builtin``, ``pysources``; MiB of source text, a hashed sample
+    of files). ``stagetune sweep`` raises it to hold its longest training length."""
     cache_dir: str | None = None
     """Where tokenizers and token files are cached; default ``$STAGETUNE_CACHE`` or
     ``~/.cache/stagetune``."""
 
     def __post_init__(self) -> None:
-        _require(bool(self.source), "data.source", self.source, "name 'builtin' or a path")
+        _require(
+            bool(self.source), "data.source", self.source, "name 'builtin', 'pysources' or a path"
+        )
         _require(
             256 <= self.vocab_size <= 65535,
             "data.vocab_size",
@@ -490,6 +496,8 @@ class TrackingConfig:
     """MLflow tracking URI; ``None`` is ``sqlite:///<workdir>/mlflow.db``."""
     experiment: str | None = None
     """MLflow experiment name; ``None`` uses the experiment config's ``name``."""
+    parent_run_id: str | None = None
+    """An MLflow run the study's parent run nests under (a sweep's); ``None``: top level."""
 
 
 @dataclass(kw_only=True)

@@ -93,12 +93,14 @@ class StudyInterrupted(KeyboardInterrupt):
             return EXIT_DISK_FULL
         return 128 + (self.signum or signal.SIGINT)
 
-    def message(self, workdir: Path | None, *, started: bool) -> str:
-        """The one line for stderr: what happened and how to continue."""
+    def message(
+        self, workdir: Path | None, *, started: bool, command: str = "stagetune run"
+    ) -> str:
+        """The one line for stderr: what happened and how to continue (with ``command``)."""
         if not started or workdir is None:
             # Nothing of the study was written yet: there is nothing to resume.
             return "interrupted before the study started (nothing was written): run it again"
-        resume = f"stagetune run --resume --workdir {workdir}"
+        resume = f"{command} --resume --workdir {workdir}"
         if self.disk_full is not None:
             return f"{self.reason}; free space, then {resume}"
         return f"interrupted: continue with {resume}"
@@ -150,6 +152,9 @@ class StudyStopper:
         told to stop, before Tune's clean-up (which needs Ray), and again on the way out."""
         self.as_json = False
         """The closing words also go to stdout as a JSON document (``--json``)."""
+        self.resume_as: tuple[str, Path] | None = None
+        """(command, work directory) that continues the work when it is not the study's own
+        ``stagetune run`` (a sweep continues all its studies)."""
         self._installed = False
         self._previous: dict[int, Any] = {}
         self._defer = 0
@@ -324,7 +329,10 @@ class StudyStopper:
             if self._closed:
                 return False
             self._closed = True
-        line = stop.message(self.workdir, started=self.study_started)
+        if self.resume_as is not None:
+            line = stop.message(self.resume_as[1], started=True, command=self.resume_as[0])
+        else:
+            line = stop.message(self.workdir, started=self.study_started)
         if self.as_json:
             print(json.dumps({"status": "interrupted", "reason": stop.reason, "next": line}))
         print(line, file=sys.stderr, flush=True)

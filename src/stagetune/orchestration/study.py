@@ -52,6 +52,7 @@ from stagetune.orchestration.trainable import (
     tracking_info,
 )
 from stagetune.results import MlflowTracker
+from stagetune.results.naming import TAG_PARENT_RUN
 from stagetune.results.store import sqlite_path
 from stagetune.search_spaces import SpaceContext
 
@@ -276,6 +277,7 @@ def _open_tracking(prep: PreparedStudy) -> tuple[MlflowTracker, str]:
             "early_stopping": cfg.search.early_stopping,
         },
         tags={
+            **({TAG_PARENT_RUN: cfg.tracking.parent_run_id} if cfg.tracking.parent_run_id else {}),
             "stagetune.version": __version__,
             "stagetune.python": sys.version.split()[0],
             "stagetune.budget_flops": f"{prep.ctx.budget_flops:.6g}",
