@@ -20,6 +20,8 @@ from stagetune.budget import MAX_BUDGET_FACTOR, MAX_CONTINUAL_MULTIPLE, check_bu
 from stagetune.config.limits import (
     EVAL_POINTS_REASON,
     MAX_EVAL_POINTS,
+    MAX_LR_FACTOR,
+    MAX_REFERENCE_LRS,
     MAX_SEED,
     MAX_SEEDS,
     MAX_STEPS,
@@ -377,10 +379,17 @@ class SearchConfig:
     """Seed of the sampler; ``None`` uses ``train.seed`` (set it to vary the search alone)."""
     num_trials: int = 8
     """Trials including the baseline."""
-    seeds: int = 1
-    """Seeds for the repeat phase: the baseline and the best schedules rerun on N seeds."""
+    reference_lr_factors: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    """The reference sweep: the full-depth schedule trained at ``train.lr`` × each factor,
+    before the search, never stopped early; the best of them (lowest final eval loss on the
+    study's seed, among every full-depth trial that finished) is the reference every schedule
+    is measured against. Factor 1 is the configured baseline, always trained (as the search's
+    first trial); ``[1.0]`` turns the sweep off."""
+    seeds: int = 3
+    """Seeds in all for the confirmation round: after the search, the reference and the
+    ``repeat_top_k`` best schedules train again on seeds ``train.seed + 1`` … (1: no round)."""
     repeat_top_k: int = 2
-    """How many of the best schedules are repeated when ``seeds`` > 1."""
+    """How many of the best schedules the confirmation round repeats when ``seeds`` > 1."""
     multi_objective: bool = False
     """Optimise (eval loss, compute) jointly with NSGA-II and report the Pareto set."""
     early_stopping: bool = True
@@ -402,6 +411,17 @@ class SearchConfig:
         _require(self.seeds >= 1, "search.seeds", self.seeds, "use a positive number (1: none)")
         _require(self.seeds <= MAX_SEEDS, "search.seeds", self.seeds, SEEDS_REASON)
         _bounded(self.repeat_top_k, 1, MAX_TRIALS, "search.repeat_top_k", TRIALS_REASON)
+        _require(
+            1 <= len(self.reference_lr_factors) <= MAX_REFERENCE_LRS
+            and all(
+                isinstance(f, (int, float)) and 0 < f <= MAX_LR_FACTOR
+                for f in self.reference_lr_factors
+            ),
+            "search.reference_lr_factors",
+            self.reference_lr_factors,
+            f"list 1-{MAX_REFERENCE_LRS} positive multiples of train.lr (at most "
+            f"{MAX_LR_FACTOR:g}), e.g. [0.5, 1.0, 2.0]; [1.0] turns the sweep off",
+        )
         _require(
             0.0 < self.grace_fraction <= 1.0,
             "search.grace_fraction",

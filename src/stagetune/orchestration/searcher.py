@@ -268,15 +268,17 @@ def ensure_baseline(
 
 
 class BaselineKeepingASHA(AsyncHyperBandScheduler):
-    """ASHA on FLOPs that never stops the study's baseline.
+    """ASHA on FLOPs that never stops a full-depth trial (the baseline or another lr).
 
-    The baseline is the reference of every compute-matched outcome: it must train to its end
-    even when a rung ranks it low. Its results still enter the rungs, so it sets the bar for
-    the other trials.
+    The reference of every compute-matched outcome is the best full-depth trial (see
+    :mod:`stagetune.results.reference`): every candidate must train to its end even when a
+    rung ranks it low, or the reference would be chosen among survivors of a comparison with
+    itself. Their results still enter the rungs, so the full-depth trials set the bar for the
+    others.
     """
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
         action = super().on_trial_result(tune_controller, trial, result)
-        if result.get("is_baseline"):
+        if result.get("is_baseline") or result.get("full_depth"):
             return str(TrialScheduler.CONTINUE)
         return str(action)

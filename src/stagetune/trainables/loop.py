@@ -39,7 +39,7 @@ from stagetune.trainables.checkpoint import CorruptCheckpointError
 from stagetune.trainables.checkpointing import CheckpointManager
 from stagetune.trainables.lr import lr_at
 from stagetune.trainables.session import Session
-from stagetune.trial import TrialDescription
+from stagetune.trial import PHASE_CONFIRMATION, TrialDescription
 
 __all__ = ["StagedTrainer", "StepFlops", "TrainResult", "growth_seed", "quiet_progress_bars"]
 
@@ -356,6 +356,9 @@ class StagedTrainer:
             "active_depth": self.model.active_depth,
             "total_steps": self.total_steps,
             "is_baseline": self.trial.is_baseline,
+            "full_depth": self.trial.is_full_depth,
+            # The live reference is chosen on the study's seed: the round's seeds stay out.
+            "confirmation": self.trial.phase == PHASE_CONFIRMATION,
         }
         if status:
             rec["status"] = status
