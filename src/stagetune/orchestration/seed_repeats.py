@@ -43,6 +43,7 @@ from stagetune.trial import PHASE_CONFIRMATION, PHASE_REFERENCE
 __all__ = [
     "REFERENCE_SIGNED",
     "SEEDS_SIGNED",
+    "phase_curves",
     "phase_trial_count",
     "reference_name",
     "reference_point",
@@ -94,6 +95,20 @@ def phase_trial_count(cfg: ExperimentConfig) -> int:
 
 def _finished(res: Any) -> bool:
     return bool(res.metrics) and res.metrics.get("status") == STATUS_FINISHED
+
+
+def phase_curves(grid: Any, time_attr: str) -> dict[str, list[tuple[float, float]]]:
+    """Each finished trial's ``(time_attr, eval loss)`` reports, in order (for ASHA's rungs:
+    :meth:`~stagetune.orchestration.searcher.BaselineKeepingASHA.seed_rungs`)."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    for res in grid or []:
+        df = res.metrics_dataframe
+        if not _finished(res) or df is None or time_attr not in df or EVAL_LOSS not in df:
+            continue
+        rows = df[[time_attr, EVAL_LOSS]].dropna()
+        tid = str(res.metrics.get("trial_id", len(out)))
+        out[tid] = [(float(t), float(v)) for t, v in rows.itertuples(index=False)]
+    return out
 
 
 def reference_point(study: StudyContext, grids: Iterable[Any]) -> dict[str, Any] | None:

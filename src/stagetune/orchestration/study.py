@@ -39,6 +39,7 @@ from stagetune.orchestration.searcher import ResumableOptunaSearch
 from stagetune.orchestration.seed_repeats import (
     REFERENCE_SIGNED,
     SEEDS_SIGNED,
+    phase_curves,
     phase_trial_count,
     reference_name,
     reference_point,
@@ -255,7 +256,10 @@ def _run_study(
     if main is not None:
         tuner = restore_tuner(exp_uri, trainable, [*callbacks, signer])
     else:
-        tuner = _new_tuner(prep, trainable, storage, mode, concurrency, [*callbacks, signer])
+        seeded = phase_curves(ref_grid, rung_metric(prep.ctx))
+        tuner = _new_tuner(
+            prep, trainable, storage, mode, concurrency, [*callbacks, signer], seeded=seeded
+        )
         signer.sign_tuner()
     stopper.check()
     grid = tuner.fit()
@@ -345,9 +349,12 @@ def _new_tuner(
     mode: str | list[str],
     concurrency: int,
     callbacks: list[Any],
+    *,
+    seeded: dict[str, list[tuple[float, float]]],
 ) -> Any:
     """A fresh search: OptunaSearch over the space, ASHA on FLOPs, ``num_trials`` trials (the
-    study's budget over its first run and all its resumes)."""
+    study's budget over its first run and all its resumes). ``seeded``: the reference sweep's
+    curves, entered in ASHA's rungs so its comparisons include every full-depth lr."""
     from ray import tune
 
     cfg = prep.config
@@ -363,11 +370,14 @@ def _new_tuner(
         storage=storage,
         max_trials=cfg.search.num_trials,
     )
+    asha = make_asha(cfg.search, prep.space, prep.ctx, metric=EVAL_LOSS)
+    if asha is not None:
+        asha.seed_rungs(seeded)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            scheduler=make_asha(cfg.search, prep.space, prep.ctx, metric=EVAL_LOSS),
+            scheduler=asha,
             num_samples=cfg.search.num_trials,
             max_concurrent_trials=concurrency,
             # A fresh trial process costs seconds of imports; trials share one shape.
