@@ -31,7 +31,9 @@ from stagetune.config.limits import (
     STEPS_REASON,
     TRIALS_REASON,
 )
+from stagetune.config.recipe import PAPER_RECIPE, check_paper_recipe
 from stagetune.errors import ConfigError, suggest
+from stagetune.registry import OPTIMIZER_POLICIES, RECIPES
 
 __all__ = [
     "BudgetConfig",
@@ -223,7 +225,17 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
-    """Clip the global gradient norm to this value (0 disables clipping)."""
+    """Clip the global gradient norm to this value (0 disables clipping; the paper's code does
+    not clip)."""
+    decay_embeddings: bool = False
+    """Weight decay on the embeddings and a tied LM head too, i.e. on every ≥ 2-D tensor (the
+    paper's code); ``False`` decays only the blocks' matrices."""
+    recipe: str = "stagetune"
+    """``stagetune`` (any combination of options) or ``paper``: the config must then be the
+    paper's procedure (no clipping, decay on every ≥ 2-D tensor, optimizer state carried through
+    growth and fresh at continual start, phases of T/(2S), random growth, the paper's freeze
+    policy); a deviation is refused naming the field, never silently applied. See
+    docs/paper-recipe.md."""
     eval_points: int = 12
     """Evaluations evenly spaced in compute over the budget, the same FLOPs for every schedule."""
     checkpoint_every: int = 0
@@ -265,6 +277,7 @@ class TrainConfig:
         _bounded(self.seed, 0, MAX_SEED, "train.seed", SEED_REASON)
         _choice(self.device, ("auto", "cpu", "cuda"), "train.device")
         _choice(self.dtype, ("auto", "float32", "bfloat16"), "train.dtype")
+        _choice(self.recipe, RECIPES, "train.recipe")
 
 
 @dataclass(kw_only=True)
@@ -294,7 +307,9 @@ class ScheduleConfig:
     freeze_policy: str = "new_only"
     """Phase-1 freeze policy: new_only, paper, none (:mod:`stagetune.freeze`)."""
     optimizer_policy: str = "reset"
-    """At growth and at the start of continual training: ``reset`` or ``carry`` optimizer state."""
+    """AdamW's state at growth and at the continual start: ``reset`` at both, ``carry``
+    through both, or ``carry_then_reset`` (the paper's code: kept through growth and
+    unfreezing, a fresh optimizer for continual training)."""
 
     def __post_init__(self) -> None:
         _bounded(self.baseline_steps, 1, MAX_STEPS, "schedule.baseline_steps", STEPS_REASON)
@@ -346,7 +361,7 @@ class ScheduleConfig:
                 f"applies to the budget-matched length, but schedule.continual_steps="
                 f"{self.continual_steps} sets the length; drop one of the two",
             )
-        _choice(self.optimizer_policy, ("reset", "carry"), "schedule.optimizer_policy")
+        _choice(self.optimizer_policy, OPTIMIZER_POLICIES, "schedule.optimizer_policy")
 
 
 @dataclass(kw_only=True)
@@ -542,6 +557,8 @@ class ExperimentConfig:
                 self.schedule.num_stages,
                 f"use at most model.n_layer={self.model.n_layer} stages",
             )
+        if self.train.recipe == PAPER_RECIPE:
+            check_paper_recipe(self)
         world = self.resources.workers_per_trial
         _require(
             self.train.batch_size % (world * self.train.grad_accum) == 0,

@@ -56,6 +56,9 @@ PAPER_SPACE: Final = "paper"
 """The search space of the paper's shape (tag :data:`~stagetune.results.naming.TAG_SPACE`)."""
 _PARAM_STAGES: Final = "num_stages"
 _PARAM_MULTIPLE: Final = "continual_multiple"
+_PAPER_T: Final = "T"
+"""The paper space's choice of a continual phase of T steps (:data:`stagetune.search_spaces.paper.PAPER_T`;
+results read it as a tag value, importing no search space)."""
 
 
 def _other(convention: str) -> str:
@@ -337,6 +340,8 @@ def paper_verdict(
                 text += " already during its stages, before any continual training"
             elif m is not None:
                 text += f" in continual training, with {m:g}× the matched length"
+            elif best.params.get(_PARAM_MULTIPLE) == _PAPER_T:
+                text += " in continual training of T steps (the paper's length)"
         else:
             furthest = f"{ratio(max(spent))} the reference's compute" if spent else "its budget"
             text = f"S={s} did not reach it within {furthest}"
@@ -362,7 +367,10 @@ def paper_verdict(
             text += "; " + ", and ".join(details)
         per_s.append(text)
 
-    intro = PAPER_STUDY.format(max_multiple=max_m) + f", compute in {convention} FLOPs: "
+    intro = PAPER_STUDY.format(max_multiple=max_m)
+    if any(o.params.get(_PARAM_MULTIPLE) == _PAPER_T for gr in groups.values() for o in gr):
+        intro = intro[:-1] + ", and T steps as in the paper)"
+    intro += f", compute in {convention} FLOPs: "
     target = f" of {num(base_loss, '.4f')}" if base_loss is not None else ""
     if firsts:
         s0, best = min(firsts, key=lambda x: x[1].compute_fraction.mean or math.inf)

@@ -390,9 +390,11 @@ class StagedTrainer:
         self.model.configure_phase(
             trainable_from=ph.trainable_from, freeze_policy=self.schedule.freeze_policy
         )
-        if fresh and self.schedule.optimizer_policy == "reset" and index > 0:
+        policy = self.schedule.optimizer_policy
+        if fresh and policy != "carry" and index > 0:
             prev = self.phases[index - 1]
-            if grew or (ph.kind == "continual" and prev.kind != "continual"):
+            continual_start = ph.kind == "continual" and prev.kind != "continual"
+            if continual_start or (grew and policy == "reset"):
                 self.optimizer.state.clear()
         work = step_work(
             phase=ph.kind,
@@ -435,7 +437,9 @@ class StagedTrainer:
         t = self.cfg.train
         # One AdamW over every parameter for the whole run: parameters that get no gradient
         # in a phase (frozen, inactive) are skipped by AdamW, including weight decay.
-        groups = self.model.parameter_groups(t.weight_decay, trainable_only=False)
+        groups = self.model.parameter_groups(
+            t.weight_decay, trainable_only=False, decay_embeddings=t.decay_embeddings
+        )
         return torch.optim.AdamW(
             groups,
             lr=self.trial.lr,
