@@ -169,8 +169,7 @@ def judge(outcomes: Sequence[Outcome], *, regime: Regime | None = None) -> Verdi
         )
     else:
         reach = "did not reach the reference's eval loss within its compute"
-    seeds = f"{best.n_seeds} seed" + ("s" if best.n_seeds != 1 else "")
-    text = f"Against {who}, over {seeds}: schedule {best.label} {reach}"
+    text = f"Against {who}, over {_seeds(best.n_seeds)}: schedule {best.label} {reach}"
     if md.mean is not None:
         text += (
             f"; at equal compute its eval loss was {md.mean:+.4f} vs the reference's "
@@ -202,7 +201,7 @@ def judge(outcomes: Sequence[Outcome], *, regime: Regime | None = None) -> Verdi
         if vb.matched_delta.mean is not None:
             part += f", {vb.matched_delta.mean:+.4f} eval loss at equal compute"
         text += (
-            f" Against the configured baseline instead ({vb.n_seeds} seed): {part}; the "
+            f" Against the configured baseline instead ({_seeds(vb.n_seeds)}): {part}; the "
             "difference from the figures above is lr tuning alone."
         )
     return Verdict(
@@ -215,6 +214,10 @@ def judge(outcomes: Sequence[Outcome], *, regime: Regime | None = None) -> Verdi
         matched_delta=md,
         regime=regime,
     )
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed" + ("s" if n != 1 else "")
 
 
 def _regime_text(regime: Regime | None) -> str:
