@@ -322,10 +322,6 @@ def _run_prepared(
     from stagetune.orchestration.study import run_study
 
     t0 = time.time()
-    # The regime before anything trains: a study that repeats its data should know at once.
-    print(f"stagetune: {prep.regime.line()}", file=sys.stderr)
-    for warning in prep.regime.warnings():
-        print(f"stagetune: warning: {warning}", file=sys.stderr)
     # With --json, stdout carries only the JSON document; Ray's own chatter goes to stderr.
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
         run = run_study(prep, quiet=args.quiet or args.json, address=args.address, stopper=stopper)

@@ -196,6 +196,12 @@ def _run_study(
     stopper.rearm()
     stopper.check()
     check_placeable(cfg.resources, info)
+    # The regime before anything trains (after every refusal: bad input stays one line): a
+    # study that repeats its data, or trains far below compute-optimal, should know at once.
+    if not quiet:
+        print(f"[stagetune] {prep.regime.line()}", flush=True)
+    for warning in prep.regime.warnings():
+        print(f"stagetune: warning: {warning}", file=sys.stderr, flush=True)
 
     paths.workdir.mkdir(parents=True, exist_ok=True)
     if not prep.resume:
