@@ -37,7 +37,7 @@ TRIALS_REASON = (
 MAX_SEEDS = 100
 """Most seeds of the confirmation round."""
 SEEDS_REASON = (
-    f"each seed retrains the baseline and the repeated schedules; more than {MAX_SEEDS} seeds "
+    f"each seed retrains the reference and the repeated schedules; more than {MAX_SEEDS} seeds "
     "narrows a 95% interval by little (it shrinks with the square root of the count)"
 )
 
