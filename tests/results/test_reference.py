@@ -195,3 +195,18 @@ def test_the_study_verdict_names_the_regime_from_the_parent_run() -> None:
     )
     text = study_verdict(st, compute_matched(st), convention="standard")
     assert REGIME.line() in text and "shallower-first schedules are favoured" in text
+
+
+def test_the_verdict_says_where_a_short_schedule_was_compared() -> None:
+    """A schedule that ends at 75 % of the reference's compute is compared there, and the
+    verdict says so: a gain at 75 % is not a gain at the reference's compute."""
+    curves = [[3.9, 3.3, 3.0], [4.0, 3.4, 3.1], [3.8, 3.2, 2.95]]
+    short = [
+        dataclasses.replace(
+            trial(f"s{seed}", "short", str(seed), FLOPS[:3], c),
+            tags={TAG_PHASE: "search" if seed == 0 else PHASE_CONFIRMATION},
+        )
+        for seed, c in enumerate(curves)
+    ]
+    v = judge(compute_matched(study(*_ref_trials(), *short)))
+    assert "at equal compute (75% of the reference's compute, where it ended) its eval" in v.text

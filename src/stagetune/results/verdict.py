@@ -171,8 +171,14 @@ def judge(outcomes: Sequence[Outcome], *, regime: Regime | None = None) -> Verdi
         reach = "did not reach the reference's eval loss within its compute"
     text = f"Against {who}, over {_seeds(best.n_seeds)}: schedule {best.label} {reach}"
     if md.mean is not None:
+        mf = best.matched_fraction.mean
+        where = (
+            f" ({pct(mf)} of the reference's compute, where it ended)"
+            if mf is not None and mf < AT_BASELINE
+            else ""
+        )
         text += (
-            f"; at equal compute its eval loss was {md.mean:+.4f} vs the reference's "
+            f"; at equal compute{where} its eval loss was {md.mean:+.4f} vs the reference's "
             f"({_ci(md, spec='+.4f')})"
         )
     text += "."
