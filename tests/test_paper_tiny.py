@@ -2,9 +2,9 @@
 
 arXiv 2411.18700's shape on the embedded default (L = 4): the baseline, S ∈ {2, 4} uniform stages
 with each phase T/(2S) steps, random growth, the paper's freeze policy, and continual training
-of {0, 0.5, 1, 1.5, 2} × the budget-matched length: exactly 1 + 2 × 5 trials, each once. The
-report must say whether, and at what compute ratio, the incremental schedules reached the
-baseline's loss.
+of {0, 0.5, 1, 1.5, 2} × the budget-matched length or the paper's T steps: exactly 1 + 2 × 6
+trials, each once. The report must say whether, and at what compute ratio, the incremental
+schedules reached the reference's loss.
 """
 
 from __future__ import annotations
@@ -22,9 +22,13 @@ from stagetune.cli import main
 from stagetune.config import load_config
 from tests.conftest import FAST
 
-MULTIPLES = (0.0, 0.5, 1.0, 1.5, 2.0)
+MULTIPLES: tuple[float | str, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, "T")
 EXPECTED_POINTS = {(1, None)} | {(s, m) for s in (2, 4) for m in MULTIPLES}
 T = 16  # baseline steps: 2S divides T for S = 2 and 4, so every phase is exactly T/(2S)
+
+
+def _multiple(value: str) -> float | str:
+    return value if value == "T" else float(value)
 
 
 def test_preset_enumerates_the_papers_grid() -> None:
@@ -34,9 +38,9 @@ def test_preset_enumerates_the_papers_grid() -> None:
 
     cfg = load_config(preset="paper-tiny")
     assert cfg.model.n_layer == 4 and cfg.search.space == "paper"
-    assert cfg.search.num_trials == len(EXPECTED_POINTS) == 11
+    assert cfg.search.num_trials == len(EXPECTED_POINTS) == 13
     assert cfg.search.sampler == "bruteforce" and not cfg.search.early_stopping
-    assert cfg.search.seeds == 1
+    assert cfg.search.seeds == 3 and cfg.train.recipe == "paper"
     assert (cfg.schedule.growth, cfg.schedule.freeze_policy) == ("random", "paper")
     assert cfg.train.lr_schedule == "constant"
     space = get_search_space(cfg.search.space)
@@ -45,7 +49,7 @@ def test_preset_enumerates_the_papers_grid() -> None:
     # As run_study drives it: the baseline enqueued, then the define-by-run space.
     study = optuna.create_study(sampler=make_sampler(cfg, space))
     study.enqueue_trial(space.baseline_point(ctx))
-    points: list[tuple[int, float | None]] = []
+    points: list[tuple[int, float | str | None]] = []
 
     def objective(trial: optuna.Trial) -> float:
         params = space.define(trial, ctx) or {}
@@ -87,7 +91,7 @@ def test_paper_tiny_study(
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     exp = client.get_experiment_by_name("stagetune-paper-tiny")
     runs = client.search_runs([exp.experiment_id], "tags.`stagetune.role` = 'trial'")
-    assert len(runs) == 11
+    assert len(runs) == 13
     assert {r.data.tags["stagetune.status"] for r in runs} == {"finished"}
     baselines = [r for r in runs if r.data.tags["stagetune.is_baseline"] == "true"]
     assert len(baselines) == 1
@@ -97,7 +101,7 @@ def test_paper_tiny_study(
         s = int(p["num_stages"])
         if s == 1:
             continue
-        seen.add((s, float(p["continual_multiple"])))
+        seen.add((s, _multiple(p["continual_multiple"])))
         assert (p["growth"], p["freeze_policy"]) == ("random", "paper")
         assert p["increments"] == "-".join([str(4 // s)] * s)
         half = T // (2 * s)  # each phase T/(2S); the first stage has no older blocks to freeze
@@ -109,27 +113,35 @@ def test_paper_tiny_study(
         steps = sorted(
             (float(r.data.params["continual_multiple"]), int(r.data.params["continual_steps"]))
             for r in runs
-            if r.data.params["num_stages"] == str(s)
+            if r.data.params["num_stages"] == str(s) and r.data.params["continual_multiple"] != "T"
         )
         assert steps[0] == (0.0, 0) and steps[-1][1] > 0
+        (paper_t,) = (
+            r for r in runs
+            if r.data.params["num_stages"] == str(s) and r.data.params["continual_multiple"] == "T"
+        )  # fmt: skip
+        assert int(paper_t.data.params["continual_steps"]) == T
         assert all(b[1] >= a[1] for a, b in itertools.pairwise(steps))
 
     # The report answers the paper's question in its terms, for each S.
     verdict = report["verdict"]
     paper = verdict.split("\n\n")[-1]
     assert paper.startswith("Paper study (the shape of arXiv 2411.18700")
-    assert "continual training up to 2× the budget-matched length" in paper
+    assert (
+        "continual training up to 2× the budget-matched length, and T steps as in the paper"
+        in paper
+    )
     answer = re.search(
-        r": (yes, the incremental schedules reached the baseline's final eval loss of [\d.]+ "
-        r"\([^)]*\); the earliest, S=[24], with (?P<ratio>[\d.]+)× the baseline's compute"
-        r"|no, no incremental schedule reached the baseline's final eval loss of [\d.]+)",
+        r": (yes, the incremental schedules reached the reference's final eval loss of [\d.]+ "
+        r"\([^)]*\); the earliest, S=[24], with (?P<ratio>[\d.]+)× the reference's compute"
+        r"|no, no incremental schedule reached the reference's final eval loss of [\d.]+)",
         paper,
     )
     assert answer, paper
     for s in (2, 4):
         assert re.search(
-            rf"S={s} (reached it at [\d.]+× the baseline's compute"
-            rf"|did not reach it within [\d.]+× the baseline's compute)",
+            rf"S={s} (reached it at [\d.]+× the reference's compute"
+            rf"|did not reach it within [\d.]+× the reference's compute)",
             paper,
         ), paper
     rows = {r["schedule"]: r for r in report["rows"]}

@@ -67,7 +67,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "--budget-factor", type=float, help="budget as a multiple of the baseline's compute"
     )
     run.add_argument("--workers-per-trial", type=int, help="Ray Train workers per trial")
-    run.add_argument("--seeds", type=int, help="repeat the baseline and best schedules on N seeds")
+    run.add_argument(
+        "--seeds", type=int, help="confirmation round: the reference and best schedules on N seeds"
+    )
     run.add_argument(
         "--address", help="Ray cluster address (default: $RAY_ADDRESS or a local instance)"
     )

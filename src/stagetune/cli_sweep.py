@@ -92,9 +92,9 @@ def _options(args: argparse.Namespace) -> Any:
 
 def _base_config(args: argparse.Namespace, load: Callable[..., Any], options: Any) -> Any:
     """The config every study starts from: the sweep's data default unless the user chose."""
+    from stagetune.models.size import param_counts
     from stagetune.orchestration.sweep import config_with
     from stagetune.orchestration.sweep_plan import SWEEP_SOURCE, corpus_cap_mb
-    from stagetune.regime import non_embedding_params
 
     cfg = load(args)
     if _data_given(args):
@@ -102,9 +102,9 @@ def _base_config(args: argparse.Namespace, load: Callable[..., Any], options: An
     sizes = options.sizes or [(cfg.model.n_layer, cfg.model.n_embd)]
     vocab = cfg.model.vocab_size or cfg.data.vocab_size
     need = max(options.tokens_per_param) * max(
-        non_embedding_params(
+        param_counts(
             config_with(cfg, model={"n_layer": n, "n_embd": d}).model, vocab_size=vocab
-        )
+        ).non_embedding
         for n, d in sizes
     )
     cap = max(cfg.data.max_corpus_mb, corpus_cap_mb(need, cfg.data.eval_fraction))

@@ -269,6 +269,13 @@ DATA_SOURCES: Registry[Any] = Registry(
 )
 """Named data sources, each a factory ``(DataConfig) -> DataSource`` (paths need no name)."""
 
+OPTIMIZER_POLICIES = ("reset", "carry", "carry_then_reset")
+"""What a schedule does with AdamW's state: ``reset`` it at every growth and at the continual
+start, ``carry`` it through everything, or ``carry_then_reset``: keep it through growth and
+unfreezing and start a fresh optimizer for continual training (the paper's code)."""
+RECIPES = ("stagetune", "paper")
+"""Training recipes (``train.recipe``): ``paper`` holds a config to the paper's procedure."""
+
 CONVENTIONS: Registry[Any] = Registry(
     "FLOPs convention", field="budget.convention", builtins="stagetune.compute", expects="callable"
 )

@@ -20,9 +20,9 @@ from typing import Any, Final
 from stagetune.budget import Budget
 from stagetune.compute import ModelDims, step_flops, step_work
 from stagetune.config import ExperimentConfig
-from stagetune.errors import ConfigError
+from stagetune.errors import ConfigError, suggest
 from stagetune.freeze import get_freeze_policy
-from stagetune.registry import FREEZE_POLICIES, GROWTH_OPERATORS
+from stagetune.registry import FREEZE_POLICIES, GROWTH_OPERATORS, OPTIMIZER_POLICIES
 
 __all__ = [
     "BASELINE_LABEL",
@@ -127,9 +127,11 @@ class Schedule:
             raise ConfigError("schedule.continual_steps", self.continual_steps, "use >= 0")
         GROWTH_OPERATORS.check(self.growth)
         FREEZE_POLICIES.check(self.freeze_policy)
-        if self.optimizer_policy not in ("reset", "carry"):
+        if self.optimizer_policy not in OPTIMIZER_POLICIES:
             raise ConfigError(
-                "schedule.optimizer_policy", self.optimizer_policy, "use 'reset' or 'carry'"
+                "schedule.optimizer_policy",
+                self.optimizer_policy,
+                suggest(self.optimizer_policy, OPTIMIZER_POLICIES),
             )
 
     # -- derived views ----------------------------------------------------------------------

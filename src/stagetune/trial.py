@@ -18,7 +18,22 @@ from typing import Any
 from stagetune.config import ExperimentConfig
 from stagetune.schedule import BASELINE_LABEL, Schedule
 
-__all__ = ["TrialDescription", "recipe_key"]
+__all__ = [
+    "PHASES",
+    "PHASE_CONFIRMATION",
+    "PHASE_REFERENCE",
+    "PHASE_SEARCH",
+    "TrialDescription",
+    "recipe_key",
+]
+
+PHASE_SEARCH = "search"
+"""A trial the searcher sampled (the configured baseline included)."""
+PHASE_REFERENCE = "reference"
+"""A trial of the reference sweep: the full-depth schedule at another learning rate."""
+PHASE_CONFIRMATION = "confirmation"
+"""A trial of the confirmation round: a chosen recipe again, on a further seed."""
+PHASES = (PHASE_SEARCH, PHASE_REFERENCE, PHASE_CONFIRMATION)
 
 
 def recipe_key(schedule: Schedule, *, lr: float, warmup_steps: int) -> str:
@@ -55,6 +70,14 @@ class TrialDescription:
     """The flat search params the trial was built from (only those its space used)."""
     name: str = "trial"
     """The trial's name (Tune's trial name, or the config's name for ``stagetune train``)."""
+    phase: str = PHASE_SEARCH
+    """Which part of a study ran it: :data:`PHASE_SEARCH`, :data:`PHASE_REFERENCE` or
+    :data:`PHASE_CONFIRMATION` (a tag, not part of the recipe: :attr:`key` ignores it)."""
+
+    @property
+    def is_full_depth(self) -> bool:
+        """One stage at full depth: the baseline, a reference-sweep lr, or a sampled one."""
+        return self.schedule.is_baseline
 
     @property
     def key(self) -> str:
@@ -93,6 +116,7 @@ class TrialDescription:
             "is_baseline": self.is_baseline,
             "params": dict(self.params),
             "name": self.name,
+            "phase": self.phase,
         }
 
     @classmethod
@@ -105,4 +129,5 @@ class TrialDescription:
             is_baseline=bool(data.get("is_baseline", False)),
             params=dict(data.get("params", {})),
             name=str(data.get("name", "trial")),
+            phase=str(data.get("phase", PHASE_SEARCH)),
         )

@@ -37,6 +37,26 @@ def test_only_the_baseline_reports_itself() -> None:
     assert ledger.best_matched() == ("base", 4.0, 4.0, 30.0)
 
 
+def test_the_live_line_compares_with_the_best_full_depth_trial() -> None:
+    """An lr-tuned full-depth trial that ends lower than the baseline is the live reference;
+    full-depth trials of the confirmation round (other seeds) are not candidates."""
+    ledger = TrialLedger()
+    _feed(ledger, "base", [(10.0, 5.5), (30.0, 4.0)], is_baseline=True, full_depth=True)
+    _feed(ledger, "lr2", [(10.0, 5.0), (30.0, 3.6)], full_depth=True)
+    _feed(ledger, "lucky", [(10.0, 4.0), (30.0, 3.0)], full_depth=True, confirmation=True)
+    _feed(ledger, "staged", [(10.0, 5.2), (30.0, 3.8)])
+    for t in ("base", "lr2", "lucky", "staged"):
+        ledger.status[t] = "finished"
+    assert ledger.reference_id() == "lr2"
+    trial, mine, ref, at = ledger.best_matched()  # type: ignore[misc]
+    # Against the baseline "staged" would lead by 0.2; against the reference it trails by
+    # 0.2. Full-depth trials are candidates for the reference, never the best schedule.
+    assert (trial, at) == ("staged", 30.0)
+    assert mine == pytest.approx(3.8) and ref == pytest.approx(3.6)
+    del ledger.status["lr2"]  # not finished yet: the baseline is the reference so far
+    assert ledger.reference_id() == "base"
+
+
 def test_a_stopped_trial_is_tagged_with_the_rung_asha_read(tmp_path: Path) -> None:
     """ASHA places its rungs on the matching convention's FLOPs (``flops_paper`` for a
     ``paper`` study): a stopped trial's ``stagetune.asha_rung`` is that value (it used to be
@@ -79,4 +99,4 @@ def test_a_stopped_trial_is_tagged_with_the_rung_asha_read(tmp_path: Path) -> No
     (run,) = client.search_runs([exp.experiment_id], f"tags.`{TAG_TRIAL_ID}` = 'staged'")
     assert run.data.tags[TAG_ASHA_RUNG] == "7"
     line = ProgressCallback(ledger, planned_flops=60.0, total_trials=2).line([base, staged])
-    assert f"best at equal compute: {labels['staged']} 5.0000 vs baseline 5.3000" in line
+    assert f"best at equal compute: {labels['staged']} 5.0000 vs reference 5.3000" in line

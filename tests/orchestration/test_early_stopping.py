@@ -91,3 +91,21 @@ def test_no_asha_without_early_stopping_or_with_two_objectives(fast_config: Any)
         ctx = SpaceContext.from_config(cfg, vocab_size=VOCAB)
         space = get_search_space(cfg.search.space)
         assert make_asha(cfg.search, space, ctx, metric="eval_loss") is None
+
+
+def test_seeded_rungs_compare_with_the_reference_sweep(fast_config: Any) -> None:
+    """The reference sweep runs before the search, in a Tune experiment of its own: its
+    full-depth curves are entered in ASHA's rungs, so a trial worse than the sweep's best at
+    the first rung is stopped although no trial of the search itself reached it yet; and a
+    full-depth trial of the search is never stopped (a candidate for the reference)."""
+    asha, _, _ = _asha(fast_config, "standard")
+    grace = asha._brackets[0]._rungs[-1][0]  # rungs are stored last-first
+    asha.seed_rungs({"sweep": [(grace * 0.5, 3.0), (grace * 1.01, 2.0), (grace * 4, 1.5)]})
+    assert asha._brackets[0]._rungs[-1][1] == {"seeded:sweep": -2.0}
+    worse, full_depth = Trial("stub", stub=True), Trial("stub", stub=True)
+    for trial in (worse, full_depth):
+        asha.on_trial_add(None, trial)  # type: ignore[arg-type]
+    at_grace = {FLOPS: grace * 1.02, "eval_loss": 2.5}
+    assert asha.on_trial_result(None, worse, at_grace) == TrialScheduler.STOP  # type: ignore[arg-type]
+    kept = asha.on_trial_result(None, full_depth, {**at_grace, "full_depth": True})  # type: ignore[arg-type]
+    assert kept == TrialScheduler.CONTINUE

@@ -8,6 +8,7 @@ import pytest
 
 from stagetune.config import load_config
 from stagetune.errors import ConfigError
+from stagetune.models.size import param_counts
 from stagetune.orchestration.sweep_plan import (
     corpus_cap_mb,
     parse_floats,
@@ -15,7 +16,6 @@ from stagetune.orchestration.sweep_plan import (
     plan_studies,
     sweep_points,
 )
-from stagetune.regime import non_embedding_params
 from stagetune.search_spaces import SpaceContext, get_search_space
 
 VOCAB = 512
@@ -54,7 +54,7 @@ def test_points_are_the_paper_s2_s4_gstack_and_reference_lrs() -> None:
 def test_lengths_become_baseline_steps_of_the_right_tokens_per_param() -> None:
     cfg = load_config(preset="smoke")
     studies = _plan(cfg, (0.5, 1.0))
-    n = non_embedding_params(cfg.model, vocab_size=VOCAB)
+    n = param_counts(cfg.model, vocab_size=VOCAB).non_embedding
     assert [s.non_embedding_params for s in studies] == [n, n]
     per_step = cfg.train.batch_size * cfg.data.seq_len
     for s in studies:

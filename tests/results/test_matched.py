@@ -189,7 +189,7 @@ def test_no_overlap_on_the_compute_axis_gives_none(flops: list[float], loss: lis
     assert t.baseline_loss_at_matched is None
     assert t.matched_delta is None and t.matched_fraction is None
     assert o.matched_delta.mean is None and o.matched_delta.n == 0
-    assert "no eval point overlapping the baseline's curve in some seeds" in o.notes
+    assert "no eval point overlapping the reference's curve in some seeds" in o.notes
 
 
 def test_touching_the_baselines_first_eval_point_overlaps() -> None:

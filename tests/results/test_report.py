@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from stagetune.results import MlflowTracker, build_report, format_table, load_study, to_json
 from stagetune.results.render import TABLE_COLUMNS
-from stagetune.results.verdict import NO_SCHEDULE_REACHED, PARTIAL_STUDY
+from stagetune.results.verdict import NO_SIGNIFICANT_GAIN, PARTIAL_STUDY
 from tests.results.helpers import E12, EXPERIMENT, STUDY, TRIALS, log_trial, records
 
 MATCHED = "matched"
@@ -89,7 +89,7 @@ def test_markdown_column(report_dir: Path) -> None:
     assert rows["S4 short"]["Loss @ baseline compute"] == "stopped short"
     assert rows["S3 long"]["Loss @ baseline compute"] == "3.5000"
     assert rows["S5 late"]["Loss @ baseline compute"] == "—"
-    assert NO_SCHEDULE_REACHED in md
+    assert NO_SIGNIFICANT_GAIN in md
     assert "*Δ loss at equal compute*" in md and "*@ NN%*" in md
 
 
@@ -128,8 +128,11 @@ def test_json_fields(report_dir: Path) -> None:
 def test_build_report(store: dict[str, Any], tmp_path: Path) -> None:
     rep = build_report(store["uri"], EXPERIMENT, tmp_path / "out")
     expected = (
-        "Schedule S2 fast reached the baseline's eval loss with 72.5% of its compute "
-        "(95% CI 40.7–104.3%, 2 seeds; speedup 1.38×)."
+        "Against the reference (the configured baseline, the best of the full-depth lr sweep), "
+        "over 2 seeds: schedule S2 fast reached the reference's eval loss with 72.5% of its "
+        "compute (95% CI 40.7% to 104.3%; speedup 1.38×); at equal compute its eval loss was "
+        "-0.1750 vs the reference's (95% CI -0.4927 to +0.1427). No significant gain: the 95% "
+        "intervals include no gain."
     )
     assert rep.verdict == expected
     md = rep.paths["report_md"].read_text()

@@ -48,14 +48,14 @@ def test_paper_verdict_quotes_the_equal_compute_delta() -> None:
     assert text is not None
     # S=2 at 99.5: 3.1 - (3.2 - 0.2 * 24.5/25) = +0.096.
     assert (
-        "at equal compute, 99.5% of the baseline's (where it ended), its eval loss was +0.0960 "
-        "vs the baseline's" in text
+        "at equal compute, 99.5% of the reference's (where it ended), its eval loss was +0.0960 "
+        "vs the reference's" in text
     )
     # S=4 at 80: 3.2 - (3.2 - 0.2 * 5/25) = +0.04; before, S=4 had no such comparison at all.
     assert (
-        "S=4 did not reach it within 0.80× the baseline's compute; its stages alone cost 0.40×, "
-        "and at equal compute, 80% of the baseline's (where it ended), its eval loss was +0.0400 "
-        "vs the baseline's" in text
+        "S=4 did not reach it within 0.80× the reference's compute; its stages alone cost 0.40×, "
+        "and at equal compute, 80% of the reference's (where it ended), its eval loss was +0.0400 "
+        "vs the reference's" in text
     )
 
 
@@ -81,7 +81,10 @@ def test_a_study_that_is_not_over_gets_no_verdict() -> None:
     over = study(BASE0, reached, parent_status="finished")
     outcomes = compute_matched(over)
     assert study_verdict(over, outcomes, convention="standard") == verdict(outcomes)
-    assert verdict(outcomes).startswith("Schedule R reached the baseline's eval loss")
+    assert verdict(outcomes).startswith(
+        "Against the reference (the configured baseline, the best of the full-depth lr sweep), "
+        "over 1 seed: schedule R reached the reference's eval loss"
+    )
     stopped = study(BASE0, reached, parent_status="interrupted")
     assert study_verdict(stopped, outcomes, convention="standard") == PARTIAL_STUDY.format(
         status="interrupted"

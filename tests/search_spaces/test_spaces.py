@@ -30,11 +30,16 @@ def test_paper_space_is_the_papers_schedule() -> None:
             for i in range(s)
         )  # fmt: skip
         assert (plan.schedule.growth, plan.schedule.freeze_policy) == ("random", "paper")
+        # The paper's code keeps AdamW's state through growth, fresh for continual training.
+        assert plan.schedule.optimizer_policy == "carry_then_reset"
         assert plan.lr == ctx.base_lr and plan.warmup_steps == ctx.base_warmup
+        # The paper's own continual length: T steps, whatever S.
+        paper_t = space.build({"num_stages": s, "continual_multiple": "T"}, ctx).schedule
+        assert paper_t.continual_steps == 120
     one = space.build({"num_stages": 4, "continual_multiple": 1.0}, ctx).schedule
     two = space.build({"num_stages": 4, "continual_multiple": 2.0}, ctx).schedule
     assert one.continual_steps > 0 and abs(two.continual_steps - 2 * one.continual_steps) <= 1
-    assert len(space.grid(ctx) or []) == 1 + 5 * 5
+    assert len(space.grid(ctx) or []) == 1 + 5 * 6
 
 
 def test_paper_space_keeps_both_phases_when_steps_are_short() -> None:

@@ -37,7 +37,7 @@ TRIALS_REASON = (
 MAX_SEEDS = 100
 """Most seeds of the confirmation round."""
 SEEDS_REASON = (
-    f"each seed retrains the baseline and the repeated schedules; more than {MAX_SEEDS} seeds "
+    f"each seed retrains the reference and the repeated schedules; more than {MAX_SEEDS} seeds "
     "narrows a 95% interval by little (it shrinks with the square root of the count)"
 )
 
@@ -51,3 +51,8 @@ EVAL_POINTS_REASON = (
     f"more than {MAX_EVAL_POINTS:,} evaluations per run (each of data.eval_batches batches) "
     "would cost more than the training; use fewer"
 )
+
+MAX_REFERENCE_LRS = 8
+"""Most learning rates of the reference sweep (each is a whole full-depth training run)."""
+MAX_LR_FACTOR = 100.0
+"""Largest multiple of ``train.lr`` the reference sweep may try."""

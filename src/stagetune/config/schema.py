@@ -17,9 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from stagetune.budget import MAX_BUDGET_FACTOR, MAX_CONTINUAL_MULTIPLE, check_budget_factor
+from stagetune.config.checks import bounded as _bounded
+from stagetune.config.checks import choice as _choice
+from stagetune.config.checks import require as _require
 from stagetune.config.limits import (
     EVAL_POINTS_REASON,
     MAX_EVAL_POINTS,
+    MAX_LR_FACTOR,
+    MAX_REFERENCE_LRS,
     MAX_SEED,
     MAX_SEEDS,
     MAX_STEPS,
@@ -29,7 +34,9 @@ from stagetune.config.limits import (
     STEPS_REASON,
     TRIALS_REASON,
 )
-from stagetune.errors import ConfigError, suggest
+from stagetune.config.recipe import PAPER_RECIPE, check_paper_recipe
+from stagetune.config.runtime import PLACEMENT_STRATEGIES, ResourcesConfig, TrackingConfig
+from stagetune.registry import OPTIMIZER_POLICIES, RECIPES
 
 __all__ = [
     "PLACEMENT_STRATEGIES",
@@ -44,26 +51,6 @@ __all__ = [
     "TrainConfig",
     "validate_name",
 ]
-
-
-def _require(cond: bool, field_name: str, value: Any, fix: str) -> None:
-    if not cond:
-        raise ConfigError(field_name, value, fix)
-
-
-def _bounded(value: float, low: float, high: float, field_name: str, why_high: str) -> None:
-    """``low <= value <= high``; past ``high`` the error says ``why_high`` (see limits)."""
-    _require(value >= low, field_name, value, f"use >= {low:g}")
-    _require(value <= high, field_name, value, why_high)
-
-
-PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
-"""Ray placement group strategies a multi-worker trial may ask for."""
-
-
-def _choice(value: str, choices: tuple[str, ...], field_name: str) -> None:
-    if value not in choices:
-        raise ConfigError(field_name, value, suggest(str(value), choices))
 
 
 @dataclass(kw_only=True)
@@ -233,7 +220,17 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
-    """Clip the global gradient norm to this value (0 disables clipping)."""
+    """Clip the global gradient norm to this value (0 disables clipping; the paper's code does
+    not clip)."""
+    decay_embeddings: bool = False
+    """Weight decay on the embeddings and a tied LM head too, i.e. on every ≥ 2-D tensor (the
+    paper's code); ``False`` decays only the blocks' matrices."""
+    recipe: str = "stagetune"
+    """``stagetune`` (any combination of options) or ``paper``: the config must then be the
+    paper's procedure (no clipping, decay on every ≥ 2-D tensor, optimizer state carried through
+    growth and fresh at continual start, phases of T/(2S), random growth, the paper's freeze
+    policy); a deviation is refused naming the field, never silently applied. See
+    docs/paper-recipe.md."""
     eval_points: int = 12
     """Evaluations evenly spaced in compute over the budget, the same FLOPs for every schedule."""
     checkpoint_every: int = 0
@@ -278,6 +275,7 @@ class TrainConfig:
         _bounded(self.seed, 0, MAX_SEED, "train.seed", SEED_REASON)
         _choice(self.device, ("auto", "cpu", "cuda"), "train.device")
         _choice(self.dtype, ("auto", "float32", "bfloat16"), "train.dtype")
+        _choice(self.recipe, RECIPES, "train.recipe")
 
 
 @dataclass(kw_only=True)
@@ -307,7 +305,9 @@ class ScheduleConfig:
     freeze_policy: str = "new_only"
     """Phase-1 freeze policy: new_only, paper, none (:mod:`stagetune.freeze`)."""
     optimizer_policy: str = "reset"
-    """At growth and at the start of continual training: ``reset`` or ``carry`` optimizer state."""
+    """AdamW's state at growth and at the continual start: ``reset`` at both, ``carry``
+    through both, or ``carry_then_reset`` (the paper's code: kept through growth and
+    unfreezing, a fresh optimizer for continual training)."""
 
     def __post_init__(self) -> None:
         _bounded(self.baseline_steps, 1, MAX_STEPS, "schedule.baseline_steps", STEPS_REASON)
@@ -359,7 +359,7 @@ class ScheduleConfig:
                 f"applies to the budget-matched length, but schedule.continual_steps="
                 f"{self.continual_steps} sets the length; drop one of the two",
             )
-        _choice(self.optimizer_policy, ("reset", "carry"), "schedule.optimizer_policy")
+        _choice(self.optimizer_policy, OPTIMIZER_POLICIES, "schedule.optimizer_policy")
 
 
 @dataclass(kw_only=True)
@@ -392,10 +392,17 @@ class SearchConfig:
     """Seed of the sampler; ``None`` uses ``train.seed`` (set it to vary the search alone)."""
     num_trials: int = 8
     """Trials including the baseline."""
-    seeds: int = 1
-    """Seeds for the repeat phase: the baseline and the best schedules rerun on N seeds."""
+    reference_lr_factors: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    """The reference sweep: the full-depth schedule trained at ``train.lr`` × each factor,
+    before the search, never stopped early; the best of them (lowest final eval loss on the
+    study's seed, among every full-depth trial that finished) is the reference every schedule
+    is measured against. Factor 1 is the configured baseline, always trained (as the search's
+    first trial); ``[1.0]`` turns the sweep off."""
+    seeds: int = 3
+    """Seeds in all for the confirmation round: after the search, the reference and the
+    ``repeat_top_k`` best schedules train again on seeds ``train.seed + 1`` … (1: no round)."""
     repeat_top_k: int = 2
-    """How many of the best schedules are repeated when ``seeds`` > 1."""
+    """How many of the best schedules the confirmation round repeats when ``seeds`` > 1."""
     multi_objective: bool = False
     """Optimise (eval loss, compute) jointly with NSGA-II and report the Pareto set."""
     early_stopping: bool = True
@@ -417,6 +424,17 @@ class SearchConfig:
         _require(self.seeds >= 1, "search.seeds", self.seeds, "use a positive number (1: none)")
         _require(self.seeds <= MAX_SEEDS, "search.seeds", self.seeds, SEEDS_REASON)
         _bounded(self.repeat_top_k, 1, MAX_TRIALS, "search.repeat_top_k", TRIALS_REASON)
+        _require(
+            1 <= len(self.reference_lr_factors) <= MAX_REFERENCE_LRS
+            and all(
+                isinstance(f, (int, float)) and 0 < f <= MAX_LR_FACTOR
+                for f in self.reference_lr_factors
+            ),
+            "search.reference_lr_factors",
+            self.reference_lr_factors,
+            f"list 1-{MAX_REFERENCE_LRS} positive multiples of train.lr (at most "
+            f"{MAX_LR_FACTOR:g}), e.g. [0.5, 1.0, 2.0]; [1.0] turns the sweep off",
+        )
         _require(
             0.0 < self.grace_fraction <= 1.0,
             "search.grace_fraction",
@@ -447,57 +465,6 @@ class SearchConfig:
             f"with the baseline they need num_trials >= {len(self.points_to_evaluate) + 1}; "
             "raise search.num_trials or drop points",
         )
-
-
-@dataclass(kw_only=True)
-class ResourcesConfig:
-    """Where and how each trial runs."""
-
-    workers_per_trial: int = 1
-    """Ray Train workers per trial (1 runs the loop in-process inside the Tune trial)."""
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-    strategy: str = "ddp"
-    """Multi-worker strategy: ``ddp`` or ``fsdp`` (FSDP2 ``fully_shard``)."""
-    placement_strategy: str = "PACK"
-    """Where a multi-worker trial's workers go (a Ray placement group strategy): ``PACK`` as
-    few nodes as possible, ``SPREAD`` over nodes when they fit, ``STRICT_PACK`` one node,
-    ``STRICT_SPREAD`` one worker per node (a node lost costs one worker's share)."""
-    address: str | None = None
-    """Ray cluster address; ``None`` uses ``$RAY_ADDRESS`` or starts a local instance."""
-    max_failures: int = 2
-    """Trial restarts from its latest checkpoint after a worker or node failure."""
-    storage_path: str | None = None
-    """Ray Tune storage (local path or a pyarrow URI); default ``<workdir>/ray_results``."""
-
-    def __post_init__(self) -> None:
-        _require(
-            self.workers_per_trial >= 1,
-            "resources.workers_per_trial",
-            self.workers_per_trial,
-            "use a positive number of workers (at least 1)",
-        )
-        _require(
-            self.cpus_per_worker > 0, "resources.cpus_per_worker", self.cpus_per_worker, "use > 0"
-        )
-        _require(
-            self.gpus_per_worker >= 0, "resources.gpus_per_worker", self.gpus_per_worker, "use >= 0"
-        )
-        _choice(self.strategy, ("ddp", "fsdp"), "resources.strategy")
-        _choice(self.placement_strategy, PLACEMENT_STRATEGIES, "resources.placement_strategy")
-        _require(self.max_failures >= 0, "resources.max_failures", self.max_failures, "use >= 0")
-
-
-@dataclass(kw_only=True)
-class TrackingConfig:
-    """MLflow tracking."""
-
-    tracking_uri: str | None = None
-    """MLflow tracking URI; ``None`` is ``sqlite:///<workdir>/mlflow.db``."""
-    experiment: str | None = None
-    """MLflow experiment name; ``None`` uses the experiment config's ``name``."""
-    parent_run_id: str | None = None
-    """An MLflow run the study's parent run nests under (a sweep's); ``None``: top level."""
 
 
 @dataclass(kw_only=True)
@@ -544,6 +511,8 @@ class ExperimentConfig:
                 self.schedule.num_stages,
                 f"use at most model.n_layer={self.model.n_layer} stages",
             )
+        if self.train.recipe == PAPER_RECIPE:
+            check_paper_recipe(self)
         world = self.resources.workers_per_trial
         _require(
             self.train.batch_size % (world * self.train.grad_accum) == 0,

@@ -276,20 +276,23 @@ class StagedModel(nn.Module):
         return [p for p in self.hf_model.parameters() if p.requires_grad]
 
     def parameter_groups(
-        self, weight_decay: float, *, trainable_only: bool = True
+        self, weight_decay: float, *, trainable_only: bool = True, decay_embeddings: bool = False
     ) -> list[dict[str, Any]]:
-        """AdamW parameter groups: decay on matrices, none on biases, norms and embeddings.
+        """AdamW parameter groups: decay on matrices, none on biases, norms and (unless
+        ``decay_embeddings``) embeddings.
 
         Args:
             weight_decay: decay of the first group.
             trainable_only: only parameters with ``requires_grad`` (default); ``False`` takes
                 every parameter (for an optimizer built once across phases).
+            decay_embeddings: decay every ≥ 2-D tensor, embeddings and a tied head included
+                (the paper's code).
 
         Returns:
             Non-empty groups among ``{"params": [...], "weight_decay": weight_decay}`` and
             ``{"params": [...], "weight_decay": 0.0}``. A tied LM head counts as an embedding.
         """
-        no_decay_ids = {id(p) for p in self._no_decay_parameters()}
+        no_decay_ids = set() if decay_embeddings else {id(p) for p in self._no_decay_parameters()}
         decay: list[nn.Parameter] = []
         no_decay: list[nn.Parameter] = []
         for p in self.hf_model.parameters():

@@ -41,14 +41,14 @@ def _trial_params(trial: Any) -> dict[str, Any]:
 
 
 class BestMatched(NamedTuple):
-    """The trial doing best against the baseline at equal compute (see
+    """The trial doing best against the reference at equal compute (see
     :meth:`TrialLedger.best_matched`)."""
 
     trial_id: str
     loss: float
     """Its eval loss at ``compute``."""
     baseline_loss: float
-    """The baseline's eval loss at ``compute``."""
+    """The reference's eval loss at ``compute`` (the name is kept for callers)."""
     compute: float
     """The FLOPs they were compared at."""
 
@@ -62,6 +62,9 @@ class TrialLedger:
         self.last: dict[str, dict[str, Any]] = {}
         self.status: dict[str, str] = {}
         self.baseline_ids: set[str] = set()
+        self.full_depth_ids: set[str] = set()
+        """Full-depth trials: the reference's candidates (on the study's seed), no schedules."""
+        self.confirmation_ids: set[str] = set()
         self.labels: dict[str, str] = {}
 
     def __getstate__(self) -> dict[str, Any]:
@@ -78,6 +81,10 @@ class TrialLedger:
             self.last[trial_id] = result
             if result.get("is_baseline"):
                 self.baseline_ids.add(trial_id)
+            if result.get("full_depth") or result.get("is_baseline"):
+                self.full_depth_ids.add(trial_id)
+            if result.get("confirmation"):
+                self.confirmation_ids.add(trial_id)
             ev = result.get("eval_loss")
             if ev is not None and math.isfinite(float(ev)):
                 self.curves.setdefault(trial_id, []).append((float(result[FLOPS]), float(ev)))
@@ -95,27 +102,33 @@ class TrialLedger:
             return STATUS_FINISHED
         return STATUS_STOPPED
 
-    def best_matched(self) -> BestMatched | None:
-        """The trial with the lowest loss relative to the baseline at equal compute.
-
-        Compared at min(trial's compute, baseline's compute): budget-matched schedules end a
-        step or so short of the baseline's compute, and a trial stopped early is compared
-        where it stopped. None until the baseline has finished.
-        """
+    def reference_id(self) -> str | None:
+        """The reference so far: the finished full-depth trial (on the study's seed) with the
+        lowest final eval loss (the rule of :mod:`stagetune.results.reference`)."""
         with self.lock:
-            bases = [
-                t
-                for t in self.baseline_ids
+            done = [
+                (self.curves[t][-1][1], t not in self.baseline_ids, t)
+                for t in self.full_depth_ids - self.confirmation_ids
                 if self.status.get(t) == STATUS_FINISHED and self.curves.get(t)
             ]
-            if not bases:
-                return None
-            b = bases[0]
+        return min(done)[2] if done else None
+
+    def best_matched(self) -> BestMatched | None:
+        """The trial with the lowest loss relative to the reference at equal compute.
+
+        Compared at min(trial's compute, reference's compute): budget-matched schedules end a
+        step or so short of it, and a trial stopped early is compared where it stopped. None
+        until a full-depth trial has finished.
+        """
+        b = self.reference_id()
+        if b is None:
+            return None
+        with self.lock:
             bx = np.array([c[0] for c in self.curves[b]])
             by = np.array([c[1] for c in self.curves[b]])
             best: BestMatched | None = None
             for t, curve in self.curves.items():
-                if t == b or not curve:
+                if t in self.full_depth_ids or not curve:
                     continue
                 xs = np.array([c[0] for c in curve])
                 ys = np.array([c[1] for c in curve])
@@ -233,13 +246,13 @@ class ProgressCallback(Callback):
         bad = statuses.count(STATUS_DIVERGED) + statuses.count(STATUS_FAILED)
         best = self.ledger.best_matched()
         if best is None:
-            best_txt = "best: waiting for the baseline to finish"
+            best_txt = "best: waiting for a full-depth reference to finish"
         else:
             with self.ledger.lock:
                 label = self.ledger.labels.get(best.trial_id, best.trial_id)
             gap = best.loss - best.baseline_loss
             best_txt = (
-                f"best at equal compute: {label} {best.loss:.4f} vs baseline "
+                f"best at equal compute: {label} {best.loss:.4f} vs reference "
                 f"{best.baseline_loss:.4f} ({gap:+.4f} at {best.compute:.3g} FLOPs)"
             )
         pct = 100.0 * spent / self.planned if self.planned else 0.0

@@ -20,6 +20,7 @@ from stagetune.config import ExperimentConfig, config_from_dict, config_to_dict
 from stagetune.data import prepare_data
 from stagetune.data.prepare import model_vocab_size
 from stagetune.errors import ConfigError
+from stagetune.models.size import param_counts
 from stagetune.orchestration.lock import DirectoryLock, check_unlocked
 from stagetune.orchestration.storage import (
     StudyPaths,
@@ -27,10 +28,11 @@ from stagetune.orchestration.storage import (
     check_own_directory,
     check_writable,
 )
+from stagetune.results.regime import Regime
 from stagetune.results.store import check_tracking_uri, sqlite_path
 from stagetune.search_spaces import SearchSpace, SpaceContext, get_search_space
 
-__all__ = ["WORKDIR_FIELD", "PreparedStudy", "hold_workdir", "prepare_study"]
+__all__ = ["WORKDIR_FIELD", "PreparedStudy", "hold_workdir", "prepare_study", "study_regime"]
 
 WORKDIR_FIELD = "workdir"
 
@@ -45,6 +47,8 @@ class PreparedStudy:
     space: SearchSpace
     ctx: SpaceContext
     resume: bool
+    regime: Regime
+    """The reference's size and training length (its params go to the MLflow parent run)."""
 
 
 def prepare_study(
@@ -89,7 +93,8 @@ def prepare_study(
     db = sqlite_path(cfg.resolved_tracking_uri())
     if db is not None and db.parent != paths.workdir:
         check_writable(db.parent, "tracking.tracking_uri")
-    vocab = model_vocab_size(cfg, prepare_data(cfg.data))
+    data = prepare_data(cfg.data)
+    vocab = model_vocab_size(cfg, data)
     space = get_search_space(cfg.search.space)
     ctx = SpaceContext.from_config(cfg, vocab_size=vocab)
     # The baseline is every study's first point: a config it cannot be built from is refused
@@ -98,7 +103,25 @@ def prepare_study(
     for i, point in enumerate(cfg.search.points_to_evaluate):
         _check_point(space, ctx, point, i)
     return PreparedStudy(
-        config=cfg, paths=paths, vocab_size=vocab, space=space, ctx=ctx, resume=resume
+        config=cfg,
+        paths=paths,
+        vocab_size=vocab,
+        space=space,
+        ctx=ctx,
+        resume=resume,
+        regime=study_regime(cfg, vocab_size=vocab, num_tokens=data.num_tokens),
+    )
+
+
+def study_regime(cfg: ExperimentConfig, *, vocab_size: int, num_tokens: int) -> Regime:
+    """The regime of the study ``cfg`` describes: the full-depth model's parameter counts and
+    the T steps every full-depth recipe trains, over ``num_tokens`` of data."""
+    counts = param_counts(cfg.model, vocab_size=vocab_size)
+    return Regime(
+        params_total=counts.total,
+        params_non_embedding=counts.non_embedding,
+        tokens_trained=cfg.schedule.baseline_steps * cfg.train.batch_size * cfg.data.seq_len,
+        train_tokens=int(num_tokens * (1.0 - cfg.data.eval_fraction)),
     )
 
 

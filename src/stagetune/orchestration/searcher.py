@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from optuna.exceptions import UpdateFinishedTrialError
@@ -73,6 +74,8 @@ ATTR_TRIAL_ID: Final = "stagetune_trial_id"
 ATTR_COUNTS: Final = "stagetune_counts"
 """Optuna user attribute: ``False`` on trials that do not count against ``num_trials``."""
 ATTR_BASELINE: Final = "stagetune_baseline"
+SEEDED_PREFIX: Final = "seeded:"
+"""Rung entries of trials from outside the search (:meth:`BaselineKeepingASHA.seed_rungs`)."""
 
 
 def trial_status(result: dict[str, Any] | None, error: bool) -> str:
@@ -268,15 +271,31 @@ def ensure_baseline(
 
 
 class BaselineKeepingASHA(AsyncHyperBandScheduler):
-    """ASHA on FLOPs that never stops the study's baseline.
+    """ASHA on FLOPs that never stops a full-depth trial (the baseline or another lr).
 
-    The baseline is the reference of every compute-matched outcome: it must train to its end
-    even when a rung ranks it low. Its results still enter the rungs, so it sets the bar for
-    the other trials.
+    The reference of every compute-matched outcome is the best full-depth trial (see
+    :mod:`stagetune.results.reference`): every candidate must train to its end even when a
+    rung ranks it low, or the reference would be chosen among survivors of a comparison with
+    itself. Their results still enter the rungs, so the full-depth trials set the bar for the
+    others.
     """
+
+    def seed_rungs(self, curves: Mapping[str, Sequence[tuple[float, float]]]) -> None:
+        """Enter trials that ran before this search (the reference sweep: full-depth trials,
+        never stopped) in every rung, as ASHA records its own: the metric of the first result
+        at or past the rung's milestone. Each curve is ``[(time_attr value, metric), ...]``
+        in report order; rungs a curve never reached get nothing from it."""
+        op = self._metric_op
+        assert op is not None, "seed_rungs needs the scheduler's metric and mode set"
+        for name, curve in curves.items():
+            for bracket in self._brackets:
+                for milestone, recorded in bracket._rungs:
+                    hit = next((m for t, m in curve if t >= milestone), None)
+                    if hit is not None and math.isfinite(hit):
+                        recorded[f"{SEEDED_PREFIX}{name}"] = op * hit
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
         action = super().on_trial_result(tune_controller, trial, result)
-        if result.get("is_baseline"):
+        if result.get("is_baseline") or result.get("full_depth"):
             return str(TrialScheduler.CONTINUE)
         return str(action)

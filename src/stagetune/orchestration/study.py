@@ -1,5 +1,5 @@
-"""Run a prepared study (:mod:`.prepare`): Ray Tune + OptunaSearch + ASHA-on-FLOPs, tracked in
-MLflow, then the seed repeats (:mod:`.seed_repeats`).
+"""Run a prepared study (:mod:`.prepare`): the reference sweep, then Ray Tune + OptunaSearch +
+ASHA-on-FLOPs, then the confirmation round (:mod:`.seed_repeats`), all tracked in MLflow.
 
 A stop (a signal, a full disk) ends it gracefully at any moment, with every store marked
 (:mod:`.interrupt`); ``--resume`` makes the stores agree first (:mod:`.resume`).
@@ -37,10 +37,16 @@ from stagetune.orchestration.resume import (
 from stagetune.orchestration.samplers import make_sampler
 from stagetune.orchestration.searcher import ResumableOptunaSearch
 from stagetune.orchestration.seed_repeats import (
+    REFERENCE_SIGNED,
     SEEDS_SIGNED,
+    phase_curves,
+    phase_trial_count,
+    reference_name,
+    reference_point,
     repeat_points,
-    run_seed_repeats,
+    run_grid_phase,
     seeds_name,
+    sweep_points,
 )
 from stagetune.orchestration.storage import (
     StudyPaths,
@@ -56,7 +62,7 @@ from stagetune.results.naming import TAG_PARENT_RUN
 from stagetune.results.store import sqlite_path
 from stagetune.search_spaces import SpaceContext
 
-__all__ = ["StudyRun", "planned_flops", "run_study"]
+__all__ = ["StudyRun", "planned_flops", "planned_trials", "run_study"]
 
 
 @dataclass(kw_only=True)
@@ -131,10 +137,16 @@ def _watched_paths(cfg: ExperimentConfig, paths: StudyPaths) -> list[Path]:
     return out
 
 
+def planned_trials(cfg: ExperimentConfig) -> int:
+    """Every trial a study plans: the search's, the reference sweep's and the confirmation
+    round's (at most)."""
+    return cfg.search.num_trials + phase_trial_count(cfg)
+
+
 def planned_flops(cfg: ExperimentConfig, ctx: SpaceContext) -> float:
     """The compute a study plans to spend, in the standard convention the progress line counts
-    (``flops``): every trial at the budget."""
-    return cfg.search.num_trials * ctx.budget.in_convention("standard").budget_flops
+    (``flops``): every planned trial (:func:`planned_trials`) at the budget."""
+    return planned_trials(cfg) * ctx.budget.in_convention("standard").budget_flops
 
 
 def _run_study(
@@ -157,9 +169,18 @@ def _run_study(
     storage_root = cfg.resources.storage_path or str(paths.ray_storage)
     exp_uri = experiment_uri(storage_root, cfg.name)
     seeds_uri = experiment_uri(storage_root, seeds_name(cfg))
+    ref_uri = experiment_uri(storage_root, reference_name(cfg))
     key = load_key(workdir=paths.workdir, create=True)
     signer = TuneStateSigner(experiment_uri=exp_uri, workdir=paths.workdir, name=cfg.name, key=key)
-    # The seed-repeat phase is a Tune experiment of its own, with signatures of its own.
+    # The reference sweep and the confirmation round are Tune experiments of their own, with
+    # signatures of their own.
+    ref_signer = TuneStateSigner(
+        experiment_uri=ref_uri,
+        workdir=paths.workdir,
+        name=reference_name(cfg),
+        key=key,
+        signed_dir=paths.workdir / SIGNED_DIR / REFERENCE_SIGNED,
+    )
     seeds_signer = TuneStateSigner(
         experiment_uri=seeds_uri,
         workdir=paths.workdir,
@@ -171,10 +192,17 @@ def _run_study(
     # unpickles the experiment's files, so they are verified first.
     verified = prep.resume and signer.restore_verified()
     seeds_verified = prep.resume and seeds_signer.restore_verified()
+    ref_verified = prep.resume and ref_signer.restore_verified()
     info = connect(address or cfg.resources.address)
     stopper.rearm()
     stopper.check()
     check_placeable(cfg.resources, info)
+    # The regime before anything trains (after every refusal: bad input stays one line): a
+    # study that repeats its data, or trains far below compute-optimal, should know at once.
+    if not quiet:
+        print(f"[stagetune] {prep.regime.line()}", flush=True)
+    for warning in prep.regime.warnings():
+        print(f"stagetune: warning: {warning}", file=sys.stderr, flush=True)
 
     paths.workdir.mkdir(parents=True, exist_ok=True)
     if not prep.resume:
@@ -202,33 +230,54 @@ def _run_study(
         ProgressCallback(
             ledger,
             planned_flops=planned_flops(cfg, prep.ctx),
-            total_trials=cfg.search.num_trials,
+            total_trials=planned_trials(cfg),
             quiet=quiet,
         ),
     ]
     main = snapshot_trials(exp_uri) if verified else None
     snapshot = dict(main or {})
     if seeds_verified:
-        # Trials of an interrupted seed-repeat phase are known to that phase's snapshot.
+        # Trials of an interrupted phase are known to that phase's snapshot.
         snapshot.update(snapshot_trials(seeds_uri) or {})
+    if ref_verified:
+        snapshot.update(snapshot_trials(ref_uri) or {})
     interrupted, replay = reconcile_stores(
         prep, storage=storage, directions=mode, tracker=tracker, snapshot=snapshot
     )
+    # The reference sweep runs first, whole: the reference is known before any schedule is
+    # compared with it (ASHA keeps every full-depth trial anyway).
+    ref_grid = run_grid_phase(
+        cfg,
+        sweep_points(cfg, prep.space, prep.ctx),
+        name=reference_name(cfg),
+        study=study,
+        concurrency=concurrency,
+        callbacks=callbacks,
+        storage_root=storage_root,
+        signer=ref_signer,
+        restorable=ref_verified,
+    )
+    stopper.check()
     trainable = make_trainable(study, cfg, replay)
     # Tune's experiment can be restored once it has a snapshot (not only its tuner.pkl).
     if main is not None:
         tuner = restore_tuner(exp_uri, trainable, [*callbacks, signer])
     else:
-        tuner = _new_tuner(prep, trainable, storage, mode, concurrency, [*callbacks, signer])
+        seeded = phase_curves(ref_grid, rung_metric(prep.ctx))
+        tuner = _new_tuner(
+            prep, trainable, storage, mode, concurrency, [*callbacks, signer], seeded=seeded
+        )
         signer.sign_tuner()
     stopper.check()
     grid = tuner.fit()
     stopper.check()
 
+    reference = reference_point(study, [g for g in (ref_grid, grid) if g is not None])
     if cfg.search.seeds > 1:
-        run_seed_repeats(
+        run_grid_phase(
             cfg,
-            repeat_points(cfg, prep.space, prep.ctx, grid),
+            repeat_points(cfg, prep.space, prep.ctx, grid, reference=reference),
+            name=seeds_name(cfg),
             study=study,
             concurrency=concurrency,
             callbacks=callbacks,
@@ -275,6 +324,9 @@ def _open_tracking(prep: PreparedStudy) -> tuple[MlflowTracker, str]:
             "lr": cfg.train.lr,
             "multi_objective": cfg.search.multi_objective,
             "early_stopping": cfg.search.early_stopping,
+            "reference_lr_factors": cfg.search.reference_lr_factors,
+            "repeat_top_k": cfg.search.repeat_top_k,
+            **prep.regime.to_params(),
         },
         tags={
             **({TAG_PARENT_RUN: cfg.tracking.parent_run_id} if cfg.tracking.parent_run_id else {}),
@@ -305,9 +357,12 @@ def _new_tuner(
     mode: str | list[str],
     concurrency: int,
     callbacks: list[Any],
+    *,
+    seeded: dict[str, list[tuple[float, float]]],
 ) -> Any:
     """A fresh search: OptunaSearch over the space, ASHA on FLOPs, ``num_trials`` trials (the
-    study's budget over its first run and all its resumes)."""
+    study's budget over its first run and all its resumes). ``seeded``: the reference sweep's
+    curves, entered in ASHA's rungs so its comparisons include every full-depth lr."""
     from ray import tune
 
     cfg = prep.config
@@ -323,11 +378,14 @@ def _new_tuner(
         storage=storage,
         max_trials=cfg.search.num_trials,
     )
+    asha = make_asha(cfg.search, prep.space, prep.ctx, metric=EVAL_LOSS)
+    if asha is not None:
+        asha.seed_rungs(seeded)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            scheduler=make_asha(cfg.search, prep.space, prep.ctx, metric=EVAL_LOSS),
+            scheduler=asha,
             num_samples=cfg.search.num_trials,
             max_concurrent_trials=concurrency,
             # A fresh trial process costs seconds of imports; trials share one shape.

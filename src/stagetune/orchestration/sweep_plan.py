@@ -13,7 +13,7 @@ early stopping), repeated on every seed by the seed-repeat phase:
   continual training (Du et al. 2024);
 * optionally the best incremental schedule of a prior ``wide`` study (``--from-study``).
 
-A training length is given in tokens per non-embedding parameter (:mod:`stagetune.regime`):
+A training length is given in tokens per non-embedding parameter (:mod:`stagetune.models.size`):
 ``baseline_steps = round(x · N / tokens per step)``; the length actually run is reported.
 The data default to the environment corpus (``pysources``) with a cap that holds the longest
 length's tokens without repeating (:func:`corpus_cap_mb`).
@@ -28,7 +28,7 @@ from typing import Any, Final
 
 from stagetune.config import ExperimentConfig, config_from_dict, config_to_dict
 from stagetune.errors import ConfigError
-from stagetune.regime import non_embedding_params
+from stagetune.models.size import param_counts
 
 __all__ = [
     "BYTES_PER_TOKEN",
@@ -189,7 +189,7 @@ def plan_studies(
         size = f"L{layers}d{width}"
         model = {**config_to_dict(base.model), "n_layer": layers, "n_embd": width}
         sized = config_from_dict({**config_to_dict(base), "model": model})
-        n_params = non_embedding_params(sized.model, vocab_size=vocab_size)
+        n_params = param_counts(sized.model, vocab_size=vocab_size).non_embedding
         for x in sorted(tokens_per_param):
             steps = round(x * n_params / tokens_per_step)
             if steps < MIN_BASELINE_STEPS:

@@ -16,8 +16,10 @@ from stagetune.config import ExperimentConfig, config_from_dict, config_to_dict
 from stagetune.results.naming import (
     PARAM_SCHEDULE_KEY,
     PARAM_SCHEDULE_LABEL,
+    TAG_FULL_DEPTH,
     TAG_IS_BASELINE,
     TAG_LABEL,
+    TAG_PHASE,
     TAG_SCHEDULE_KEY,
     TAG_SEED,
     TAG_SPACE,
@@ -25,9 +27,11 @@ from stagetune.results.naming import (
 from stagetune.search_spaces import SpaceContext, get_search_space
 from stagetune.trainables.launcher import TrainRun, launch
 from stagetune.trainables.session import TuneSession
-from stagetune.trial import TrialDescription
+from stagetune.trial import PHASE_SEARCH, TrialDescription
 
 __all__ = [
+    "LR_PARAM",
+    "PHASE_PARAM",
     "SEED_PARAM",
     "StudyContext",
     "describe_trial",
@@ -38,6 +42,12 @@ __all__ = [
 
 SEED_PARAM = "seed"
 """The param a seed repeat adds to its point (see :mod:`.seed_repeats`)."""
+LR_PARAM = "reference_lr"
+"""The param a reference-sweep trial adds to the baseline point: the learning rate it trains
+with instead of the space's (the ``paper`` and ``compact`` spaces have no lr param)."""
+PHASE_PARAM = "phase"
+"""The param a phase's trial adds to its point: :data:`stagetune.trial.PHASE_REFERENCE` or
+:data:`~stagetune.trial.PHASE_CONFIRMATION` (search trials have none)."""
 POINT_PARAM = "point"
 """A seed repeat's params wrap its point: ``{"point": {...params, "seed": s}}`` (Tune's grid
 search runs over whole points)."""
@@ -71,9 +81,16 @@ def describe_trial(params: dict[str, Any], study: StudyContext, *, name: str) ->
     cfg = study.experiment()
     point = point_of(params)
     seed = int(point.pop(SEED_PARAM, cfg.train.seed))
+    phase = str(point.pop(PHASE_PARAM, PHASE_SEARCH))
+    lr = point.pop(LR_PARAM, None)
     space = get_search_space(cfg.search.space)
     trial = space.build(point, SpaceContext.from_config(cfg, vocab_size=study.vocab_size))
-    return replace(trial, seed=seed, name=name)
+    trial = replace(trial, seed=seed, name=name, phase=phase)
+    if lr is not None:
+        # A reference-sweep lr: the configured baseline only at the configured lr.
+        base = trial.is_baseline and float(lr) == cfg.train.lr
+        trial = replace(trial, lr=float(lr), is_baseline=base)
+    return trial
 
 
 def tracking_info(trial: TrialDescription, *, space: str) -> dict[str, Any]:
@@ -94,6 +111,8 @@ def tracking_info(trial: TrialDescription, *, space: str) -> dict[str, Any]:
         TAG_SCHEDULE_KEY: trial.key,
         TAG_LABEL: trial.label,
         TAG_SPACE: space,
+        TAG_PHASE: trial.phase,
+        TAG_FULL_DEPTH: str(trial.is_full_depth).lower(),
     }
     return {"params": params, "tags": tags}
 

@@ -9,7 +9,7 @@ study's runs by their tags, each trial's curve from its metric histories on MLfl
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import numpy as np
@@ -127,6 +127,9 @@ class StudyResults:
     trials: tuple[TrialResult, ...]
     parent_status: str | None = None
     """The parent run's ``stagetune.status``: ``finished`` once the whole study is over."""
+    parent_params: dict[str, str] = field(default_factory=dict)
+    """The parent run's params (the study's settings, its regime: see
+    :class:`stagetune.results.regime.Regime`)."""
 
     @property
     def partial(self) -> bool:
@@ -274,4 +277,5 @@ def load_study(tracking_uri: str, experiment: str, *, study: str | None = None) 
         parent_run_id=parents[0].info.run_id if parents else None,
         trials=trials,
         parent_status=parents[0].data.tags.get(TAG_STATUS) if parents else None,
+        parent_params=dict(parents[0].data.params) if parents else {},
     )

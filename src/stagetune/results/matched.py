@@ -1,6 +1,11 @@
 """Compute-matched outcomes of a study: pure maths on its curves (numpy), no MLflow.
 
-Every schedule is judged against the full-depth baseline of the same seed on the compute axis:
+Every schedule is judged against a full-depth comparator of the same seed on the compute axis:
+by default the study's **reference**, the best full-depth recipe of its lr sweep
+(:mod:`stagetune.results.reference`), and beside it (:attr:`Outcome.vs_baseline`) the
+configured **baseline**, so a reader sees how much of a gap was lr tuning alone. The fields
+named ``baseline_*`` below hold the comparator's numbers (the reference's, unless
+``against="baseline"``); the names predate the reference and are kept for callers.
 
 * **loss at the baseline's compute**: its eval loss, linearly interpolated, at the FLOPs the
   baseline spent in total (``None`` if the trial stopped short of that);
@@ -27,7 +32,7 @@ import logging
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final, NamedTuple
 
 import numpy as np
@@ -36,10 +41,14 @@ from stagetune.errors import ConfigError, StagetuneError, suggest
 from stagetune.metrics import STATUS_DIVERGED, STATUS_FAILED, STATUS_FINISHED
 from stagetune.registry import CONVENTIONS
 from stagetune.results.loading import StudyResults, TrialResult
-from stagetune.results.naming import BASELINE_LABEL
+from stagetune.results.naming import BASELINE_LABEL, TAG_FULL_DEPTH, TAG_PHASE
+from stagetune.results.reference import ReferenceCandidate, choose_reference
 from stagetune.results.stats import Stat
+from stagetune.trial import PHASE_CONFIRMATION
 
 __all__ = [
+    "AGAINST_BASELINE",
+    "AGAINST_REFERENCE",
     "SAME_COMPUTE_RTOL",
     "EqualCompute",
     "Outcome",
@@ -47,7 +56,13 @@ __all__ = [
     "at_equal_compute",
     "compute_matched",
     "pareto_front",
+    "reference_key",
 ]
+
+AGAINST_REFERENCE: Final = "reference"
+"""Compare with the study's best full-depth recipe (the default)."""
+AGAINST_BASELINE: Final = "baseline"
+"""Compare with the configured full-depth baseline."""
 
 _log = logging.getLogger(__name__)
 
@@ -134,6 +149,24 @@ class Outcome:
     matched_fraction: Stat
     """``matched_compute / baseline_compute`` per seed (1: compared at the baseline's compute)."""
     notes: tuple[str, ...] = field(default=())
+    is_reference: bool = False
+    """This row is the comparator every row is measured against (the reference, or the
+    baseline when ``against`` is ``baseline``)."""
+    is_full_depth: bool = False
+    """A one-stage full-depth recipe (the baseline, a reference-sweep lr, a sampled one): a
+    candidate for the reference, not a schedule the verdict may name."""
+    against: str = AGAINST_REFERENCE
+    """What the ``baseline_*`` numbers are: :data:`AGAINST_REFERENCE` or
+    :data:`AGAINST_BASELINE`."""
+    vs_baseline: Outcome | None = None
+    """The same recipe measured against the configured baseline (on the seeds the baseline
+    ran); ``None`` when the reference is the baseline or this row is measured against it."""
+
+    @property
+    def vs_reference(self) -> Outcome:
+        """This row measured against the reference (itself, unless ``against`` is
+        ``baseline``; kept for symmetry with :attr:`vs_baseline`)."""
+        return self
 
     @property
     def n_seeds(self) -> int:
@@ -206,10 +239,13 @@ def at_equal_compute(
     return EqualCompute(at, mine, base)
 
 
-def _pick_baselines(study: StudyResults, convention: str) -> dict[str | None, TrialResult]:
-    """One baseline per seed: a finished one if any, then the one that got furthest."""
+def _pick_baselines(
+    trials: Sequence[TrialResult], convention: str
+) -> dict[str | None, TrialResult]:
+    """One comparator trial per seed among ``trials``: a finished one if any, then the one
+    that got furthest."""
     by_seed: dict[str | None, TrialResult] = {}
-    for t in study.baselines:
+    for t in trials:
         c, _ = t.curve.eval_points(convention)
         if not len(c):
             continue
@@ -222,6 +258,47 @@ def _pick_baselines(study: StudyResults, convention: str) -> dict[str | None, Tr
         if rank > (cur.status == STATUS_FINISHED, float(cc[-1])):
             by_seed[t.seed] = t
     return by_seed
+
+
+def _group_key(t: TrialResult) -> str:
+    """The row a trial belongs to: every baseline trial pools under :data:`BASELINE_LABEL`."""
+    return BASELINE_LABEL if t.is_baseline else t.schedule_key
+
+
+def is_full_depth(t: TrialResult) -> bool:
+    """A one-stage full-depth trial (tag ``stagetune.full_depth``; a baseline always is)."""
+    if t.is_baseline:
+        return True
+    tag = t.tags.get(TAG_FULL_DEPTH)
+    if tag is not None:
+        return tag.lower() == "true"
+    return t.params.get("num_stages") == "1"
+
+
+def reference_key(study: StudyResults) -> str:
+    """The row of the study's reference (:func:`stagetune.results.reference.choose_reference`
+    over its full-depth trials on the study's own seed, the confirmation round's left out);
+    :data:`BASELINE_LABEL` when the baseline is the reference or nothing else qualifies."""
+    own = [t for t in study.trials if t.tags.get(TAG_PHASE) != PHASE_CONFIRMATION]
+    seeds = sorted({t.seed for t in own if t.is_baseline}, key=_seed_order)
+    if not seeds:
+        return BASELINE_LABEL
+    candidates = [
+        ReferenceCandidate(
+            key=_group_key(t),
+            final_eval_loss=_final_loss(t),
+            finished=t.status == STATUS_FINISHED,
+            is_baseline=t.is_baseline,
+        )
+        for t in own
+        if t.seed == seeds[0] and is_full_depth(t)
+    ]
+    return choose_reference(candidates) or BASELINE_LABEL
+
+
+def _final_loss(t: TrialResult) -> float | None:
+    _, loss = t.curve.eval_points()
+    return float(loss[-1]) if len(loss) else None
 
 
 def _trial_outcome(
@@ -266,15 +343,17 @@ def _trial_outcome(
     )
 
 
-def _group(key: str, label: str, first: TrialResult, outs: list[TrialOutcome]) -> Outcome:
+def _group(
+    key: str, label: str, first: TrialResult, outs: list[TrialOutcome], *, against: str, ref: str
+) -> Outcome:
     def stat(attr: str) -> Stat:
         return Stat.of([getattr(o, attr) for o in outs])
 
     notes = []
     if any(o.loss_at_baseline_compute is None and o.stopped_short for o in outs):
-        notes.append("stopped before the baseline's compute in some seeds")
+        notes.append(f"stopped before the {against}'s compute in some seeds")
     if any(o.matched_compute is None for o in outs):
-        notes.append("no eval point overlapping the baseline's curve in some seeds")
+        notes.append(f"no eval point overlapping the {against}'s curve in some seeds")
     return Outcome(
         schedule_key=key,
         label=label,
@@ -296,6 +375,9 @@ def _group(key: str, label: str, first: TrialResult, outs: list[TrialOutcome]) -
         matched_delta=stat("matched_delta"),
         matched_fraction=stat("matched_fraction"),
         notes=tuple(notes),
+        is_reference=key == ref,
+        is_full_depth=is_full_depth(first),
+        against=against,
     )
 
 
@@ -309,45 +391,60 @@ def _seed_order(seed: str | None) -> tuple[int, float, str]:
 
 
 def compute_matched(
-    study: StudyResults, *, convention: str = "standard", rel_tol: float = 0.01
+    study: StudyResults,
+    *,
+    convention: str = "standard",
+    rel_tol: float = 0.01,
+    against: str = AGAINST_REFERENCE,
 ) -> list[Outcome]:
-    """Compute-matched outcomes per schedule, baseline first, then best to worst.
+    """Compute-matched outcomes per recipe, the comparator first, then best to worst.
 
-    Order: the baseline; the schedules that reached the baseline's final eval loss in every
-    seed, by mean compute fraction; the rest by mean eval-loss delta at equal compute
-    (``matched_delta``, lowest first): ranking them by the loss at the baseline's compute would
-    leave out every schedule that ended short of it (most: budget matching floors to whole
-    steps, shorter continual lengths end well short), whereas the baseline's curve is available
-    below its end; last, those without any comparable point.
+    Order: the comparator (the reference, or the baseline with ``against="baseline"``); the
+    recipes that reached its final eval loss in every seed, by mean compute fraction; the rest
+    by mean eval-loss delta at equal compute (``matched_delta``, lowest first): ranking them by
+    the loss at the comparator's compute would leave out every schedule that ended short of it
+    (most: budget matching floors to whole steps, shorter continual lengths end well short),
+    whereas the comparator's curve is available below its end; last, those without any
+    comparable point.
 
     Args:
         study: from :func:`load_study`.
         convention: the compute axis: ``standard`` (``flops``) or ``paper`` (``flops_paper``).
-        rel_tol: a trial that ended within this fraction short of the baseline's compute counts
-            as having got there (budget matching floors to whole steps); its last eval loss is
-            used, which can only flatter the baseline. Only for ``loss_at_baseline_compute`` /
-            ``loss_delta``; the equal-compute comparison needs no tolerance.
+        rel_tol: a trial that ended within this fraction short of the comparator's compute
+            counts as having got there (budget matching floors to whole steps); its last eval
+            loss is used, which can only flatter the comparator. Only for
+            ``loss_at_baseline_compute`` / ``loss_delta``; the equal-compute comparison needs
+            no tolerance.
+        against: :data:`AGAINST_REFERENCE` (each row then also carries
+            :attr:`Outcome.vs_baseline` when the reference is not the baseline) or
+            :data:`AGAINST_BASELINE`.
 
-    Trials whose seed has no baseline are left out (logged as a warning).
+    Trials whose seed has no comparator run are left out (logged as a warning when comparing
+    with the reference: the baseline runs on the study's own seed only).
     """
     if convention not in CONVENTIONS:
         raise ConfigError("convention", convention, suggest(convention, CONVENTIONS))
-    baselines = _pick_baselines(study, convention)
+    _choice_of(against)
+    ref = reference_key(study) if against == AGAINST_REFERENCE else BASELINE_LABEL
+    baselines = _pick_baselines([t for t in study.trials if _group_key(t) == ref], convention)
     if not baselines:
         raise StagetuneError(
-            f"study {study.study_name!r}: no baseline run has eval points on the "
-            f"{convention} compute axis; let the baseline run to its first evaluation"
+            f"study {study.study_name!r}: no {against} run has eval points on the "
+            f"{convention} compute axis; let it run to its first evaluation"
         )
     groups: dict[str, list[TrialOutcome]] = defaultdict(list)
     firsts: dict[str, TrialResult] = {}
     for t in study.trials:
         base = baselines.get(t.seed)
         if base is None:
-            _log.warning(
-                "trial %s (seed %s): no baseline with that seed; left out", t.trial_id, t.seed
-            )
+            if against == AGAINST_REFERENCE:
+                _log.warning(
+                    "trial %s (seed %s): no reference with that seed; left out",
+                    t.trial_id,
+                    t.seed,
+                )
             continue
-        key = BASELINE_LABEL if t.is_baseline else t.schedule_key
+        key = _group_key(t)
         firsts.setdefault(key, t)
         groups[key].append(_trial_outcome(t, base, convention, rel_tol))
     labels = [firsts[k].label for k in groups if not firsts[k].is_baseline]
@@ -359,10 +456,18 @@ def compute_matched(
         if not first.is_baseline and (labels.count(label) > 1 or label == BASELINE_LABEL):
             # Two recipes may share a schedule label (e.g. differ only in lr): keep rows apart.
             label = f"{label} [{key[:8]}]"
-        outcomes.append(_group(key, label, first, outs))
+        outcomes.append(_group(key, label, first, outs, against=against, ref=ref))
+    if against == AGAINST_REFERENCE and ref != BASELINE_LABEL:
+        vs_base = {
+            o.schedule_key: o
+            for o in compute_matched(
+                study, convention=convention, rel_tol=rel_tol, against=AGAINST_BASELINE
+            )
+        }
+        outcomes = [replace(o, vs_baseline=vs_base.get(o.schedule_key)) for o in outcomes]
 
     def order(o: Outcome) -> tuple[int, float, str]:
-        if o.is_baseline:
+        if o.is_reference:
             return (0, 0.0, o.label)
         if o.reached and o.compute_fraction.mean is not None:
             return (1, o.compute_fraction.mean, o.label)
@@ -374,6 +479,12 @@ def compute_matched(
         return (group, delta if delta is not None else 0.0, o.label)
 
     return sorted(outcomes, key=order)
+
+
+def _choice_of(against: str) -> None:
+    if against not in (AGAINST_REFERENCE, AGAINST_BASELINE):
+        choices = (AGAINST_REFERENCE, AGAINST_BASELINE)
+        raise ConfigError("against", against, suggest(against, choices))
 
 
 def pareto_front(outcomes: Sequence[Outcome]) -> list[Outcome]:

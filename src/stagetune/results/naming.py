@@ -25,9 +25,11 @@ __all__ = [
     "ROLE_TRIAL",
     "STATUS_RUNNING",
     "TAG_ASHA_RUNG",
+    "TAG_FULL_DEPTH",
     "TAG_IS_BASELINE",
     "TAG_LABEL",
     "TAG_PARENT_RUN",
+    "TAG_PHASE",
     "TAG_ROLE",
     "TAG_RUN_NAME",
     "TAG_SCHEDULE_KEY",
@@ -54,6 +56,11 @@ TAG_SCHEDULE_KEY: Final = "stagetune.schedule_key"
 """Fallback for param :data:`PARAM_SCHEDULE_KEY`."""
 TAG_SPACE: Final = "stagetune.space"
 """The search space a trial was sampled from (``paper`` marks a study of the paper's shape)."""
+TAG_PHASE: Final = "stagetune.phase"
+"""Which part of the study ran a trial: ``search``, ``reference`` (the full-depth lr sweep) or
+``confirmation`` (a chosen recipe on a further seed); see :mod:`stagetune.trial`."""
+TAG_FULL_DEPTH: Final = "stagetune.full_depth"
+"""``"true"`` on every one-stage full-depth trial (any lr): the reference's candidates."""
 TAG_PARENT_RUN: Final = "mlflow.parentRunId"
 TAG_RUN_NAME: Final = "mlflow.runName"
 

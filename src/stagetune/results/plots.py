@@ -81,7 +81,7 @@ def _colors(outcomes: Sequence[Outcome]) -> dict[str, str]:
     colors: dict[str, str] = {}
     i = 0
     for o in outcomes:
-        if o.is_baseline:
+        if o.is_reference:
             colors[o.schedule_key] = _BASELINE_COLOR
         else:
             colors[o.schedule_key] = _PALETTE[i % len(_PALETTE)]
@@ -115,7 +115,7 @@ def _trial_groups(
         )
         for o in outcomes
     ]
-    return sorted(groups, key=lambda g: (g[0].is_baseline, -(g[0].total_compute.mean or 0.0)))
+    return sorted(groups, key=lambda g: (g[0].is_reference, -(g[0].total_compute.mean or 0.0)))
 
 
 def _stage_starts(t: TrialResult, convention: str) -> list[tuple[float, int]]:
@@ -150,7 +150,7 @@ def _boundary_points(t: TrialResult, convention: str) -> list[tuple[float, float
 
 
 def _baseline_refs(outcomes: Sequence[Outcome]) -> tuple[float | None, float | None]:
-    base = next((o for o in outcomes if o.is_baseline), None)
+    base = next((o for o in outcomes if o.is_reference), None)
     if base is None:
         return None, None
     return base.baseline_compute.mean, base.baseline_final_loss.mean
@@ -160,7 +160,7 @@ def _bar_data(
     outcomes: Sequence[Outcome],
 ) -> tuple[list[Outcome], list[float], list[float], list[float], list[str], float]:
     """Per schedule: height (% of baseline compute), CI below/above, annotation; 'not reached' y."""
-    scheds = [o for o in outcomes if not o.is_baseline]
+    scheds = [o for o in outcomes if not o.is_reference]
     reached = [o.compute_fraction.mean * 100 for o in scheds if o.compute_fraction.mean is not None]
     not_reached_y = max([120.0, *(1.1 * r for r in reached)])
     heights, lo, hi, notes = [], [], [], []
@@ -217,9 +217,9 @@ def matplotlib_figures(
                 c, loss,
                 color=colors[o.schedule_key],
                 linestyle=_DASHES_MPL[i % len(_DASHES_MPL)],
-                linewidth=3.0 if o.is_baseline else 1.3,
-                marker="o" if o.is_baseline else None, markersize=4,
-                zorder=5 if o.is_baseline else 2,
+                linewidth=3.0 if o.is_reference else 1.3,
+                marker="o" if o.is_reference else None, markersize=4,
+                zorder=5 if o.is_reference else 2,
             )  # fmt: skip
             handles.setdefault(o.schedule_key, line)
             pts = _boundary_points(t, convention)
@@ -298,10 +298,10 @@ def matplotlib_figures(
         ax.scatter(
             [xv], [yv],
             color=colors[o.schedule_key],
-            marker="*" if o.is_baseline else "o",
-            s=260 if o.is_baseline else 60,
+            marker="*" if o.is_reference else "o",
+            s=260 if o.is_reference else 60,
             edgecolors="black" if o.schedule_key in on_front else "none",
-            zorder=5 if o.is_baseline else 4,
+            zorder=5 if o.is_reference else 4,
             label=o.label + (" (on the front)" if o.schedule_key in on_front else ""),
         )  # fmt: skip
     if front:
@@ -346,7 +346,7 @@ def plotly_figures(
                 x=c, y=loss, mode="lines+markers",
                 name=o.label, legendgroup=o.schedule_key, showlegend=i == 0,
                 legendrank=rank[o.schedule_key],
-                line={"color": colors[o.schedule_key], "width": 4 if o.is_baseline else 1.5,
+                line={"color": colors[o.schedule_key], "width": 4 if o.is_reference else 1.5,
                       "dash": _DASHES_PLOTLY[i % len(_DASHES_PLOTLY)]},
                 marker={"size": 4},
                 hovertemplate=f"{o.label}<br>trial {t.trial_id} seed {t.seed}"
@@ -403,8 +403,8 @@ def plotly_figures(
             x=[xv], y=[yv], mode="markers", name=o.label, legendrank=rank[o.schedule_key],
             hovertemplate=f"{o.label}<br>total FLOPs %{{x:.3e}}<br>final eval loss "
             "%{y:.4f}<extra></extra>",
-            marker={"color": colors[o.schedule_key], "size": 18 if o.is_baseline else 11,
-                    "symbol": "star" if o.is_baseline else "circle",
+            marker={"color": colors[o.schedule_key], "size": 18 if o.is_reference else 11,
+                    "symbol": "star" if o.is_reference else "circle",
                     "line": {"color": "black",
                              "width": 1.5 if o.schedule_key in on_front else 0}},
         ))  # fmt: skip

@@ -1,7 +1,7 @@
 """The regime curve: how an outcome of incremental training moves with training length.
 
 Pure maths (numpy), no MLflow. Input: at each training length ``x`` (tokens per non-embedding
-parameter, :mod:`stagetune.regime`), one value per seed of a compute-matched outcome of the best
+parameter, :mod:`stagetune.results.regime`), one value per seed of a compute-matched outcome of the best
 incremental schedule (the compute fraction to the reference's loss, or the Δ loss at equal
 compute). Output:
 

@@ -71,7 +71,7 @@ def _where(fraction: Stat) -> str:
 
 def _equal_compute_text(o: Outcome) -> str:
     """Signed eval-loss delta at equal compute (± CI), "@ NN%" when short of the baseline's."""
-    if o.is_baseline:
+    if o.is_reference:
         return "0 (reference)"
     st = o.matched_delta
     if st.mean is None:
@@ -112,7 +112,7 @@ def _cells(o: Outcome) -> list[str]:
             else f"stopped short ({short}/{n} seeds)" if short
             else MISSING
         )  # fmt: skip
-    if o.is_baseline:
+    if o.is_reference:
         to_loss, speed = "100% (reference)", "1.00×"
     elif o.n_reached == 0:
         to_loss, speed = "not reached", MISSING
@@ -162,6 +162,8 @@ def outcome_rows(outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
             "schedule": o.label,
             "schedule_key": o.schedule_key,
             "is_baseline": o.is_baseline,
+            "is_reference": o.is_reference,
+            "is_full_depth": o.is_full_depth,
             "seeds": [t.seed for t in o.trials],
             "n_reached": o.n_reached,
             "reached": o.reached,
@@ -185,6 +187,15 @@ def outcome_rows(outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
             "matched_fraction",
         ):
             row[f] = _stat_dict(getattr(o, f))
+        vb = o.vs_baseline
+        row["vs_baseline"] = (
+            None
+            if vb is None
+            else {
+                f: _stat_dict(getattr(vb, f))
+                for f in ("compute_fraction", "speedup", "matched_delta", "matched_fraction")
+            }
+        )
         row["params"] = dict(o.params)
         row["trials"] = [dataclasses.asdict(t) for t in o.trials]
         rows.append(json_safe(row))
@@ -200,7 +211,7 @@ def outcome_table(outcomes: Sequence[Outcome]) -> Table:
     for col in TABLE_COLUMNS:
         table.add_column(col, justify="left" if col in _LEFT_COLUMNS else "right")
     for o in outcomes:
-        table.add_row(*_cells(o), style="bold" if o.is_baseline else None)
+        table.add_row(*_cells(o), style="bold" if o.is_reference else None)
     return table
 
 
@@ -229,22 +240,23 @@ def _markdown_table(outcomes: Sequence[Outcome]) -> str:
     ]
     for o in outcomes:
         cells = [_md_escape(c) for c in _cells(o)]
-        if o.is_baseline:
+        if o.is_reference:
             cells[0] = f"**{cells[0]}**"
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def _baseline_line(outcomes: Sequence[Outcome], convention: str) -> str:
-    base = next((o for o in outcomes if o.is_baseline), None)
+    base = next((o for o in outcomes if o.is_reference), None)
     if base is None:
         return ""
     st = base.final_eval_loss
     spread = f"{num(st.mean, '.4f')}"
     if st.low is not None and st.high is not None:
         spread += f" (95% CI {st.low:.4f}–{st.high:.4f}, seed spread)"
+    who = "Reference" if base.is_baseline else f"Reference ({base.label}, the best full-depth lr)"
     return (
-        f"Baseline: final eval loss {spread} over {base.n_seeds} seed(s), at "
+        f"{who}: final eval loss {spread} over {base.n_seeds} seed(s), at "
         f"{num(base.baseline_compute.mean, '.3e')} {convention} FLOPs."
     )
 
@@ -339,7 +351,7 @@ def html_document(
             f"<td{'' if col in _LEFT_COLUMNS else ' class=num'}>{esc(c)}</td>"
             for col, c in zip(TABLE_COLUMNS, cells)
         )
-        body.append(f"<tr{' class=baseline' if o.is_baseline else ''}>{tds}</tr>")
+        body.append(f"<tr{' class=baseline' if o.is_reference else ''}>{tds}</tr>")
     figs = plotly_figures(study, outcomes, convention=convention)
     divs = [
         fig.to_html(full_html=False, include_plotlyjs=(i == 0), default_width="100%")

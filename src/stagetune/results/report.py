@@ -20,6 +20,7 @@ from stagetune.errors import ConfigError
 from stagetune.results.loading import StudyResults, load_study
 from stagetune.results.matched import Outcome, compute_matched
 from stagetune.results.plots import write_plots
+from stagetune.results.regime import Regime
 from stagetune.results.render import html_document, json_safe, markdown_document, outcome_rows
 from stagetune.results.store import error_reason, make_client
 from stagetune.results.verdict import study_verdict, verdict
@@ -43,6 +44,8 @@ class Report:
     paths: dict[str, Path]
     """``report_md``, ``report_html``, ``report_json``, then ``<plot>_png`` / ``<plot>_html``."""
     convention: str
+    regime: Regime | None = None
+    """The study's regime (from its parent run; ``None`` for a study recorded without it)."""
 
 
 def to_json(obj: Report | Sequence[Outcome]) -> str:
@@ -56,6 +59,7 @@ def to_json(obj: Report | Sequence[Outcome]) -> str:
             "parent_run_id": obj.study.parent_run_id,
             "convention": obj.convention,
             "verdict": obj.verdict,
+            "regime": None if obj.regime is None else obj.regime.to_dict(),
             "rows": obj.rows,
             "paths": {k: str(v) for k, v in obj.paths.items()},
         }
@@ -130,6 +134,7 @@ def build_report(
         verdict=text,
         paths=paths,
         convention=convention,
+        regime=Regime.from_params(results.parent_params),
     )
     markdown = markdown_document(results, outcomes, text, plots=paths, convention=convention,
                                  base=out)  # fmt: skip

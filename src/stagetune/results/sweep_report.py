@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from stagetune.regime import COMPUTE_OPTIMAL_TOKENS_PER_PARAM, PAPER_TOKENS_PER_PARAM
 from stagetune.results.loading import load_study
+from stagetune.results.regime import COMPUTE_OPTIMAL_TOKENS_PER_PARAM, PAPER_TOKENS_PER_PARAM
 from stagetune.results.regime_curve import TREND_MODEL, RegimeCurve, fit_regime_curve
 from stagetune.results.render import json_safe
 from stagetune.results.study_outcome import StudyOutcome, read_study_outcome

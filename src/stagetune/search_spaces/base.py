@@ -33,7 +33,8 @@ class SearchSpace(ABC):
     """Registry name (``search.space`` in the config)."""
     max_continual_multiple: ClassVar[float]
     """Largest multiple of the budget-matched continual length the space can sample; a
-    trial's FLOPs stay within stages + this × (budget − stages) + one step of rounding."""
+    trial's FLOPs stay within stages + max(this × (budget − stages), the baseline's FLOPs)
+    + one step of rounding (the baseline's: a continual phase of T steps, the paper's)."""
     preferred_sampler: ClassVar[str] = "tpe"
     """The sampler ``search.sampler: auto`` uses for a single-objective study of this space (a
     name in :data:`stagetune.registry.SAMPLERS`)."""
@@ -104,6 +105,7 @@ class SearchSpace(ABC):
         *,
         increments: Sequence[int],
         continual_multiple: float = 0.0,
+        continual_steps: int | None = None,
         lr: float | None = None,
         warmup_steps: int | None = None,
         growth: str | None = None,
@@ -116,7 +118,8 @@ class SearchSpace(ABC):
 
         The schedule is :func:`~stagetune.schedule.budgeted_schedule`'s, the recipe
         ``stagetune train`` uses too: the stages share the baseline's T steps, continual length
-        is ``continual_multiple`` × the budget-matched length, and one stage is the baseline.
+        is ``continual_multiple`` × the budget-matched length (or ``continual_steps``), and one
+        stage is the baseline.
         """
         lr = ctx.base_lr if lr is None else float(lr)
         warmup = ctx.base_warmup if warmup_steps is None else int(warmup_steps)
@@ -124,6 +127,7 @@ class SearchSpace(ABC):
             increments,
             budget=ctx.budget,
             continual_multiple=continual_multiple,
+            continual_steps=continual_steps,
             phase1_fraction=ctx.phase1_fraction if phase1_fraction is None else phase1_fraction,
             step_spread=step_spread or ctx.step_spread,
             growth=growth or ctx.growth,

@@ -8,7 +8,12 @@ from stagetune.budget import Budget, check_budget_factor
 from stagetune.compute import ModelDims
 from stagetune.config import ExperimentConfig
 from stagetune.errors import ConfigError, suggest
-from stagetune.registry import CONVENTIONS, FREEZE_POLICIES, GROWTH_OPERATORS
+from stagetune.registry import (
+    CONVENTIONS,
+    FREEZE_POLICIES,
+    GROWTH_OPERATORS,
+    OPTIMIZER_POLICIES,
+)
 from stagetune.schedule import config_budget
 
 __all__ = ["SpaceContext"]
@@ -77,7 +82,7 @@ class SpaceContext:
             registry.check(name)
         choices: list[tuple[str, str, tuple[str, ...]]] = [
             ("schedule.step_spread", self.step_spread, ("uniform", "depth")),
-            ("schedule.optimizer_policy", self.optimizer_policy, ("reset", "carry")),
+            ("schedule.optimizer_policy", self.optimizer_policy, OPTIMIZER_POLICIES),
         ]
         for field_name, value, options in choices:
             if value not in options:

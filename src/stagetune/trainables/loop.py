@@ -39,7 +39,7 @@ from stagetune.trainables.checkpoint import CorruptCheckpointError
 from stagetune.trainables.checkpointing import CheckpointManager
 from stagetune.trainables.lr import lr_at
 from stagetune.trainables.session import Session
-from stagetune.trial import TrialDescription
+from stagetune.trial import PHASE_CONFIRMATION, TrialDescription
 
 __all__ = [
     "DIVERGENCE_CHECK_STEPS",
@@ -402,6 +402,9 @@ class StagedTrainer:
             "active_depth": self.model.active_depth,
             "total_steps": self.total_steps,
             "is_baseline": self.trial.is_baseline,
+            "full_depth": self.trial.is_full_depth,
+            # The live reference is chosen on the study's seed: the round's seeds stay out.
+            "confirmation": self.trial.phase == PHASE_CONFIRMATION,
         }
         if status:
             rec["status"] = status
@@ -433,9 +436,11 @@ class StagedTrainer:
         self.model.configure_phase(
             trainable_from=ph.trainable_from, freeze_policy=self.schedule.freeze_policy
         )
-        if fresh and self.schedule.optimizer_policy == "reset" and index > 0:
+        policy = self.schedule.optimizer_policy
+        if fresh and policy != "carry" and index > 0:
             prev = self.phases[index - 1]
-            if grew or (ph.kind == "continual" and prev.kind != "continual"):
+            continual_start = ph.kind == "continual" and prev.kind != "continual"
+            if continual_start or (grew and policy == "reset"):
                 self.optimizer.state.clear()
         work = step_work(
             phase=ph.kind,
@@ -491,7 +496,9 @@ class StagedTrainer:
         t = self.cfg.train
         # One AdamW over every parameter for the whole run: parameters that get no gradient
         # in a phase (frozen, inactive) are skipped by AdamW, including weight decay.
-        groups = self.model.parameter_groups(t.weight_decay, trainable_only=False)
+        groups = self.model.parameter_groups(
+            t.weight_decay, trainable_only=False, decay_embeddings=t.decay_embeddings
+        )
         return torch.optim.AdamW(
             groups,
             lr=self.trial.lr,
