@@ -14,7 +14,7 @@ from stagetune.orchestration.sweep_plan import (
     parse_floats,
     parse_sizes,
     plan_studies,
-    sweep_points,
+    study_points,
 )
 from stagetune.search_spaces import SpaceContext, get_search_space
 
@@ -36,9 +36,11 @@ def _plan(cfg, tpp, sizes=((4, 32),)):  # type: ignore[no-untyped-def]
 
 def test_points_are_the_paper_s2_s4_gstack_and_reference_lrs() -> None:
     cfg = load_config(preset="smoke", overrides=["model.n_layer=8"])
-    points = sweep_points(cfg, reference_lrs=(0.5, 2.0))
-    full = [p for p in points if p["num_stages"] == 1]
-    assert sorted(p["lr"] for p in full) == [cfg.train.lr * 0.5, cfg.train.lr * 2.0]
+    points = study_points(cfg)
+    # the full-depth lrs are the study's own reference sweep, not fixed points
+    assert all(p["num_stages"] > 1 for p in points)
+    (study,) = _plan(cfg, (1.0,))
+    assert study.config["search"]["reference_lr_factors"] == [0.5, 1.0, 2.0]
     space = get_search_space("wide")
     ctx = SpaceContext.from_config(cfg, vocab_size=VOCAB)
     built = [space.build(p, ctx).schedule for p in points if p["num_stages"] > 1]

@@ -29,7 +29,7 @@ from stagetune.orchestration.lock import LOCK_FILE, DirectoryLock, check_unlocke
 from stagetune.orchestration.prepare import hold_workdir, prepare_study
 from stagetune.orchestration.storage import StudyPaths, check_own_directory, check_writable
 from stagetune.orchestration.study import run_study
-from stagetune.orchestration.sweep_plan import PlannedStudy, plan_studies, sweep_points
+from stagetune.orchestration.sweep_plan import PlannedStudy, plan_studies, study_points
 from stagetune.results.store import check_tracking_uri
 from stagetune.results.sweep_report import SweepPoint, SweepReport, build_sweep_report
 from stagetune.results.sweep_run import SweepRun
@@ -152,7 +152,7 @@ def prepare_sweep(
     extra = [_best_of_prior_study(options.from_study)] if options.from_study else []
 
     def points_for(cfg: ExperimentConfig) -> list[dict[str, Any]]:
-        pts = sweep_points(cfg, reference_lrs=options.reference_lrs, extra=extra)
+        pts = study_points(cfg, extra=extra)
         return [p for i, p in enumerate(pts) if p not in pts[:i]]
 
     sizes = options.sizes or [(base.model.n_layer, base.model.n_embd)]
@@ -163,6 +163,7 @@ def prepare_sweep(
         sizes=sizes,
         seeds=options.seeds,
         vocab_size=vocab,
+        reference_lrs=options.reference_lrs,
         points_for=points_for,
         tracking={"tracking_uri": uri, "experiment": base.name, "parent_run_id": None},
         study_dir=lambda name: workdir / STUDIES_DIR / name,

@@ -2,11 +2,11 @@
 
 A sweep point is an ordinary study (:mod:`.study`) of the ``wide`` space whose points are all
 fixed in advance (``search.points_to_evaluate``, ``num_trials`` = their count + the baseline, no
-early stopping), repeated on every seed by the seed-repeat phase:
+early stopping); its confirmation round repeats the reference and every schedule on every seed:
 
-* the full-depth reference's lr sweep: the baseline (the configured lr) and the same schedule
-  at ``lr × f`` for each of ``reference_lrs`` (the best of them is the reference,
-  :mod:`stagetune.results.study_outcome`);
+* the full-depth reference: the study's own reference lr sweep (``search.reference_lr_factors``
+  = 1 and each of ``reference_lrs``; the best of them is the reference,
+  :mod:`stagetune.results.reference`), never stopped early;
 * the paper's S ∈ {2, 4}: uniform stages, random growth, the ``paper`` freeze policy, phases
   of T/(2S) steps, budget-matched continual training;
 * G_stack-style: L/4 layers, then grown to L by ``stack`` with no freezing, budget-matched
@@ -41,7 +41,7 @@ __all__ = [
     "parse_floats",
     "parse_sizes",
     "plan_studies",
-    "sweep_points",
+    "study_points",
 ]
 
 DEFAULT_TOKENS_PER_PARAM: Final = (0.3, 3.0, 30.0)
@@ -121,19 +121,15 @@ def corpus_cap_mb(tokens: float, eval_fraction: float) -> float:
     return float(next((s for s in _CAP_STEPS_MB if s >= need), math.ceil(need)))
 
 
-def sweep_points(
-    cfg: ExperimentConfig,
-    *,
-    reference_lrs: Sequence[float] = DEFAULT_REFERENCE_LRS,
-    extra: Sequence[dict[str, Any]] = (),
+def study_points(
+    cfg: ExperimentConfig, *, extra: Sequence[dict[str, Any]] = ()
 ) -> list[dict[str, Any]]:
-    """The fixed points of one sweep study (params of the ``wide`` space), baseline excluded."""
+    """The fixed incremental schedules of one sweep study (params of the ``wide`` space); the
+    full-depth reference comes from the study's reference lr sweep."""
     n = cfg.model.n_layer
     lr, warmup = cfg.train.lr, cfg.train.warmup_steps
     common: dict[str, Any] = {"lr": lr, "warmup_steps": warmup}
-    points: list[dict[str, Any]] = [
-        {"num_stages": 1, "lr": lr * f, "warmup_steps": warmup} for f in reference_lrs
-    ]
+    points: list[dict[str, Any]] = []
     for s in (2, 4):
         if s > n:
             continue
@@ -174,12 +170,14 @@ def plan_studies(
     sizes: Sequence[tuple[int, int]],
     seeds: int,
     vocab_size: int,
-    points_for: Any = sweep_points,
+    reference_lrs: Sequence[float] = DEFAULT_REFERENCE_LRS,
+    points_for: Any = study_points,
     tracking: dict[str, Any],
     study_dir: Any,
 ) -> list[PlannedStudy]:
     """Every study of the sweep (sizes × lengths), validated, nothing created.
 
+    ``reference_lrs``: the lr factors of each study's reference sweep besides 1;
     ``points_for(cfg)`` gives a study's fixed points; ``tracking`` is the studies' shared
     tracking section; ``study_dir(name)`` their work directories.
     """
@@ -212,6 +210,7 @@ def plan_studies(
                 "num_trials": len(points) + 1,
                 "seeds": seeds,
                 "repeat_top_k": max(1, len(points)),
+                "reference_lr_factors": sorted({1.0, *map(float, reference_lrs)}),
                 "early_stopping": False,
             }
             cfg = config_from_dict(data)

@@ -1,9 +1,9 @@
 """One study's answer as a sweep reads it: the best incremental schedule against the reference,
 per seed. The only place a sweep turns a study into the two numbers of its regime curve.
 
-* **Reference**: the full-depth schedule (one stage) with the lowest mean final eval loss over
-  its seeds: the best of the study's full-depth lr sweep (the configured baseline is one of
-  them). ``reference=KEY`` names another (e.g. a tuned reference chosen elsewhere).
+* **Reference**: the study's own (:mod:`stagetune.results.reference`: the full-depth trial of
+  its reference lr sweep with the lowest final eval loss on the study's seed, the one its report
+  and verdict use). ``reference=KEY`` names another.
 * Every trial is then compared with the reference trial **of the same seed**, with
   :func:`~stagetune.results.matched.compute_matched` (the reference stands where the baseline
   stood): compute fraction to the reference's final eval loss, and Δ eval loss at equal compute.
@@ -22,15 +22,19 @@ per seed. The only place a sweep turns a study into the two numbers of its regim
 
 from __future__ import annotations
 
-import statistics
-from collections import defaultdict
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from stagetune.errors import StagetuneError
-from stagetune.metrics import STATUS_FINISHED
 from stagetune.results.loading import StudyResults, TrialResult
-from stagetune.results.matched import Outcome, compute_matched
+from stagetune.results.matched import (
+    AGAINST_BASELINE,
+    Outcome,
+    compute_matched,
+    is_full_depth,
+    reference_key,
+)
+from stagetune.results.naming import BASELINE_LABEL
 
 __all__ = ["CENSORED_FLOOR", "StudyOutcome", "full_depth", "read_study_outcome"]
 
@@ -78,25 +82,7 @@ class StudyOutcome:
 
 def full_depth(t: TrialResult) -> bool:
     """A one-stage (full-depth) trial: the baseline or an lr variant of it."""
-    return t.is_baseline or t.params.get("num_stages") == "1"
-
-
-def _final_loss(t: TrialResult) -> float | None:
-    _, loss = t.curve.eval_points()
-    return float(loss[-1]) if len(loss) and t.status == STATUS_FINISHED else None
-
-
-def _best_full_depth(study: StudyResults) -> str:
-    losses: dict[str, list[float]] = defaultdict(list)
-    for t in study.trials:
-        loss = _final_loss(t) if full_depth(t) else None
-        if loss is not None:
-            losses[t.schedule_key].append(loss)
-    if not losses:
-        raise StagetuneError(
-            f"study {study.study_name!r}: no finished full-depth trial to use as the reference"
-        )
-    return min(losses, key=lambda k: (statistics.fmean(losses[k]), k))
+    return is_full_depth(t)
 
 
 def read_study_outcome(
@@ -106,15 +92,28 @@ def read_study_outcome(
 
     Args:
         study: from :func:`~stagetune.results.loading.load_study`.
-        reference: the reference's schedule key; ``None``: the best full-depth schedule.
+        reference: the reference's schedule key; ``None``: the study's own reference (the
+            rule of :mod:`stagetune.results.reference`, the one its report uses).
         convention: the compute axis (``standard`` or ``paper``).
     """
-    ref_key = reference or _best_full_depth(study)
-    trials = tuple(replace(t, is_baseline=t.schedule_key == ref_key) for t in study.trials)
-    ref_trials = [t for t in trials if t.is_baseline]
-    if not ref_trials:
-        raise StagetuneError(f"study {study.study_name!r}: no trial of reference {ref_key!r}")
-    outcomes = compute_matched(replace(study, trials=trials), convention=convention)
+    if reference is None:
+        ref_key = reference_key(study)
+        outcomes = compute_matched(study, convention=convention)
+        ref_trials = [
+            t
+            for t in study.trials
+            if (t.is_baseline if ref_key == BASELINE_LABEL else t.schedule_key == ref_key)
+        ]
+    else:
+        # The named reference stands where the configured baseline stood.
+        named = tuple(replace(t, is_baseline=t.schedule_key == reference) for t in study.trials)
+        ref_trials = [t for t in named if t.is_baseline]
+        if not ref_trials:
+            raise StagetuneError(f"study {study.study_name!r}: no trial of reference {reference!r}")
+        outcomes = compute_matched(
+            replace(study, trials=named), convention=convention, against=AGAINST_BASELINE
+        )
+    ref_key = ref_trials[0].schedule_key
     ref = outcomes[0]
     keys = {t.schedule_key for t in study.trials if not full_depth(t)}
     best = next((o for o in outcomes[1:] if o.schedule_key in keys), None)
