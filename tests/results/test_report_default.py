@@ -17,6 +17,7 @@ from stagetune.cli import main
 from stagetune.results.plots import PLOT_NAMES
 from stagetune.results.render import TABLE_COLUMNS
 from stagetune.results.verdict import NO_SCHEDULE_REACHED
+from stagetune.trainables.session import TRIAL_HISTORY_DIR
 from tests.conftest import FAST
 
 pytestmark = pytest.mark.slow
@@ -47,7 +48,7 @@ def test_default_run_report(
     table = [ln for ln in sections[2].splitlines() if ln.startswith("|")]
     assert table[2].startswith("| **baseline** |")
     data = json.loads((report_dir / "report.json").read_text())
-    assert len(table) == 2 + len(data["rows"]) >= 3
+    assert len(table) == 2 + len(data["outcomes"]) >= 3
 
     # The verdict: one sentence that names the winner and its compute, or says none won.
     verdict = data["verdict"]
@@ -73,5 +74,18 @@ def test_default_run_report(
     assert page.count("Plotly.newPlot") == len(PLOT_NAMES)
     assert 'src="https://cdn.plot.ly' not in page and "<script src=" not in page
     assert len(page) > 1_000_000  # plotly.js itself is embedded
+    # plotly.js once per report (in report.html): the folder stays small (it was 19 MB).
     for name in PLOT_NAMES:
-        assert (report_dir / "plots" / f"{name}.html").is_file()
+        assert not (report_dir / "plots" / f"{name}.html").exists()
+    size = sum(p.stat().st_size for p in report_dir.rglob("*") if p.is_file())
+    print(f"report folder: {size / 1e6:.1f} MB")
+    assert size <= 6_000_000, size
+    # Checkpoint retention: a finished trial keeps only Tune's newest checkpoints.
+    results = workdir / "ray_results"
+    print(f"ray_results: {sum(p.stat().st_size for p in results.rglob('*')) / 1e6:.1f} MB")
+    assert not list(results.rglob(TRIAL_HISTORY_DIR))
+
+    # The terminal: the table fits 120 columns, compute in SI units, a legend of the labels.
+    table = out[: out.index(verdict)]
+    assert max(len(line) for line in table.splitlines()) <= 120, table
+    assert "FLOPs" in table and "e+" not in table and "Labels: S<stages>" in table

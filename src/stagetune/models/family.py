@@ -23,7 +23,14 @@ from stagetune.compute import ModelDims
 from stagetune.config import ModelConfig
 from stagetune.registry import MODEL_FAMILIES
 
-__all__ = ["BlockContext", "FamilyAdapter", "get_family", "model_dims", "register_family"]
+__all__ = [
+    "BlockContext",
+    "FamilyAdapter",
+    "get_family",
+    "model_dims",
+    "non_embedding_params",
+    "register_family",
+]
 
 BlockContext = dict[str, Any]
 """Keyword arguments every block call of one forward pass shares (mask, positions, rotary)."""
@@ -151,6 +158,12 @@ def get_family(name: str) -> FamilyAdapter:
     """The adapter for ``name``; unknown -> :class:`ConfigError` naming ``model.family``."""
     adapter: FamilyAdapter = MODEL_FAMILIES.get(name)
     return adapter
+
+
+def non_embedding_params(cfg: ModelConfig) -> int:
+    """The target model's matmul weights outside embeddings and head (all ``n_layer`` blocks):
+    the parameter count that tokens per parameter, the training regime, is taken over."""
+    return cfg.n_layer * get_family(cfg.family).block_matmul_params(cfg)
 
 
 def model_dims(cfg: ModelConfig, *, vocab_size: int, seq_len: int) -> ModelDims:

@@ -17,7 +17,9 @@ from stagetune import __version__
 from stagetune.config import ExperimentConfig, config_to_dict
 from stagetune.diskspace import listening
 from stagetune.metrics import EVAL_LOSS, FLOPS
+from stagetune.models.family import non_embedding_params
 from stagetune.orchestration.callbacks import (
+    CheckpointRetention,
     MlflowCallback,
     ProgressCallback,
     StopCallback,
@@ -46,9 +48,12 @@ from stagetune.orchestration.storage import (
     StudyPaths,
 )
 from stagetune.orchestration.trainable import (
+    SEED_PARAM,
     StudyContext,
+    TrialLabeler,
     describe_trial,
     make_trainable,
+    point_of,
     tracking_info,
 )
 from stagetune.results import MlflowTracker
@@ -204,6 +209,7 @@ def _run_study(
             total_trials=cfg.search.num_trials,
             quiet=quiet,
         ),
+        CheckpointRetention(),
     ]
     main = snapshot_trials(exp_uri) if verified else None
     snapshot = dict(main or {})
@@ -218,7 +224,7 @@ def _run_study(
     if main is not None:
         tuner = restore_tuner(exp_uri, trainable, [*callbacks, signer])
     else:
-        tuner = _new_tuner(prep, trainable, storage, mode, concurrency, [*callbacks, signer])
+        tuner = _new_tuner(prep, study, trainable, storage, mode, concurrency, [*callbacks, signer])
         signer.sign_tuner()
     stopper.check()
     grid = tuner.fit()
@@ -288,9 +294,15 @@ def _open_tracking(prep: PreparedStudy) -> tuple[MlflowTracker, str]:
 def _describe(study: StudyContext) -> Any:
     """MLflow's view of a trial from its Tune params (for :class:`MlflowCallback`)."""
 
+    cfg = study.experiment()
+    n_params = non_embedding_params(cfg.model)
+
     def describe(params: dict[str, Any], trial_id: str) -> dict[str, Any]:
         return tracking_info(
-            describe_trial(params, study, name=trial_id), space=study.experiment().search.space
+            describe_trial(params, study, name=trial_id),
+            space=cfg.search.space,
+            seed_repeat=SEED_PARAM in point_of(params),
+            model_params=n_params,
         )
 
     return describe
@@ -298,6 +310,7 @@ def _describe(study: StudyContext) -> Any:
 
 def _new_tuner(
     prep: PreparedStudy,
+    study: StudyContext,
     trainable: Any,
     storage: Any,
     mode: str | list[str],
@@ -320,6 +333,7 @@ def _new_tuner(
         study_name=cfg.name,
         storage=storage,
         max_trials=cfg.search.num_trials,
+        label_of=TrialLabeler(study),
     )
     return tune.Tuner(
         trainable,
