@@ -122,3 +122,27 @@ def test_progress_lines_say_elapsed_eta_running_and_best(
     cb.on_trial_complete(0, trials, trials[0])
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2 and all(line.startswith("[stagetune] trials") for line in out)
+
+
+def test_live_display_redraws_in_place_and_ends_with_the_last_state(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """On a terminal the display is a rich live panel: redrawn, then left as it ended."""
+    from types import SimpleNamespace
+
+    from stagetune.orchestration.callbacks import ProgressCallback
+
+    ledger = TrialLedger()
+    _feed(ledger, "base", [(10.0, 5.5), (30.0, 4.0)], is_baseline=True)
+    trials = [SimpleNamespace(trial_id="base", status="RUNNING")]
+    cb = ProgressCallback(ledger, planned_flops=60.0, total_trials=2, live=True)
+    for _ in range(5):
+        cb.on_step_end(0, trials)
+    ledger.status["base"] = "finished"
+    cb.on_experiment_end(trials)
+    out = capsys.readouterr().out
+    assert "trials 1 done" in out and "running: base" in out
+    assert cb._panel is None  # stopped: the terminal is the user's again
+    import pickle
+
+    assert pickle.loads(pickle.dumps(cb)).ledger.status == {"base": "finished"}

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from stagetune.cli import main
+from stagetune.orchestration.library_logs import LIBRARY_LOG
 from stagetune.results.plots import PLOT_NAMES
 from stagetune.results.render import TABLE_COLUMNS
 from stagetune.results.verdict import NO_SCHEDULE_REACHED
@@ -26,15 +27,19 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def test_default_run_report(
-    ray_local: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ray_local: None, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     workdir = tmp_path / "work"
     args = ["run", "--workdir", str(workdir), "--trials", "4", "--quiet"]
     for o in FAST:
         args += ["--set", o]
     assert main(args) == 0
-    out = capsys.readouterr().out
+    out, err = capfd.readouterr()
     report_dir = workdir / "report"
+    # Library start-up chatter is in the work directory's log, not on the terminal.
+    log = (workdir / LIBRARY_LOG).read_text()
+    for noise in ("Creating initial MLflow database tables", "A new study created"):
+        assert noise in log and noise not in err, noise
     assert f"report: {report_dir / 'report.md'}" in out
 
     md = (report_dir / "report.md").read_text(encoding="utf-8")

@@ -33,6 +33,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 STUDY = "ui-browser"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SHOWN_METRICS = ("outcome/final_eval_loss", "outcome/delta_loss_equal_compute", "outcome/speedup")
 CHROME_FLAGS = (
     "--headless=new",
     "--no-sandbox",
@@ -218,12 +219,13 @@ def test_ui_lists_the_studys_child_runs(ui: dict[str, Any], tmp_path: Path) -> N
             assert s.connect_ex((ip, ui["port"])) != 0, f"the UI answers on {ip}"
 
     shot = tmp_path / "mlflow-ui-runs.png"
+    chart_shot = tmp_path / "mlflow-ui-loss-vs-compute.png"
+    print(f"MLflow UI screenshots: {shot} and {chart_shot}")
     driver = _chrome(tmp_path / "chromium-profile")
     try:
-        # MLflow 3 opens GenAI views by default; the runs table is the "Model training" view.
-        driver.get(
-            f"{ui['url']}/#/experiments/{ui['experiment_id']}/runs?workflowType=machine_learning"
-        )
+        # No view parameter: a model-training experiment opens on its runs table (MLflow 3
+        # opened GenAI traces for an experiment of no type).
+        driver.get(f"{ui['url']}/#/experiments/{ui['experiment_id']}/runs")
         wait = WebDriverWait(driver, 90, poll_frequency=0.5)
         parent_row = f"[role=row][row-id='{ui['parent']}']"
         name_cell = "[role=gridcell][col-id='attributes.`Run Name`']"
@@ -249,18 +251,46 @@ def test_ui_lists_the_studys_child_runs(ui: dict[str, Any], tmp_path: Path) -> N
         except TimeoutException:
             driver.save_screenshot(str(shot))
             pytest.fail(f"child runs not listed under the parent after expanding (see {shot})")
-        # Each child is a link to its run page, named after its trial.
+        # Each child is a link to its run page, named by its schedule label.
         links = {
             a.get_attribute("href").rsplit("/", 1)[-1]: a.text
             for a in driver.find_elements(By.CSS_SELECTOR, f"{name_cell} a[href*='/runs/']")
         }
         for run_id, name in ui["children"].items():
             assert links.get(run_id) == name, (run_id, name, links)
+        assert "baseline" in ui["children"].values()
         page = driver.find_element(By.TAG_NAME, "body").text
         assert STUDY in page
-        assert all(name in page for name in ui["children"].values())
+        # The summary metrics are columns of the runs table (the table sorts by them).
+        columns = {
+            e.get_attribute("col-id")
+            for e in driver.find_elements(By.CSS_SELECTOR, "[role=columnheader][col-id]")
+        }
+        print("runs table columns:", sorted(c for c in columns if c))
         assert driver.save_screenshot(str(shot))
+        assert {f"metrics.`{m}`" for m in SHOWN_METRICS} <= columns, sorted(columns)
+
+        # The chart view: eval loss of every child against the compute step.
+        driver.get(f"{ui['url']}/#/experiments/{ui['experiment_id']}/runs?compareRunsMode=CHART")
+
+        def loss_chart(d: Any) -> bool:
+            text = d.find_element(By.TAG_NAME, "body").text
+            return "eval_loss" in text and bool(d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot"))
+
+        try:
+            wait.until(loss_chart)
+        except TimeoutException:
+            driver.save_screenshot(str(chart_shot))
+            pytest.fail(f"no eval_loss chart in the chart view (see {chart_shot})")
+        time.sleep(2)  # let the traces draw
+        assert driver.save_screenshot(str(chart_shot))
+        traces = driver.execute_script(
+            "return Array.from(document.querySelectorAll('.js-plotly-plot'))"
+            ".map(p => (p.data || []).map(t => t.name || ''))"
+        )
+        print("chart traces:", traces)
     finally:
         driver.quit()
-    data = shot.read_bytes()
-    assert data[:8] == PNG_MAGIC and len(data) > 10_000
+    for png in (shot, chart_shot):
+        data = png.read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 10_000
