@@ -233,3 +233,15 @@ def test_stopped_schedules_are_marked_and_off_the_pareto_front(
     # S4 slow: one seed stopped by ASHA; S3 diverged: neither is on the front.
     assert not rows["S4 slow"]["pareto"] and not rows["S3 diverged"]["pareto"]
     assert "stopped" in format_table(rep.outcomes)
+
+
+def test_bar_chart_labels_are_not_clipped(store: dict[str, Any], tmp_path: Path) -> None:
+    """"not reached" sits right of its bar, inside the plot: the axis leaves room for it."""
+    from stagetune.results.plots import plotly_figures
+
+    rep = build_report(store["uri"], EXPERIMENT, tmp_path / "out", log_to_mlflow=False)
+    bar = plotly_figures(rep.study, rep.outcomes)["compute_to_baseline_loss"]
+    assert any("not reached" in (t.text or ())[0] for t in bar.data)
+    assert all(t.cliponaxis is False for t in bar.data)
+    longest = max(float(t.x[0]) for t in bar.data)
+    assert bar.layout.xaxis.range[1] >= 1.4 * max(longest, 100.0)
