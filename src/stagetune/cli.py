@@ -386,9 +386,11 @@ def _print_report(
     print(format_table(report.outcomes))
     print(report.verdict)
     if pareto:
+        from stagetune.results.formatting import flops_si
+
         print("Pareto set (eval loss, FLOPs):")
         for p in pareto:
-            print(f"  {p['eval_loss']:.4f}  {p['flops']:.4g}  {p['params']}")
+            print(f"  {p['eval_loss']:.4f}  {flops_si(p['flops'])}  {p['params']}")
     where = f"report: {output / 'report.md'} and {output / 'report.html'}"
     print(where)
     print(f"MLflow: experiment '{experiment}' at {tracking_uri} (browse with 'stagetune ui')")

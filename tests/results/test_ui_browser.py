@@ -319,11 +319,12 @@ def test_ui_lists_the_studys_child_runs(ui: dict[str, Any], tmp_path: Path) -> N
         except TimeoutException:
             driver.save_screenshot(str(chart_shot))
             pytest.fail(f"the parent run is not in the chart view's list (see {chart_shot})")
-        unfold.click()
+        time.sleep(1)
+        if not children_shown(driver):  # the table view's unfolding may carry over
+            unfold.click()
+        wait.until(children_shown)
         wait.until(
-            lambda d: bool(
-                d.find_elements(By.CSS_SELECTOR, "input[placeholder='Search metric charts']")
-            )
+            lambda d: d.find_elements(By.CSS_SELECTOR, "input[placeholder='Search metric charts']")
         )
         search = driver.find_element(By.CSS_SELECTOR, "input[placeholder='Search metric charts']")
         search.send_keys("eval_loss")
