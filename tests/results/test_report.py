@@ -236,7 +236,7 @@ def test_stopped_schedules_are_marked_and_off_the_pareto_front(
 
 
 def test_bar_chart_labels_are_not_clipped(store: dict[str, Any], tmp_path: Path) -> None:
-    """"not reached" sits right of its bar, inside the plot: the axis leaves room for it."""
+    """ "not reached" sits right of its bar, inside the plot: the axis leaves room for it."""
     from stagetune.results.plots import plotly_figures
 
     rep = build_report(store["uri"], EXPERIMENT, tmp_path / "out", log_to_mlflow=False)

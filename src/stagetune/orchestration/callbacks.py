@@ -365,7 +365,8 @@ class CheckpointRetention(Callback):
     diverged, failed), its own checkpoint history (:data:`TRIAL_HISTORY_DIR`, a backup of
     Tune's copies needed only while it trains) is deleted; Tune keeps its newest checkpoints
     (``CheckpointConfig.num_to_keep``) for restarts. A trial interrupted by a stop keeps it:
-    ``--resume`` continues from it."""
+    ``--resume`` continues from it. The study sweeps once more when its search has ended
+    (:meth:`sweep`)."""
 
     def _drop(self, trial: Any) -> None:
         local = getattr(trial, "local_path", None)
@@ -377,6 +378,13 @@ class CheckpointRetention(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._drop(trial)
+
+    @staticmethod
+    def sweep(experiment_dir: Path) -> None:
+        """Drop every trial's history under a Tune experiment that has ended: a trial ASHA
+        stopped may still have written one more checkpoint after it was completed."""
+        for history in experiment_dir.glob(f"*/{TRIAL_HISTORY_DIR}"):
+            shutil.rmtree(history, ignore_errors=True)
 
 
 class StopCallback(Callback):

@@ -242,6 +242,9 @@ def _run_study(
             restorable=seeds_verified,
         )
         stopper.check()
+    if "://" not in storage_root:  # local storage: every trial's process has ended
+        for name in (cfg.name, seeds_name(cfg)):
+            CheckpointRetention.sweep(Path(storage_root).expanduser() / name)
     pareto = _pareto_from_optuna(cfg.name, paths.optuna_url) if multi else []
     tracker.end_study("finished")
     stores.finished = True
