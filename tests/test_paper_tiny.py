@@ -144,7 +144,7 @@ def test_paper_tiny_study(
             rf"|did not reach it within [\d.]+× the reference's compute)",
             paper,
         ), paper
-    rows = {r["schedule"]: r for r in report["rows"]}
+    rows = {r["schedule"]: r for r in report["outcomes"]}
     if answer.group("ratio"):
         best = min(
             r["compute_fraction"]["mean"]

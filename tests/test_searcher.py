@@ -116,3 +116,27 @@ def test_an_interrupted_trial_stays_running_and_resumes_as_running(tmp_path: Pat
     assert (t2.state, t2.user_attrs[ATTR_STATUS]) == (TrialState.RUNNING, "running")
     searcher.on_trial_complete("t2", result=_result(3, "finished"))
     assert study.trials[1].state == TrialState.COMPLETE
+
+
+def test_objective_named_trials_labelled_and_a_stopped_trials_last_value_kept(
+    tmp_path: Path,
+) -> None:
+    """optuna-dashboard shows ``eval_loss``, not "Objective 0", and each trial's schedule label;
+    a trial ASHA stopped keeps the loss it was stopped with as its last value (the result that
+    made ASHA stop it reaches the searcher only through on_trial_complete)."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = ResumableOptunaSearch(
+        space=_space, metric="eval_loss", mode="min",
+        sampler=optuna.samplers.RandomSampler(seed=0), study_name=NAME,
+        storage=optuna.storages.RDBStorage(url), label_of=lambda params: f"lr={params['lr']:.3g}",
+    )  # fmt: skip
+    config = searcher.suggest("t1")
+    searcher.on_trial_result("t1", _result(1))
+    searcher.on_trial_complete("t1", result={**_result(2), "eval_loss": 0.42})  # stopped
+    study = optuna.load_study(study_name=NAME, storage=url)
+    assert study.metric_names == ["eval_loss"]
+    (t,) = study.trials
+    assert t.state == TrialState.PRUNED and t.user_attrs["schedule_label"] == (
+        f"lr={config['lr']:.3g}"
+    )
+    assert t.intermediate_values[max(t.intermediate_values)] == 0.42

@@ -16,107 +16,16 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
+from stagetune.cli_parser import build_parser
 from stagetune.errors import StagetuneError
-from stagetune.registry import CONVENTIONS
 
 if TYPE_CHECKING:
     from stagetune.orchestration.interrupt import StudyStopper
     from stagetune.orchestration.prepare import PreparedStudy
 
 __all__ = ["main"]
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but its errors are one line and exit 2 like every other bad input."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"stagetune: error: {message} (see '{self.prog} --help')\n")
-
-
-def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML config file (merged over the preset)")
-    from stagetune.config import PRESETS
-
-    names = ", ".join(f"{n} (default)" if n == "tiny" else n for n in PRESETS)
-    p.add_argument("--preset", help=f"named preset: {names}")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set train.lr=1e-3 (repeatable)",
-    )
-    p.add_argument("--workdir", help="work directory (MLflow store, Optuna storage, results)")
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
-
-
-def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="stagetune", description=__doc__)
-    sub = parser.add_subparsers(dest="command", parser_class=_Parser, required=True)
-
-    run = sub.add_parser(
-        "run", help="search schedules (Ray Tune + Optuna) and compare at equal compute"
-    )
-    _config_args(run)
-    run.add_argument("--trials", type=int, help="number of trials including the baseline")
-    run.add_argument("--space", help="search space: wide (default), paper, compact")
-    run.add_argument(
-        "--budget-factor", type=float, help="budget as a multiple of the baseline's compute"
-    )
-    run.add_argument("--workers-per-trial", type=int, help="Ray Train workers per trial")
-    run.add_argument(
-        "--seeds", type=int, help="confirmation round: the reference and best schedules on N seeds"
-    )
-    run.add_argument(
-        "--address", help="Ray cluster address (default: $RAY_ADDRESS or a local instance)"
-    )
-    run.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite in the workdir)")
-    run.add_argument("--resume", action="store_true", help="continue the study in --workdir")
-    run.add_argument("--quiet", action="store_true", help="no live progress line")
-
-    train = sub.add_parser("train", help="train one schedule (no search)")
-    _config_args(train)
-    train.add_argument("--out", help="output directory (default: <workdir>/train/<name>)")
-    train.add_argument("--workers", type=int, help="Ray Train workers (default 1: in-process)")
-    train.add_argument(
-        "--resume", action="store_true", help="resume from the latest checkpoint in --out"
-    )
-
-    est = sub.add_parser("estimate", help="FLOPs of a schedule vs the baseline, without training")
-    _config_args(est)
-    est.add_argument("--stages", type=int, help="number of stages S (uniform increments)")
-    est.add_argument("--increments", help="explicit increments, e.g. 2,2,4,4")
-    est.add_argument(
-        "--convention", choices=CONVENTIONS.names(), help="FLOPs convention for matching"
-    )
-
-    rep = sub.add_parser("report", help="rebuild the compute-matched comparison from MLflow")
-    rep.add_argument(
-        "--experiment", help="MLflow experiment (default: the study name in --workdir)"
-    )
-    rep.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite in --workdir)")
-    rep.add_argument("--workdir", default="stagetune-work", help="work directory of the study")
-    rep.add_argument(
-        "--output", help="directory for report.md/html and plots (default <workdir>/report)"
-    )
-    rep.add_argument(
-        "--sync", action="store_true", help="first deliver metrics spooled while MLflow was away"
-    )
-    rep.add_argument("--json", action="store_true")
-
-    from stagetune.cli_sweep import add_sweep_parser
-
-    add_sweep_parser(sub, _config_args)
-
-    ui = sub.add_parser("ui", help="start the MLflow UI on the study's store (127.0.0.1)")
-    ui.add_argument("--workdir", default="stagetune-work")
-    ui.add_argument("--tracking-uri", help="backend store URI (default: SQLite in --workdir)")
-    ui.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
-    ui.add_argument("--port", type=int, default=5000)
-    return parser
 
 
 # -------------------------------------------------------------------------------------------
@@ -187,28 +96,52 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(est.to_dict(), indent=1))
         return 0
-    sched = est.schedule
-    print(f"model: {est.model}, {est.tokens_per_step} tokens/step, baseline {est.baseline_steps} steps")
-    print(
-        f"schedule (what 'stagetune train' runs): {sched.label()}  increments "
-        f"{sched.increments}  continual steps {sched.continual_steps} ({est.continual_source})"
-    )
-    print(f"budget: {est.budget_factor:g}× the baseline's compute, {est.convention} convention")
-    for conv, c in est.conventions.items():
-        print(f"\n[{conv} convention]")
-        print(f"  {'stage':>5} {'phase':>9} {'depth':>5} {'steps':>7} {'FLOPs':>12}")
-        for ph in c.phases:
-            print(f"  {ph.stage:>5} {ph.phase:>9} {ph.depth:>5} {ph.steps:>7} {ph.flops:>12.4g}")
-        print(
-            f"  stages {c.incremental_flops:.4g} (ratio {c.ratio:.4f} to the baseline "
-            f"{c.baseline_flops:.4g}); continual steps that match the budget: "
-            f"{c.continual_steps_matched}"
-        )
-        print(
-            f"  total {c.total_flops:.4g}: {c.total_ratio:.4f}× the baseline "
-            f"(budget {c.budget_flops:.4g})"
-        )
+    _print_estimate(est)
     return 0
+
+
+def _print_estimate(est: Any) -> None:
+    """The plan in the convention the budget is matched in; the other convention in a line."""
+    from stagetune.results.formatting import flops_si
+
+    sched, c, tps = est.schedule, est.chosen, est.tokens_per_step
+    base_tokens = est.baseline_steps * tps
+    print(
+        f"model: {est.model}; {tps:,} tokens/step; baseline: {est.baseline_steps} steps, "
+        f"{base_tokens:,} tokens, {flops_si(c.baseline_flops)}"
+    )
+    print(
+        f"budget: {est.budget_factor:g}× the baseline = {flops_si(c.budget_flops)}, matched in "
+        f"the {est.convention} FLOPs convention (--convention changes it)"
+    )
+    print(
+        f"schedule (what 'stagetune train' runs): {sched.label()}; increments "
+        f"{'-'.join(map(str, sched.increments))}; continual steps {sched.continual_steps} "
+        f"({est.continual_source})"
+    )
+    print(f"\n{'stage':>5}  {'phase':<9} {'depth':>5} {'steps':>7} {'tokens':>13} "
+          f"{'FLOPs':>14} {'% of baseline':>14}")  # fmt: skip
+    steps = 0
+    for ph in c.phases:
+        steps += ph.steps
+        print(
+            f"{ph.stage:>5}  {ph.phase:<9} {ph.depth:>5} {ph.steps:>7} {ph.steps * tps:>13,} "
+            f"{flops_si(ph.flops):>14} {ph.flops / c.baseline_flops:>14.1%}"
+        )
+    print(
+        f"{'total':>5}  {'':<9} {'':>5} {steps:>7} {steps * tps:>13,} "
+        f"{flops_si(c.total_flops):>14} {c.total_ratio:>14.1%}"
+    )
+    print(
+        f"\nstages alone: {c.ratio:.1%} of the baseline; continual steps that match the budget: "
+        f"{c.continual_steps_matched}"
+    )
+    for name, other in est.conventions.items():
+        if name != est.convention:
+            print(
+                f"(in the {name} convention the same schedule costs {other.total_ratio:.1%} of "
+                "the baseline; the budget is not matched there)"
+            )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -229,16 +162,37 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(
             "--out", str(out), "the directory is not empty; pass --resume or another --out"
         )
+    baseline = Path(args.baseline).expanduser() if args.baseline else None
+    if baseline is not None:
+        from stagetune.orchestration.train_run import check_baseline
+
+        check_baseline(baseline)
     prepared = prepare_data(cfg.data)
     vocab = model_vocab_size(cfg, prepared)
     trial = TrialDescription.from_config(cfg, schedule=build_schedule(cfg, vocab_size=vocab))
+    from stagetune.orchestration.library_logs import route_library_logs
+
+    route_library_logs(cfg.workdir_path)
     # Everything above can refuse; only from here on is --out created.
     with DirectoryLock(out, field="--out", command="stagetune train"):
-        return _train_into(out, trial, cfg, vocab, as_json=args.json)
+        return _train_into(
+            out, trial, cfg, vocab, prepared=prepared, baseline=baseline, as_json=args.json
+        )
 
 
-def _train_into(out: Path, trial: Any, cfg: Any, vocab: int, *, as_json: bool) -> int:
+def _train_into(
+    out: Path,
+    trial: Any,
+    cfg: Any,
+    vocab: int,
+    *,
+    prepared: Any,
+    baseline: Path | None,
+    as_json: bool,
+) -> int:
     from stagetune.metrics import STATUS_FINISHED
+    from stagetune.orchestration.train_run import compare_runs, log_train_run
+    from stagetune.results.formatting import flops_si, ratio
     from stagetune.trainables.launcher import train_to_directory
 
     res = cfg.resources
@@ -247,25 +201,65 @@ def _train_into(out: Path, trial: Any, cfg: Any, vocab: int, *, as_json: bool) -
 
         check_placeable(res, connect(res.address))
     summary = train_to_directory(
-        trial, config=cfg, vocab_size=vocab, out=out, echo=None if as_json else _echo
+        trial,
+        config=cfg,
+        vocab_size=vocab,
+        out=out,
+        echo=None if as_json else _echo,
+        tokenizer_json=prepared.tokenizer_path,
+        eot_id=prepared.eot_id,
     )
+    uri, experiment = log_train_run(cfg, trial, out, summary["status"])
+    summary["mlflow"] = {"tracking_uri": uri, "experiment": experiment}
+    cmp = compare_runs(out, baseline) if baseline is not None else None
+    if cmp is not None:
+        summary["baseline"] = {
+            "dir": str(baseline),
+            "compared_at_flops": cmp.compute,
+            "eval_loss": cmp.loss,
+            "baseline_eval_loss": cmp.baseline_loss,
+            "delta": cmp.delta,
+            "compute_fraction": cmp.compute_fraction,
+            "speedup": cmp.speedup,
+        }
     if as_json:
         print(json.dumps(summary))
-    else:
+        return 0 if summary["status"] == STATUS_FINISHED else 1
+    print(
+        f"{summary['status']}: final eval loss {summary['final_eval_loss']:.4f} after "
+        f"{flops_si(summary['flops'])} ({summary['tokens']} tokens, "
+        f"{summary['seconds']:.1f}s); metrics in {out / 'metrics.jsonl'}"
+    )
+    if summary["model_dir"]:
         print(
-            f"{summary['status']}: final eval loss {summary['final_eval_loss']:.4f} after "
-            f"{summary['flops']:.4g} FLOPs ({summary['tokens']} tokens, "
-            f"{summary['seconds']:.1f}s); metrics in {out / 'metrics.jsonl'}"
+            f"model and tokenizer: {summary['model_dir']} "
+            "(AutoModelForCausalLM / AutoTokenizer .from_pretrained(dir))"
+        )
+    print(f"MLflow: experiment '{experiment}' at {uri} (browse with 'stagetune ui')")
+    if baseline is not None and cmp is None:
+        print(f"vs baseline {baseline}: no overlap on the compute axis, nothing to compare")
+    elif cmp is not None:
+        reach = (
+            f"reached its final loss with {cmp.compute_fraction:.1%} of its compute "
+            f"(speedup {ratio(cmp.speedup)})"
+            if cmp.compute_fraction is not None
+            else "did not reach its final loss"
+        )
+        print(
+            f"vs baseline {baseline}: eval loss {cmp.loss:.4f} vs {cmp.baseline_loss:.4f} "
+            f"({cmp.delta:+.4f}) at {flops_si(cmp.compute)}; {reach}"
         )
     return 0 if summary["status"] == STATUS_FINISHED else 1
 
 
 def _echo(rec: dict[str, Any]) -> None:
     """``stagetune train``'s line per record."""
+    from stagetune.results.formatting import flops_si
+
     print(
         f"step {rec['step']:>6}/{rec['total_steps']}  stage {rec['stage']} {rec['phase']:<9} "
         f"depth {rec['active_depth']}  train {rec['train_loss']:.4f}  eval {rec['eval_loss']:.4f}  "
-        f"{rec['flops']:.3g} FLOPs  {rec['seconds']:.1f}s",
+        f"{flops_si(rec['flops'])}  {rec['seconds']:.1f}s",
         flush=True,
     )
 
@@ -313,6 +307,9 @@ def cmd_run(args: argparse.Namespace, *, stopper: StudyStopper | None = None) ->
         workdir = cfg.workdir_path
     # Refuse a directory in use at once, not after the study's imports (seconds).
     check_unlocked(workdir.expanduser().resolve(), field="workdir")
+    from stagetune.orchestration.library_logs import route_library_logs
+
+    route_library_logs(workdir)
     from stagetune.orchestration.prepare import hold_workdir, prepare_study
 
     prep = prepare_study(
@@ -377,22 +374,23 @@ def _print_report(
     elapsed: float | None = None,
     pareto: list[dict[str, Any]] | None = None,
 ) -> int:
-    from stagetune.results import build_report, format_table, to_json
+    from stagetune.results import build_report, format_table
 
-    report = build_report(tracking_uri, experiment, output, log_to_mlflow=True)
+    report = build_report(
+        tracking_uri, experiment, output, log_to_mlflow=True, optuna_pareto=pareto
+    )
     if as_json:
-        data = json.loads(to_json(report))
-        data["outcomes"] = data.get("rows", [])
-        if pareto:
-            data["optuna_pareto"] = pareto
-        print(json.dumps(data, indent=1, default=str))
+        # Exactly report.json: one schema for the file and the command.
+        print(report.paths["report_json"].read_text(encoding="utf-8"))
         return 0
     print(format_table(report.outcomes))
     print(report.verdict)
     if pareto:
+        from stagetune.results.formatting import flops_si
+
         print("Pareto set (eval loss, FLOPs):")
         for p in pareto:
-            print(f"  {p['eval_loss']:.4f}  {p['flops']:.4g}  {p['params']}")
+            print(f"  {p['eval_loss']:.4f}  {flops_si(p['flops'])}  {p['params']}")
     where = f"report: {output / 'report.md'} and {output / 'report.html'}"
     print(where)
     print(f"MLflow: experiment '{experiment}' at {tracking_uri} (browse with 'stagetune ui')")
@@ -520,6 +518,19 @@ def _show_training_notes() -> None:
         notes.addHandler(handler)
 
 
+EXIT_PIPE_CLOSED = 128 + signal.SIGPIPE
+"""Exit code when the reader of stdout went away (``stagetune estimate --json | head``), as for
+a process the shell's SIGPIPE ended."""
+
+
+def _stdout_closed() -> int:
+    """The reader closed stdout: stop quietly (no traceback, no second error at exit)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_PIPE_CLOSED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``stagetune`` console script."""
     _show_training_notes()
@@ -529,7 +540,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    parser = _build_parser()
+    parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed as one line
@@ -543,7 +554,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ui": cmd_ui,
     }
     try:
-        return handlers[args.command](args)
+        code = handlers[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+        return code
+    except BrokenPipeError:
+        return _stdout_closed()
     except StagetuneError as exc:
         msg = " ".join(str(exc).split())
         print(f"stagetune: error: {msg}", file=sys.stderr)

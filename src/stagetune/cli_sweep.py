@@ -19,39 +19,51 @@ __all__ = ["add_sweep_parser", "run_sweep_command"]
 _DATA_KEYS = ("data.source", "data.max_corpus_mb")
 
 
-def add_sweep_parser(sub: Any, config_args: Callable[[argparse.ArgumentParser], None]) -> None:
-    """The ``sweep`` subcommand and its flags."""
+def add_sweep_parser(sw: argparse.ArgumentParser) -> None:
+    """The ``sweep`` subcommand's own flags (the config flags are the other commands')."""
     from stagetune.orchestration.sweep_plan import DEFAULT_REFERENCE_LRS, DEFAULT_TOKENS_PER_PARAM
 
-    sw = sub.add_parser(
-        "sweep",
-        help="the same study at several training lengths: where incremental training stops paying",
-    )
-    config_args(sw)
     default_tpp = ",".join(f"{x:g}" for x in DEFAULT_TOKENS_PER_PARAM)
     sw.add_argument(
         "--tokens-per-param",
         default=default_tpp,
-        help=f"training lengths in tokens per non-embedding parameter (default {default_tpp})",
+        help=f"training lengths in tokens per non-embedding parameter (default {default_tpp}), "
+        "e.g. --tokens-per-param 0.3,3,30",
     )
     sw.add_argument(
-        "--sizes", help="model sizes as LAYERSxWIDTH, e.g. 4x128,6x128 (default: the config's)"
+        "--sizes",
+        help="model sizes as LAYERSxWIDTH (default: the config's), e.g. --sizes 4x128,6x128",
     )
-    sw.add_argument("--seeds", type=int, default=3, help="seeds per schedule (default 3)")
+    sw.add_argument(
+        "--seeds", type=int, default=3, help="seeds per schedule (default 3), e.g. --seeds 5"
+    )
     sw.add_argument(
         "--reference-lrs",
         default=",".join(f"{x:g}" for x in DEFAULT_REFERENCE_LRS),
-        help="the full-depth reference's lr sweep: multiples of train.lr beside it",
+        help="the full-depth reference's lr sweep: multiples of train.lr beside it "
+        "(default %(default)s), e.g. --reference-lrs 0.25,0.5,2",
     )
     sw.add_argument(
-        "--from-study", help="work directory of a prior 'wide' study: its best schedule joins"
+        "--from-study",
+        metavar="DIR",
+        help="work directory of a prior 'wide' study: its best schedule joins, e.g. --from-study work",
     )
-    sw.add_argument("--target-params", type=float, help="planned run: non-embedding parameters")
-    sw.add_argument("--target-tokens", type=float, help="planned run: training tokens")
-    sw.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
-    sw.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite in the workdir)")
+    sw.add_argument(
+        "--target-params",
+        type=float,
+        help="planned run: non-embedding parameters, e.g. --target-params 85e6",
+    )
+    sw.add_argument(
+        "--target-tokens", type=float, help="planned run: training tokens, e.g. --target-tokens 5e9"
+    )
+    sw.add_argument(
+        "--address", help="Ray cluster address (default: $RAY_ADDRESS or a local instance)"
+    )
+    sw.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: sqlite:///<workdir>/mlflow.db)"
+    )
     sw.add_argument("--resume", action="store_true", help="continue the sweep in --workdir")
-    sw.add_argument("--quiet", action="store_true", help="no live progress line")
+    sw.add_argument("--quiet", action="store_true", help="no live progress display")
 
 
 def _data_given(args: argparse.Namespace) -> bool:

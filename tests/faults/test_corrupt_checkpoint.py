@@ -191,7 +191,8 @@ def test_train_resume_with_only_corrupt_checkpoints_exits_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out"
-    args = ["train", "--out", str(out), "--json", *fast_args(*CKPT)]
+    args = ["train", "--out", str(out), "--workdir", str(tmp_path / "work"), "--json",
+            *fast_args(*CKPT)]  # fmt: skip
     assert main(args) == 0
     capsys.readouterr()
     ckpts = sorted((out / "checkpoints").glob("step_*"))

@@ -17,6 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from stagetune.cli import main
+from stagetune.results.tracking.runs import mlflow_step
 from tests.faults.conftest import fast_args, mlflow_children, tune_results
 
 pytestmark = pytest.mark.slow
@@ -71,7 +72,7 @@ def test_diverging_trial_is_stopped_marked_and_reported(
     assert run.data.tags["stagetune.status"] == "diverged"
     assert run.info.status == "FAILED"
     hist = MlflowClient(uri).get_metric_history(run.info.run_id, "train_loss")
-    assert [m.step for m in hist] == [int(r["tokens"]) for r in recs]
+    assert [m.step for m in hist] == [mlflow_step(r) for r in recs]
     baseline_run = runs[base[0].user_attrs["stagetune_trial_id"]]
     assert baseline_run.data.tags["stagetune.status"] == "finished"
 

@@ -32,6 +32,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
+from stagetune.results.tracking.runs import mlflow_step
 from tests.faults.conftest import Cli, cli_env, fast_args, mlflow_children, tune_results
 from tests.loopback_cluster import LoopbackCluster, cmdline, descendants
 
@@ -320,7 +321,7 @@ def test_node_lost_trials_retry_on_head_and_study_completes(
         assert run.data.tags["stagetune.status"] == "finished", trial_id
     client = MlflowClient(uri)
     steps = [s for s, _ in _history(client, runs[lost_trial][0].info.run_id, "eval_loss")]
-    assert steps == sorted({r["tokens"] for r in recs}), steps
+    assert steps == sorted({mlflow_step(r) for r in recs}), steps
 
     # Optuna holds every trial, none left running.
     study = optuna.load_study(study_name="node-lost", storage=f"sqlite:///{workdir / 'optuna.db'}")

@@ -164,7 +164,8 @@ def test_train_on_ray_workers_resolves_the_plugins(tmp_path: Path) -> None:
     cli = Cli(tmp_path / "cache", tmp_path / "logs")
     try:
         code = cli.run(
-            ["train", "--config", str(config), "--out", str(out), "--json", *fast_args()],
+            ["train", "--config", str(config), "--out", str(out), "--workdir",
+             str(tmp_path / "work"), "--json", *fast_args()],
             name="train",
             timeout=400,
             PYTHONPATH=str(site),

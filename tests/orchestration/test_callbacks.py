@@ -99,4 +99,70 @@ def test_a_stopped_trial_is_tagged_with_the_rung_asha_read(tmp_path: Path) -> No
     (run,) = client.search_runs([exp.experiment_id], f"tags.`{TAG_TRIAL_ID}` = 'staged'")
     assert run.data.tags[TAG_ASHA_RUNG] == "7"
     line = ProgressCallback(ledger, planned_flops=60.0, total_trials=2).line([base, staged])
-    assert f"best at equal compute: {labels['staged']} 5.0000 vs reference 5.3000" in line
+    # Stopped at 12 of the baseline's 30 FLOPs: never the best at the reference's compute.
+    assert "best: the reference, 4.0000" in line
+
+
+def test_live_best_stays_at_the_baselines_compute() -> None:
+    """The best is measured at one compute point, the baseline's final one: a trial that is
+    ahead early (at 10 FLOPs) does not displace one measured there."""
+    ledger = TrialLedger()
+    _feed(ledger, "base", [(10.0, 5.5), (20.0, 4.5), (30.0, 4.0)], is_baseline=True)
+    ledger.status["base"] = "finished"
+    _feed(ledger, "good", [(10.0, 5.4), (20.0, 4.4), (30.0, 3.9)])
+    _feed(ledger, "early", [(10.0, 4.0)])  # far better, but only at 10 FLOPs
+    best = ledger.best_matched()
+    assert best is not None and best.trial_id == "good" and best.compute == 30.0
+
+
+def test_progress_lines_say_elapsed_eta_running_and_best(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from types import SimpleNamespace
+
+    from stagetune.orchestration.callbacks import ProgressCallback
+
+    ledger = TrialLedger()
+    _feed(ledger, "base", [(10.0, 5.5), (30.0, 4.0)], is_baseline=True)
+    ledger.status["base"] = "finished"
+    _feed(ledger, "s2", [(15e12, 5.0)])
+    ledger.labels.update({"base": "baseline", "s2": "S2[2-2] zero/new_only +5c lr=0.001"})
+    trials = [SimpleNamespace(trial_id="base", status="TERMINATED"),
+              SimpleNamespace(trial_id="s2", status="RUNNING")]  # fmt: skip
+    cb = ProgressCallback(ledger, planned_flops=60e12, total_trials=4, live=False)
+    head, running, best = cb.lines(trials)
+    assert "trials 1 done, 1 running" in head and "of 4" in head
+    assert "compute 15.0 TFLOPs of 60.0 TFLOPs (25%)" in head
+    assert "elapsed 0s" in head and "ETA ~" in head
+    assert running == "running: S2[2-2] zero/new_only +5c lr=0.001"
+    assert best.startswith("best: the reference")
+    # Piped: plain lines, at most one per interval plus one per finished trial.
+    for _ in range(50):
+        cb.on_step_end(0, trials)
+    cb.on_trial_complete(0, trials, trials[0])
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and all(line.startswith("[stagetune] trials") for line in out)
+
+
+def test_live_display_redraws_in_place_and_ends_with_the_last_state(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """On a terminal the display is a rich live panel: redrawn, then left as it ended."""
+    from types import SimpleNamespace
+
+    from stagetune.orchestration.callbacks import ProgressCallback
+
+    ledger = TrialLedger()
+    _feed(ledger, "base", [(10.0, 5.5), (30.0, 4.0)], is_baseline=True)
+    trials = [SimpleNamespace(trial_id="base", status="RUNNING")]
+    cb = ProgressCallback(ledger, planned_flops=60.0, total_trials=2, live=True)
+    for _ in range(5):
+        cb.on_step_end(0, trials)
+    ledger.status["base"] = "finished"
+    cb.on_experiment_end(trials)
+    out = capsys.readouterr().out
+    assert "trials 1 done" in out and "running: base" in out
+    assert cb._panel is None  # stopped: the terminal is the user's again
+    import pickle
+
+    assert pickle.loads(pickle.dumps(cb)).ledger.status == {"base": "finished"}

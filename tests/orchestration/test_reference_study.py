@@ -65,7 +65,7 @@ def test_the_best_full_depth_lr_is_the_reference_and_is_confirmed(
     confirmed = next(r for r in confirm if r.data.params["schedule_key"] != ref_key)
     assert confirmed.data.tags["stagetune.full_depth"] == "false"
 
-    rows = report["rows"]
+    rows = report["outcomes"]
     ref, rest = rows[0], rows[1:]
     assert ref["is_reference"] and not ref["is_baseline"] and ref["schedule_key"] == ref_key
     assert ref["schedule"].startswith("full-depth lr=0.001")

@@ -42,3 +42,17 @@ def test_tracking_info_is_the_trials(fast_config: Any, tmp_path: Any) -> None:
     assert params["schedule_json"] == base.schedule.to_json()
     assert (params["lr"], params["warmup_steps"]) == (base.lr, base.warmup_steps)
     assert params["num_stages"] == 1
+
+
+def test_runs_are_named_by_schedule_label(fast_config: Any, tmp_path: Any) -> None:
+    """MLflow's runs table reads by schedule: the label is the run name (seed repeats add their
+    seed), and the model's size rides along for the tokens-per-parameter summary."""
+    study = _study(fast_config, tmp_path)
+    base = describe_trial({"num_stages": 1}, study, name="t0")
+    assert tracking_info(base, space="compact")["tags"]["mlflow.runName"] == "baseline"
+    point = {"num_stages": 2, "growth": "zero", "continual_multiple": 0.5}
+    grown = describe_trial(point, study, name="t1")
+    info = tracking_info(grown, space="compact", seed_repeat=True, model_params=1234)
+    assert info["tags"]["mlflow.runName"] == f"{grown.label} · seed {grown.seed}"
+    assert grown.label.startswith("S2[")
+    assert info["params"]["non_embedding_params"] == 1234

@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from stagetune.results import MlflowTracker, build_report, format_table, load_study, to_json
 from stagetune.results.render import TABLE_COLUMNS
+from stagetune.results.report import REPORT_SCHEMA_VERSION
 from stagetune.results.verdict import NO_SIGNIFICANT_GAIN, PARTIAL_STUDY
 from tests.results.helpers import E12, EXPERIMENT, STUDY, TRIALS, log_trial, records
 
@@ -84,9 +85,9 @@ def test_markdown_column(report_dir: Path) -> None:
     assert rows["S4 short"][COLUMN] == "+0.2200 @ 90%"
     assert rows["S3 long"][COLUMN] == "+0.5000"  # at the baseline's compute: no marker
     assert rows["S5 late"][COLUMN] == "no overlap"
-    # "stopped short" only where the schedule did stop before the baseline's compute.
-    assert rows["S2 near"]["Loss @ baseline compute"] == "stopped short"
-    assert rows["S4 short"]["Loss @ baseline compute"] == "stopped short"
+    # Where the schedule ended, only where it did end before the baseline's compute.
+    assert rows["S2 near"]["Loss @ baseline compute"] == "ended at 90%–95%"
+    assert rows["S4 short"]["Loss @ baseline compute"] == "ended at 90%"
     assert rows["S3 long"]["Loss @ baseline compute"] == "3.5000"
     assert rows["S5 late"]["Loss @ baseline compute"] == "—"
     assert NO_SIGNIFICANT_GAIN in md
@@ -102,7 +103,7 @@ def test_html_column(report_dir: Path) -> None:
 
 def test_json_fields(report_dir: Path) -> None:
     data = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
-    rows = {r["schedule"]: r for r in data["rows"]}
+    rows = {r["schedule"]: r for r in data["outcomes"]}
     near = rows["S2 near"]
     assert near["matched_delta"]["mean"] == pytest.approx(0.015)
     assert near["matched_delta"]["ci95_high"] - near["matched_delta"]["mean"] == pytest.approx(
@@ -138,15 +139,17 @@ def test_build_report(store: dict[str, Any], tmp_path: Path) -> None:
     md = rep.paths["report_md"].read_text()
     assert expected in md
     assert "| Schedule | Seeds | Final eval loss |" in md
-    assert "| **baseline** | 0, 1 |" in md
+    assert "| **baseline** | 2 |" in md  # a count of seeds, not their ids
     assert "not reached" in md and "72.5% ± 31.8%" in md
     for name in ("loss_vs_compute", "compute_to_baseline_loss", "pareto"):
         assert f"](plots/{name}.png)" in md
         png = rep.paths[f"{name}_png"]
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        page = rep.paths[f"{name}_html"].read_text()
-        # plotly.js is inline (a few MB), not fetched from a CDN at view time.
-        assert len(page) > 1_000_000 and 'src="https://cdn.plot.ly' not in page
+        assert f"{name}_html" not in rep.paths  # the interactive plots live in report.html
+    assert "Interactive: [report.html](report.html)" in md
+    # plotly.js once per report: the whole folder stays small (it was 19 MB).
+    folder = sum(p.stat().st_size for p in rep.paths["report_md"].parent.rglob("*"))
+    assert folder <= 6_000_000, folder
     html = rep.paths["report_html"].read_text()
     assert expected.replace("'", "&#x27;") in html
     assert html.count("Plotly.newPlot") == 3 and 'src="https://cdn.plot.ly' not in html
@@ -155,12 +158,14 @@ def test_build_report(store: dict[str, Any], tmp_path: Path) -> None:
     bundle = len(get_plotlyjs())
     assert bundle < len(html) < 1.5 * bundle  # plotly.js inline exactly once
     data = json.loads(rep.paths["report_json"].read_text())
+    assert data["schema_version"] == REPORT_SCHEMA_VERSION and "rows" not in data
     assert data["verdict"] == expected
-    assert [r["schedule"] for r in data["rows"]] == [
+    assert [r["schedule"] for r in data["outcomes"]] == [
         "baseline", "S2 fast", "S4 slow", "S3 diverged"
     ]  # fmt: skip
-    assert data["rows"][1]["compute_fraction"]["mean"] == pytest.approx(0.725)
+    assert data["outcomes"][1]["compute_fraction"]["mean"] == pytest.approx(0.725)
     assert json.loads(to_json(rep.outcomes))["verdict"] == expected
+    assert json.loads(to_json(rep)) == data
     # Logged to the parent run.
     client = MlflowClient(store["uri"])
     logged = {a.path for a in client.list_artifacts(store["parent"], "report")}
@@ -206,3 +211,40 @@ def test_report_of_an_interrupted_study_is_partial_without_verdict(tmp_path: Pat
     assert "reached the baseline's eval loss" not in md
     assert f"<h1>stagetune report (partial): {STUDY}</h1>" in rep.paths["report_html"].read_text()
     assert json.loads(rep.paths["report_json"].read_text())["verdict"] == rep.verdict
+
+
+def test_terminal_table_fits_120_columns_with_si_flops_and_a_legend(
+    store: dict[str, Any], tmp_path: Path
+) -> None:
+    from stagetune.results.render import LABEL_LEGEND
+
+    rep = build_report(store["uri"], EXPERIMENT, tmp_path / "out", log_to_mlflow=False)
+    table = format_table(rep.outcomes)
+    lines = table.rstrip("\n").splitlines()
+    assert max(len(line) for line in lines) <= 120, "\n".join(lines)
+    assert "100 TFLOPs" in table and "e+" not in table  # SI units, not 1.000e+14
+    assert LABEL_LEGEND.split(";")[0] in " ".join(table.split())
+    base_row = next(line for line in lines if line.lstrip().startswith("baseline"))
+    assert base_row.split()[1] == "2"  # seeds: a count
+
+
+def test_stopped_schedules_are_marked_and_off_the_pareto_front(
+    store: dict[str, Any], tmp_path: Path
+) -> None:
+    rep = build_report(store["uri"], EXPERIMENT, tmp_path / "out", log_to_mlflow=False)
+    rows = {r["schedule"]: r for r in json.loads(to_json(rep))["outcomes"]}
+    # S4 slow: one seed stopped by ASHA; S3 diverged: neither is on the front.
+    assert not rows["S4 slow"]["pareto"] and not rows["S3 diverged"]["pareto"]
+    assert "stopped" in format_table(rep.outcomes)
+
+
+def test_bar_chart_labels_are_not_clipped(store: dict[str, Any], tmp_path: Path) -> None:
+    """ "not reached" sits right of its bar, inside the plot: the axis leaves room for it."""
+    from stagetune.results.plots import plotly_figures
+
+    rep = build_report(store["uri"], EXPERIMENT, tmp_path / "out", log_to_mlflow=False)
+    bar = plotly_figures(rep.study, rep.outcomes)["compute_to_baseline_loss"]
+    assert any("not reached" in (t.text or ())[0] for t in bar.data)
+    assert all(t.cliponaxis is False for t in bar.data)
+    longest = max(float(t.x[0]) for t in bar.data)
+    assert bar.layout.xaxis.range[1] >= 1.4 * max(longest, 100.0)

@@ -1,9 +1,11 @@
-"""`stagetune ui` in a real browser: headless Chromium finds a study's child runs in MLflow's UI.
+"""`stagetune ui` in a real browser: headless Chromium reviews a study in MLflow's UI.
 
 A real tiny search (two trials through the CLI, FAST settings) fills the store; `stagetune ui`
 serves it as a subprocess on a free loopback port; Selenium drives Debian's ``chromium`` with
-``chromedriver`` to the experiment's runs table, expands the study's parent run and finds every
-child run in the page, then writes a screenshot into the test's temp directory.
+``chromedriver``. The experiment opens on its runs table (a model-training experiment); under the
+study's parent run every child is named by its schedule label; the summary metrics can be shown
+as columns; the chart view draws eval loss of every child against the compute step. Two
+screenshots stay in the test's temp directory (their paths are printed).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 STUDY = "ui-browser"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SHOWN_METRICS = ("outcome/final_eval_loss", "outcome/delta_loss_equal_compute", "outcome/speedup")
 CHROME_FLAGS = (
     "--headless=new",
     "--no-sandbox",
@@ -77,7 +80,9 @@ def study(ray_local: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert len(parents) == 1 and len(children) == 2
     parent = parents[0].info.run_id
     assert all(r.data.tags.get("mlflow.parentRunId") == parent for r in children)
+    base = next(r for r in children if r.data.tags.get("stagetune.is_baseline") == "true")
     return {
+        "baseline_mflops": base.data.metrics["flops"] / 1e6,
         "workdir": workdir,
         "experiment_id": exp.experiment_id,
         "parent": parent,
@@ -203,6 +208,45 @@ def _chrome(profile: Path) -> Any:
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
 
 
+def _show_columns(driver: Any, metrics: tuple[str, ...]) -> None:
+    """Tick metrics in the runs table's "Columns" menu (found by its search box)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    button = next(b for b in driver.find_elements(By.CSS_SELECTOR, "button")
+                  if b.text.strip() == "Columns")  # fmt: skip
+    button.click()
+    for name in metrics:
+        box = driver.find_element(By.CSS_SELECTOR, "input[placeholder='Search columns']")
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(name)
+        time.sleep(0.5)
+        driver.find_elements(By.XPATH, f"//*[normalize-space(text())='{name}']")[-1].click()
+        time.sleep(0.5)
+    driver.find_element(By.XPATH, "//*[normalize-space(text())='Training runs']").click()
+    time.sleep(1)
+
+
+def _column_ids(driver: Any) -> set[str]:
+    """Every column of the runs table: the grid draws only those in view, so it is scrolled
+    across."""
+    from selenium.webdriver.common.by import By
+
+    found: set[str] = set()
+    for step in range(12):
+        found |= {
+            e.get_attribute("col-id")
+            for e in driver.find_elements(By.CSS_SELECTOR, "[role=columnheader][col-id]")
+        }
+        driver.execute_script(
+            "document.querySelectorAll('.ag-body-horizontal-scroll-viewport, "
+            ".ag-center-cols-viewport').forEach(v => v.scrollLeft = arguments[0]);",
+            step * 300,
+        )
+        time.sleep(0.3)
+    return found
+
+
 def test_ui_lists_the_studys_child_runs(ui: dict[str, Any], tmp_path: Path) -> None:
     from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
@@ -218,12 +262,13 @@ def test_ui_lists_the_studys_child_runs(ui: dict[str, Any], tmp_path: Path) -> N
             assert s.connect_ex((ip, ui["port"])) != 0, f"the UI answers on {ip}"
 
     shot = tmp_path / "mlflow-ui-runs.png"
+    chart_shot = tmp_path / "mlflow-ui-loss-vs-compute.png"
+    print(f"MLflow UI screenshots: {shot} and {chart_shot}")
     driver = _chrome(tmp_path / "chromium-profile")
     try:
-        # MLflow 3 opens GenAI views by default; the runs table is the "Model training" view.
-        driver.get(
-            f"{ui['url']}/#/experiments/{ui['experiment_id']}/runs?workflowType=machine_learning"
-        )
+        # No view parameter: a model-training experiment opens on its runs table (MLflow 3
+        # opened GenAI traces for an experiment of no type).
+        driver.get(f"{ui['url']}/#/experiments/{ui['experiment_id']}/runs")
         wait = WebDriverWait(driver, 90, poll_frequency=0.5)
         parent_row = f"[role=row][row-id='{ui['parent']}']"
         name_cell = "[role=gridcell][col-id='attributes.`Run Name`']"
@@ -249,18 +294,62 @@ def test_ui_lists_the_studys_child_runs(ui: dict[str, Any], tmp_path: Path) -> N
         except TimeoutException:
             driver.save_screenshot(str(shot))
             pytest.fail(f"child runs not listed under the parent after expanding (see {shot})")
-        # Each child is a link to its run page, named after its trial.
+        # Each child is a link to its run page, named by its schedule label.
         links = {
             a.get_attribute("href").rsplit("/", 1)[-1]: a.text
             for a in driver.find_elements(By.CSS_SELECTOR, f"{name_cell} a[href*='/runs/']")
         }
         for run_id, name in ui["children"].items():
             assert links.get(run_id) == name, (run_id, name, links)
+        assert "baseline" in ui["children"].values()
         page = driver.find_element(By.TAG_NAME, "body").text
         assert STUDY in page
-        assert all(name in page for name in ui["children"].values())
+        # The summary metrics become columns of the runs table (it sorts by them).
+        _show_columns(driver, SHOWN_METRICS)
+        columns = _column_ids(driver)
         assert driver.save_screenshot(str(shot))
+        assert {f"metrics.`{m}`" for m in SHOWN_METRICS} <= columns, sorted(columns)
+
+        # The chart view: eval loss of every child against the compute step (MFLOPs).
+        driver.get(f"{ui['url']}/#/experiments/{ui['experiment_id']}/runs?compareRunsMode=CHART")
+        try:
+            unfold = wait.until(
+                ec.element_to_be_clickable((By.CSS_SELECTOR, f"[row-id='{ui['parent']}'] button"))
+            )
+        except TimeoutException:
+            driver.save_screenshot(str(chart_shot))
+            pytest.fail(f"the parent run is not in the chart view's list (see {chart_shot})")
+        time.sleep(1)
+        if not children_shown(driver):  # the table view's unfolding may carry over
+            unfold.click()
+        wait.until(children_shown)
+        wait.until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, "input[placeholder='Search metric charts']")
+        )
+        search = driver.find_element(By.CSS_SELECTOR, "input[placeholder='Search metric charts']")
+        search.send_keys("eval_loss")
+
+        def loss_traces(d: Any) -> list[list[float]]:
+            return d.execute_script(  # type: ignore[no-any-return]
+                "const cards = Array.from(document.querySelectorAll("
+                "'[data-testid=experiment-view-compare-runs-card]'));"
+                "const card = cards.find(c => c.innerText.trim().startsWith('eval_loss'));"
+                "const plot = card && card.querySelector('.js-plotly-plot');"
+                "return plot ? (plot.data || []).map(t => Array.from(t.x || [])) : [];"
+            )
+
+        try:
+            wait.until(lambda d: len([x for x in loss_traces(d) if len(x) >= 2]) >= 2)
+        except TimeoutException:
+            driver.save_screenshot(str(chart_shot))
+            pytest.fail(f"no eval_loss chart of every child (see {chart_shot})")
+        time.sleep(1)  # let the traces draw before the screenshot
+        assert driver.save_screenshot(str(chart_shot))
+        # The x axis is the step: compute in MFLOPs, the same for every trial.
+        xs = [x for trace in loss_traces(driver) for x in trace]
+        assert max(xs) == pytest.approx(ui["baseline_mflops"], rel=0.05), (max(xs), ui)
     finally:
         driver.quit()
-    data = shot.read_bytes()
-    assert data[:8] == PNG_MAGIC and len(data) > 10_000
+    for png in (shot, chart_shot):
+        data = png.read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 10_000

@@ -67,7 +67,7 @@ def test_workers_get_their_gpus_and_the_backend_that_fits(
 
 
 def _train(out: Path, *extra: str) -> dict:
-    args = ["train", "--out", str(out), "--json"]
+    args = ["train", "--out", str(out), "--workdir", str(out.parent / "work"), "--json"]
     for o in [
         *FAST,
         "schedule.increments=[2, 2]",

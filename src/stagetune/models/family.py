@@ -23,7 +23,13 @@ from stagetune.compute import ModelDims
 from stagetune.config import ModelConfig
 from stagetune.registry import MODEL_FAMILIES
 
-__all__ = ["BlockContext", "FamilyAdapter", "get_family", "model_dims", "register_family"]
+__all__ = [
+    "BlockContext",
+    "FamilyAdapter",
+    "get_family",
+    "model_dims",
+    "register_family",
+]
 
 BlockContext = dict[str, Any]
 """Keyword arguments every block call of one forward pass shares (mask, positions, rotary)."""

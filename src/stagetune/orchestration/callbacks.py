@@ -8,9 +8,12 @@ logged exactly once, from the rank-0 record Tune received.
 from __future__ import annotations
 
 import math
+import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -27,13 +30,29 @@ from stagetune.metrics import (
 )
 from stagetune.orchestration.interrupt import StudyStopper
 from stagetune.results import MlflowTracker
+from stagetune.results.formatting import flops_si
 from stagetune.results.matched import at_equal_compute
 from stagetune.results.naming import TAG_ASHA_RUNG, TAG_LABEL
+from stagetune.trainables.session import TRIAL_HISTORY_DIR
 
-__all__ = ["BestMatched", "MlflowCallback", "ProgressCallback", "StopCallback", "TrialLedger"]
+__all__ = [
+    "BestMatched",
+    "CheckpointRetention",
+    "MlflowCallback",
+    "ProgressCallback",
+    "StopCallback",
+    "TrialLedger",
+]
 
 DISK_CHECK_S = 0.5
 """How often (at most) a running study asks its file systems for their free space."""
+LIVE_EVERY_S = 0.5
+"""How often (at most) the live display redraws on a terminal."""
+PLAIN_EVERY_S = 30.0
+"""How often (at most) a progress line is printed when stdout is not a terminal."""
+REACH_RTOL = 0.05
+"""A trial whose curve ends this close (relative) below the baseline's final compute counts as
+having got there, for the live best (budget matching floors to whole steps)."""
 
 
 def _trial_params(trial: Any) -> dict[str, Any]:
@@ -114,11 +133,13 @@ class TrialLedger:
         return min(done)[2] if done else None
 
     def best_matched(self) -> BestMatched | None:
-        """The trial with the lowest loss relative to the reference at equal compute.
+        """The trial with the lowest loss relative to the reference at the reference's compute.
 
-        Compared at min(trial's compute, reference's compute): budget-matched schedules end a
-        step or so short of it, and a trial stopped early is compared where it stopped. None
-        until a full-depth trial has finished.
+        Always the same compute point, the reference's final one, so the best does not jump
+        between compute points as trials progress: a trial counts once its curve gets there
+        (within :data:`REACH_RTOL`: budget-matched schedules end a step or so short; such a
+        trial is compared where it ended). None until a full-depth trial has finished; the
+        reference itself while no other trial got that far.
         """
         b = self.reference_id()
         if b is None:
@@ -128,13 +149,13 @@ class TrialLedger:
             by = np.array([c[1] for c in self.curves[b]])
             best: BestMatched | None = None
             for t, curve in self.curves.items():
-                if t in self.full_depth_ids or not curve:
+                if t in self.full_depth_ids or not curve or curve[-1][0] < bx[-1] * (1 - REACH_RTOL):
                     continue
                 xs = np.array([c[0] for c in curve])
                 ys = np.array([c[1] for c in curve])
                 matched = at_equal_compute(xs, ys, bx, by)
                 if matched is None:
-                    continue  # no overlap on the compute axis yet
+                    continue
                 if best is None or matched.loss - matched.baseline_loss < (
                     best.loss - best.baseline_loss
                 ):
@@ -224,53 +245,159 @@ class MlflowCallback(Callback):
 
 
 class ProgressCallback(Callback):
-    """One live status line: trials done/running/stopped, compute spent vs planned, best so far."""
+    """The live progress display: trials by state, compute spent vs planned, elapsed time and an
+    ETA from that ratio, the running trials by label, and the best trial against the baseline
+    at the baseline's compute (:meth:`TrialLedger.best_matched`).
+
+    On a terminal it is a rich live panel redrawn in place; piped, a plain line every
+    :data:`PLAIN_EVERY_S` seconds and at each trial's end. ``live`` forces either (``None``:
+    whether stdout is a terminal).
+    """
 
     def __init__(
-        self, ledger: TrialLedger, *, planned_flops: float, total_trials: int, quiet: bool = False
-    ):
+        self,
+        ledger: TrialLedger,
+        *,
+        planned_flops: float,
+        total_trials: int,
+        quiet: bool = False,
+        live: bool | None = None,
+    ) -> None:
         self.ledger = ledger
         self.planned = planned_flops
         self.total = total_trials
         self.quiet = quiet
+        self.live = live
+        self._t0: float | None = None
         self._last_print = 0.0
+        self._panel: Any = None  # rich.live.Live while shown
 
-    def line(self, trials: list) -> str:
-        states = [t.status for t in trials]
-        running = states.count("RUNNING")
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its RunConfig with the callbacks: the terminal stays behind.
+        return {**self.__dict__, "_panel": None}
+
+    def _elapsed(self) -> float:
+        if self._t0 is None:
+            self._t0 = time.monotonic()
+        return time.monotonic() - self._t0
+
+    def lines(self, trials: list[Any]) -> list[str]:
+        """What the display shows: counts and compute, running trials, the best so far."""
+        elapsed = self._elapsed()
         with self.ledger.lock:
             statuses = list(self.ledger.status.values())
             spent = sum(float(r.get(FLOPS, 0.0)) for r in self.ledger.last.values())
+            running = [
+                self.ledger.labels.get(t.trial_id, t.trial_id)
+                for t in trials
+                if t.status == "RUNNING"
+            ]
         done = statuses.count(STATUS_FINISHED)
         stopped = statuses.count(STATUS_STOPPED)
         bad = statuses.count(STATUS_DIVERGED) + statuses.count(STATUS_FAILED)
+        frac = spent / self.planned if self.planned else 0.0
+        eta = f"ETA ~{_duration(elapsed * (1 - frac) / frac)}" if 0.02 < frac < 1 else "ETA —"
+        head = (
+            f"trials {done} done, {len(running)} running, {stopped} stopped, {bad} failed of "
+            f"{self.total} | compute {flops_si(spent)} of {flops_si(self.planned)} "
+            f"({frac:.0%}) | elapsed {_duration(elapsed)} | {eta}"
+        )
+        return [head, f"running: {', '.join(running) or '—'}", self._best_text()]
+
+    def _best_text(self) -> str:
         best = self.ledger.best_matched()
         if best is None:
-            best_txt = "best: waiting for a full-depth reference to finish"
-        else:
-            with self.ledger.lock:
-                label = self.ledger.labels.get(best.trial_id, best.trial_id)
-            gap = best.loss - best.baseline_loss
-            best_txt = (
-                f"best at equal compute: {label} {best.loss:.4f} vs reference "
-                f"{best.baseline_loss:.4f} ({gap:+.4f} at {best.compute:.3g} FLOPs)"
+            return "best: waiting for a full-depth reference to finish"
+        with self.ledger.lock:
+            label = self.ledger.labels.get(best.trial_id, best.trial_id)
+        if best.loss == best.baseline_loss and best.trial_id in self.ledger.full_depth_ids:
+            return (
+                f"best: the reference, {best.loss:.4f} at {flops_si(best.compute)} "
+                "(no schedule has got that far yet)"
             )
-        pct = 100.0 * spent / self.planned if self.planned else 0.0
+        gap = best.loss - best.baseline_loss
         return (
-            f"[stagetune] trials {done} done, {running} running, {stopped} stopped, {bad} diverged/failed "
-            f"of {self.total} | compute {spent:.3g}/{self.planned:.3g} FLOPs ({pct:.0f}%) | {best_txt}"
+            f"best at the reference's compute ({flops_si(best.compute)}): {label} "
+            f"{best.loss:.4f} vs reference {best.baseline_loss:.4f} ({gap:+.4f})"
         )
 
-    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        now = time.monotonic()
-        if self.quiet or now - self._last_print < 10.0:
+    def line(self, trials: list[Any]) -> str:
+        """The display as one plain line (piped output)."""
+        return "[stagetune] " + " | ".join(self.lines(trials))
+
+    def _is_live(self) -> bool:
+        return sys.stdout.isatty() if self.live is None else self.live
+
+    def _show(self, trials: list[Any], *, force: bool) -> None:
+        if self.quiet:
             return
-        self._last_print = now
-        print(self.line(trials), flush=True)
+        now = time.monotonic()
+        if self._is_live():
+            if force or now - self._last_print >= LIVE_EVERY_S:
+                self._last_print = now
+                self._render(trials)
+        elif force or now - self._last_print >= PLAIN_EVERY_S:
+            self._last_print = now
+            print(self.line(trials), flush=True)
+
+    def _render(self, trials: list[Any]) -> None:
+        from rich.live import Live
+        from rich.text import Text
+
+        text = Text("\n".join(self.lines(trials)))
+        if self._panel is None:
+            self._panel = Live(text, auto_refresh=False, transient=False)
+            self._panel.start()
+        self._panel.update(text, refresh=True)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self._show(trials, force=False)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if not self.quiet:
-            print(self.line(trials), flush=True)
+        self._show(trials, force=True)
+
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        self._show(trials, force=True)
+        if self._panel is not None:
+            self._panel.stop()
+            self._panel = None
+
+
+def _duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``1h02m``."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+class CheckpointRetention(Callback):
+    """Keeps a finished study's ``ray_results`` small: when a trial ends (finished, stopped,
+    diverged, failed), its own checkpoint history (:data:`TRIAL_HISTORY_DIR`, a backup of
+    Tune's copies needed only while it trains) is deleted; Tune keeps its newest checkpoints
+    (``CheckpointConfig.num_to_keep``) for restarts. A trial interrupted by a stop keeps it:
+    ``--resume`` continues from it. The study sweeps once more when its search has ended
+    (:meth:`sweep`)."""
+
+    def _drop(self, trial: Any) -> None:
+        local = getattr(trial, "local_path", None)
+        if local:
+            shutil.rmtree(Path(local) / TRIAL_HISTORY_DIR, ignore_errors=True)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._drop(trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._drop(trial)
+
+    @staticmethod
+    def sweep(experiment_dir: Path) -> None:
+        """Drop every trial's history under a Tune experiment that has ended: a trial ASHA
+        stopped may still have written one more checkpoint after it was completed."""
+        for history in experiment_dir.glob(f"*/{TRIAL_HISTORY_DIR}"):
+            shutil.rmtree(history, ignore_errors=True)
 
 
 class StopCallback(Callback):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
@@ -53,6 +54,7 @@ from stagetune.results.naming import STATUS_RUNNING
 
 __all__ = [
     "ATTR_COUNTS",
+    "ATTR_LABEL",
     "ATTR_STATUS",
     "ATTR_TRIAL_ID",
     "STATUS_INTERRUPTED",
@@ -76,6 +78,8 @@ ATTR_COUNTS: Final = "stagetune_counts"
 ATTR_BASELINE: Final = "stagetune_baseline"
 SEEDED_PREFIX: Final = "seeded:"
 """Rung entries of trials from outside the search (:meth:`BaselineKeepingASHA.seed_rungs`)."""
+ATTR_LABEL: Final = "schedule_label"
+"""The trial's schedule label (the MLflow run name), for optuna-dashboard's trial table."""
 
 
 def trial_status(result: dict[str, Any] | None, error: bool) -> str:
@@ -105,9 +109,26 @@ class ResumableOptunaSearch(OptunaSearch):
     """``OptunaSearch`` that tolerates Optuna being ahead of Tune, links its trials to Tune's
     ids, records stagetune's status on them, and keeps the study within ``max_trials``."""
 
-    def __init__(self, *args: Any, max_trials: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        max_trials: int | None = None,
+        label_of: Callable[[dict[str, Any]], str] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._max_trials = max_trials
+        self._label_of = label_of
+
+    def _setup_study(self, mode: str | list[str]) -> None:  # type: ignore[override]
+        super()._setup_study(mode)
+        # optuna-dashboard names the objectives by these, instead of "Objective 0".
+        names = self.metric if isinstance(self.metric, list) else [self.metric]
+        study: Any = self._ot_study
+        if study is not None and all(isinstance(n, str) for n in names):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # experimental in some Optuna versions
+                study.set_metric_names(names)
 
     def _budget_used(self) -> int:
         study: Any = self._ot_study
@@ -124,7 +145,11 @@ class ResumableOptunaSearch(OptunaSearch):
         # Tie the Optuna trial to Tune's (and so MLflow's) trial id at once: a resume that
         # does not find this id in Tune's snapshot knows the trial was orphaned.
         with contextlib.suppress(Exception):
-            self._ot_trials[trial_id].set_user_attr(ATTR_TRIAL_ID, trial_id)
+            ot_trial = self._ot_trials[trial_id]
+            ot_trial.set_user_attr(ATTR_TRIAL_ID, trial_id)
+            label_of = getattr(self, "_label_of", None)
+            if label_of is not None and isinstance(config, dict):
+                ot_trial.set_user_attr(ATTR_LABEL, label_of(config))
         return config
 
     def _recorded(self, trial_id: str) -> FrozenTrial | None:
@@ -191,7 +216,14 @@ class ResumableOptunaSearch(OptunaSearch):
             if status == STATUS_STOPPED and not isinstance(self.metric, list):
                 # Stopped by ASHA: its last loss was measured at less compute than a finished
                 # trial's. As COMPLETE it would teach TPE that late-blooming schedules (long
-                # continual phases) are bad; PRUNED keeps only its intermediate values.
+                # continual phases) are bad; PRUNED keeps only its intermediate values. The
+                # result that made ASHA stop it reaches the searcher here, not through
+                # on_trial_result: record it, so Optuna's last value is the report's.
+                value = (result or {}).get(str(self.metric))
+                step = (result or {}).get(TRAINING_ITERATION)
+                if value is not None and step is not None:
+                    with contextlib.suppress(UpdateFinishedTrialError):
+                        ot_trial.report(float(value), int(step))
                 with contextlib.suppress(UpdateFinishedTrialError):
                     study.tell(ot_trial, state=TrialState.PRUNED)
                 self._completed_trials.add(trial_id)

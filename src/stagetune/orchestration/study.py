@@ -17,7 +17,9 @@ from stagetune import __version__
 from stagetune.config import ExperimentConfig, config_to_dict
 from stagetune.diskspace import listening
 from stagetune.metrics import EVAL_LOSS, FLOPS
+from stagetune.models.size import param_counts
 from stagetune.orchestration.callbacks import (
+    CheckpointRetention,
     MlflowCallback,
     ProgressCallback,
     StopCallback,
@@ -52,9 +54,12 @@ from stagetune.orchestration.storage import (
     StudyPaths,
 )
 from stagetune.orchestration.trainable import (
+    SEED_PARAM,
     StudyContext,
+    TrialLabeler,
     describe_trial,
     make_trainable,
+    point_of,
     tracking_info,
 )
 from stagetune.results import MlflowTracker
@@ -233,6 +238,7 @@ def _run_study(
             total_trials=planned_trials(cfg),
             quiet=quiet,
         ),
+        CheckpointRetention(),
     ]
     main = snapshot_trials(exp_uri) if verified else None
     snapshot = dict(main or {})
@@ -265,7 +271,7 @@ def _run_study(
     else:
         seeded = phase_curves(ref_grid, rung_metric(prep.ctx))
         tuner = _new_tuner(
-            prep, trainable, storage, mode, concurrency, [*callbacks, signer], seeded=seeded
+            prep, study, trainable, storage, mode, concurrency, [*callbacks, signer], seeded=seeded
         )
         signer.sign_tuner()
     stopper.check()
@@ -286,6 +292,9 @@ def _run_study(
             restorable=seeds_verified,
         )
         stopper.check()
+    if "://" not in storage_root:  # local storage: every trial's process has ended
+        for name in (cfg.name, seeds_name(cfg)):
+            CheckpointRetention.sweep(Path(storage_root).expanduser() / name)
     pareto = _pareto_from_optuna(cfg.name, paths.optuna_url) if multi else []
     tracker.end_study("finished")
     stores.finished = True
@@ -342,9 +351,15 @@ def _open_tracking(prep: PreparedStudy) -> tuple[MlflowTracker, str]:
 def _describe(study: StudyContext) -> Any:
     """MLflow's view of a trial from its Tune params (for :class:`MlflowCallback`)."""
 
+    cfg = study.experiment()
+    n_params = param_counts(cfg.model, vocab_size=study.vocab_size).non_embedding
+
     def describe(params: dict[str, Any], trial_id: str) -> dict[str, Any]:
         return tracking_info(
-            describe_trial(params, study, name=trial_id), space=study.experiment().search.space
+            describe_trial(params, study, name=trial_id),
+            space=cfg.search.space,
+            seed_repeat=SEED_PARAM in point_of(params),
+            model_params=n_params,
         )
 
     return describe
@@ -352,6 +367,7 @@ def _describe(study: StudyContext) -> Any:
 
 def _new_tuner(
     prep: PreparedStudy,
+    study: StudyContext,
     trainable: Any,
     storage: Any,
     mode: str | list[str],
@@ -377,6 +393,7 @@ def _new_tuner(
         study_name=cfg.name,
         storage=storage,
         max_trials=cfg.search.num_trials,
+        label_of=TrialLabeler(study),
     )
     asha = make_asha(cfg.search, prep.space, prep.ctx, metric=EVAL_LOSS)
     if asha is not None:

@@ -14,12 +14,14 @@ from typing import Any
 
 from stagetune.config import ExperimentConfig, config_from_dict, config_to_dict
 from stagetune.results.naming import (
+    PARAM_NON_EMBEDDING_PARAMS,
     PARAM_SCHEDULE_KEY,
     PARAM_SCHEDULE_LABEL,
     TAG_FULL_DEPTH,
     TAG_IS_BASELINE,
     TAG_LABEL,
     TAG_PHASE,
+    TAG_RUN_NAME,
     TAG_SCHEDULE_KEY,
     TAG_SEED,
     TAG_SPACE,
@@ -34,8 +36,11 @@ __all__ = [
     "PHASE_PARAM",
     "SEED_PARAM",
     "StudyContext",
+    "TrialLabeler",
     "describe_trial",
     "make_trainable",
+    "point_of",
+    "run_name",
     "tracking_info",
     "train_trial",
 ]
@@ -93,8 +98,33 @@ def describe_trial(params: dict[str, Any], study: StudyContext, *, name: str) ->
     return trial
 
 
-def tracking_info(trial: TrialDescription, *, space: str) -> dict[str, Any]:
-    """The MLflow params and tags of ``trial``'s run (``space``: the study's search space)."""
+@dataclass(frozen=True)
+class TrialLabeler:
+    """A trial's schedule label from its Tune params (a picklable callable: the searcher that
+    holds it is saved with the study)."""
+
+    study: StudyContext
+
+    def __call__(self, params: dict[str, Any]) -> str:
+        return describe_trial(params, self.study, name="label").label
+
+
+def run_name(trial: TrialDescription, *, seed_repeat: bool = False) -> str:
+    """The MLflow run name of ``trial``: its schedule label (``baseline`` for the baseline), and
+    its seed when it is one of several (a seed repeat), so the runs table reads by schedule."""
+    return f"{trial.label} · seed {trial.seed}" if seed_repeat else trial.label
+
+
+def tracking_info(
+    trial: TrialDescription,
+    *,
+    space: str,
+    seed_repeat: bool = False,
+    model_params: int | None = None,
+) -> dict[str, Any]:
+    """The MLflow params and tags of ``trial``'s run (``space``: the study's search space;
+    ``seed_repeat``: the trial repeats a schedule on another seed; ``model_params``: the target
+    model's non-embedding parameters, for the tokens-per-parameter summary)."""
     params = {
         **trial.schedule.flat_params(),
         **trial.params,
@@ -105,6 +135,8 @@ def tracking_info(trial: TrialDescription, *, space: str) -> dict[str, Any]:
         "schedule_json": trial.schedule.to_json(),
         PARAM_SCHEDULE_LABEL: trial.label,
     }
+    if model_params is not None:
+        params[PARAM_NON_EMBEDDING_PARAMS] = model_params
     tags = {
         TAG_IS_BASELINE: str(trial.is_baseline).lower(),
         TAG_SEED: str(trial.seed),
@@ -113,6 +145,7 @@ def tracking_info(trial: TrialDescription, *, space: str) -> dict[str, Any]:
         TAG_SPACE: space,
         TAG_PHASE: trial.phase,
         TAG_FULL_DEPTH: str(trial.is_full_depth).lower(),
+        TAG_RUN_NAME: run_name(trial, seed_repeat=seed_repeat),
     }
     return {"params": params, "tags": tags}
 

@@ -12,7 +12,7 @@ from typing import Final
 from stagetune.results.matched import SAME_COMPUTE_RTOL
 from stagetune.results.stats import Stat
 
-__all__ = ["AT_BASELINE", "MISSING", "num", "pct", "ratio", "signed", "stat_text"]
+__all__ = ["AT_BASELINE", "MISSING", "flops_si", "num", "pct", "ratio", "signed", "stat_text"]
 
 MISSING: Final = "—"
 """What a cell or a sentence shows for a number it does not have."""
@@ -27,6 +27,23 @@ def num(v: float | None, spec: str) -> str:
     if math.isinf(v):
         return "∞" if v > 0 else "-∞"
     return format(v, spec)
+
+
+_SI_PREFIXES: Final = ("", "k", "M", "G", "T", "P", "E", "Z", "Y")
+
+
+def flops_si(v: float | None, unit: str = "FLOPs") -> str:
+    """A compute with an SI prefix and three significant digits: ``1.30 TFLOPs``, ``812 GFLOPs``
+    (a dash for ``None``)."""
+    if v is None:
+        return MISSING
+    if not math.isfinite(v):
+        return f"{num(v, '')} {unit}"
+    k = 0 if v == 0 else min(max(math.floor(math.log10(abs(v)) / 3), 0), 8)
+    x = v / 1000**k
+    if abs(float(f"{x:.3g}")) >= 1000 and k < 8:  # 999.7 G rounds to 1.00 T
+        k, x = k + 1, x / 1000
+    return f"{f'{x:#.3g}'.rstrip('.')} {_SI_PREFIXES[k]}{unit}"
 
 
 def stat_text(st: Stat, spec: str, *, scale: float = 1.0, suffix: str = "") -> str:

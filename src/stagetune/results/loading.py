@@ -2,7 +2,7 @@
 
 What tracking wrote is found again through the names of :mod:`stagetune.results.naming`: the
 study's runs by their tags, each trial's curve from its metric histories on MLflow's step axis
-(cumulative tokens). The compute-matched maths on these curves is in
+(cumulative compute, :data:`~stagetune.results.tracking.runs.STEP_UNIT`). The compute-matched maths on these curves is in
 :mod:`stagetune.results.matched`.
 """
 
@@ -56,7 +56,7 @@ _MLFLOW_STATUS_NAMES: Final = {
 
 @dataclass(frozen=True)
 class Curve:
-    """A trial's metrics aligned on MLflow's step axis (cumulative tokens); NaN where absent."""
+    """A trial's metrics aligned on MLflow's step axis (cumulative compute); NaN where absent."""
 
     tokens: np.ndarray
     flops: np.ndarray
@@ -186,10 +186,8 @@ def _load_curve(client: Any, run_id: str) -> Curve:
     def col(key: str) -> np.ndarray:
         return np.array([series[key].get(s, (0, math.nan))[1] for s in steps], dtype=float)
 
-    tokens = col("tokens")
-    tokens = np.where(np.isnan(tokens), np.array(steps, dtype=float), tokens)
     return Curve(
-        tokens=tokens,
+        tokens=col("tokens"),
         flops=col(FLOPS),
         flops_paper=col(FLOPS_PAPER),
         eval_loss=col("eval_loss"),

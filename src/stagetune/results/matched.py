@@ -55,6 +55,7 @@ __all__ = [
     "TrialOutcome",
     "at_equal_compute",
     "compute_matched",
+    "first_crossing",
     "pareto_front",
     "reference_key",
 ]
@@ -181,6 +182,12 @@ class Outcome:
         """Every seed reached the baseline's final eval loss."""
         return bool(self.trials) and self.n_reached == len(self.trials)
 
+    @property
+    def complete(self) -> bool:
+        """Every seed trained to its end: none was stopped early, diverged or failed (its
+        final loss and compute are then where it ended, not what the schedule costs)."""
+        return bool(self.trials) and all(t.status == STATUS_FINISHED for t in self.trials)
+
 
 def _interp_at(c: np.ndarray, loss: np.ndarray, x: float, rel_tol: float) -> float | None:
     """Loss at compute ``x`` by linear interpolation; ``None`` if the curve does not span it."""
@@ -195,7 +202,7 @@ def _interp_at(c: np.ndarray, loss: np.ndarray, x: float, rel_tol: float) -> flo
     return float(np.interp(x, c, loss))
 
 
-def _first_crossing(c: np.ndarray, loss: np.ndarray, target: float) -> float | None:
+def first_crossing(c: np.ndarray, loss: np.ndarray, target: float) -> float | None:
     """Compute at which ``loss`` first falls to ``target`` (interpolated), else ``None``."""
     hits = np.nonzero(loss <= target)[0]
     if len(hits) == 0:
@@ -315,7 +322,7 @@ def _trial_outcome(
         loss_at, to, matched = l_b, c_b, EqualCompute(c_b, l_b, l_b)
     else:
         loss_at = _interp_at(c, loss, c_b, rel_tol)
-        to = _first_crossing(c, loss, l_b)
+        to = first_crossing(c, loss, l_b)
         matched = at_equal_compute(c, loss, bc, bl)
     at, mine, theirs = matched if matched is not None else (None, None, None)
     return TrialOutcome(
@@ -490,12 +497,14 @@ def _choice_of(against: str) -> None:
 def pareto_front(outcomes: Sequence[Outcome]) -> list[Outcome]:
     """Schedules no other beats on both mean final eval loss and mean total compute.
 
-    Sorted by compute; outcomes lacking either number are ignored.
+    Sorted by compute; outcomes lacking either number are ignored, and so are those not
+    :attr:`~Outcome.complete` (a trial stopped early ends cheap but unfinished: it would sit
+    on the front for what it did not train).
     """
     pts = [
         (o, o.final_eval_loss.mean, o.total_compute.mean)
         for o in outcomes
-        if o.final_eval_loss.mean is not None and o.total_compute.mean is not None
+        if o.complete and o.final_eval_loss.mean is not None and o.total_compute.mean is not None
     ]
     front = []
     for o, loss, comp in pts:

@@ -18,13 +18,16 @@ from stagetune.metrics import (
 
 __all__ = [
     "BASELINE_LABEL",
+    "EXPERIMENT_KIND_TRAINING",
     "MLFLOW_STATUS",
+    "PARAM_NON_EMBEDDING_PARAMS",
     "PARAM_SCHEDULE_KEY",
     "PARAM_SCHEDULE_LABEL",
     "ROLE_PARENT",
     "ROLE_TRIAL",
     "STATUS_RUNNING",
     "TAG_ASHA_RUNG",
+    "TAG_EXPERIMENT_KIND",
     "TAG_FULL_DEPTH",
     "TAG_IS_BASELINE",
     "TAG_LABEL",
@@ -63,6 +66,10 @@ TAG_FULL_DEPTH: Final = "stagetune.full_depth"
 """``"true"`` on every one-stage full-depth trial (any lr): the reference's candidates."""
 TAG_PARENT_RUN: Final = "mlflow.parentRunId"
 TAG_RUN_NAME: Final = "mlflow.runName"
+TAG_EXPERIMENT_KIND: Final = "mlflow.experimentKind"
+"""The experiment tag MLflow 3's UI reads to choose its view (GenAI traces or model training)."""
+EXPERIMENT_KIND_TRAINING: Final = "custom_model_development"
+""":data:`TAG_EXPERIMENT_KIND` of a model-training experiment: the UI opens the runs table."""
 
 ROLE_PARENT: Final = "parent"
 ROLE_TRIAL: Final = "trial"
@@ -71,6 +78,8 @@ STATUS_RUNNING: Final = "running"
 PARAM_SCHEDULE_KEY: Final = "schedule_key"
 """Trials with equal keys ran the same schedule (with different seeds): analysis groups them."""
 PARAM_SCHEDULE_LABEL: Final = "schedule_label"
+PARAM_NON_EMBEDDING_PARAMS: Final = "non_embedding_params"
+"""The target model's weights outside embeddings and head: tokens per parameter is the regime."""
 BASELINE_LABEL: Final = "baseline"
 """The full-depth baseline's label; analysis pools every baseline trial under it as one row."""
 

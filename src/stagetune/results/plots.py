@@ -380,7 +380,7 @@ def plotly_figures(
         missing = o.compute_fraction.mean is None
         fig.add_trace(go.Bar(
             y=[o.label], x=[heights[j]], name=o.label, text=[notes[j]], orientation="h",
-            textposition="outside",
+            textposition="outside", cliponaxis=False,
             marker={"color": "#eeeeee" if missing else colors[o.schedule_key],
                     "pattern": {"shape": "/" if missing or not o.reached else ""}},
             error_x=None if missing or not (lo[j] or hi[j]) else {
@@ -389,10 +389,13 @@ def plotly_figures(
         ))  # fmt: skip
     if scheds:
         fig.add_vline(x=100, line_dash="dash", annotation_text="baseline (100%)")
+    # Room right of the longest bar for its note ("not reached"): never clipped.
+    right = max([100.0, *(h + (e or 0.0) for h, e in zip(heights, hi))])
     fig.update_layout(title=PLOT_TITLES["compute_to_baseline_loss"],
-                      xaxis_title=f"% of the baseline's compute ({convention} FLOPs)",
+                      xaxis={"title": f"% of the baseline's compute ({convention} FLOPs)",
+                             "range": [0, right * 1.45]},
                       yaxis={"autorange": "reversed"}, template="plotly_white",
-                      height=220 + 34 * max(len(scheds), 2))  # fmt: skip
+                      margin={"r": 40}, height=220 + 34 * max(len(scheds), 2))  # fmt: skip
     figs["compute_to_baseline_loss"] = fig
 
     fig = go.Figure()
@@ -401,10 +404,10 @@ def plotly_figures(
     for o, xv, yv in _pareto_points(outcomes):
         fig.add_trace(go.Scatter(
             x=[xv], y=[yv], mode="markers", name=o.label, legendrank=rank[o.schedule_key],
-            hovertemplate=f"{o.label}<br>total FLOPs %{{x:.3e}}<br>final eval loss "
-            "%{y:.4f}<extra></extra>",
+            hovertemplate=f"{o.label}{'' if o.complete else ' (stopped early)'}<br>total "
+            "FLOPs %{x:.3e}<br>final eval loss %{y:.4f}<extra></extra>",
             marker={"color": colors[o.schedule_key], "size": 18 if o.is_reference else 11,
-                    "symbol": "star" if o.is_reference else "circle",
+                    "symbol": "star" if o.is_reference else "circle" if o.complete else "x",
                     "line": {"color": "black",
                              "width": 1.5 if o.schedule_key in on_front else 0}},
         ))  # fmt: skip
@@ -427,9 +430,10 @@ def write_plots(
     out_dir: Path,
     *,
     convention: str = "standard",
-    html: bool = True,
+    html: bool = False,
 ) -> PlotFiles:
-    """Write ``<name>.png`` (and self-contained ``<name>.html``) for each plot into ``out_dir``."""
+    """Write ``<name>.png`` (and, with ``html``, self-contained ``<name>.html``: plotly.js
+    inline in each, a few MB apiece) for each plot into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     png: dict[str, Path] = {}

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 from stagetune.results.formatting import (
     AT_BASELINE,
     MISSING,
+    flops_si,
     num,
     pct,
     signed,
@@ -34,7 +35,9 @@ if TYPE_CHECKING:
     from rich.table import Table
 
 __all__ = [
+    "LABEL_LEGEND",
     "TABLE_COLUMNS",
+    "TERMINAL_COLUMNS",
     "format_table",
     "html_document",
     "json_safe",
@@ -54,7 +57,25 @@ TABLE_COLUMNS: Final = (
     "Total compute",
     "Status",
 )
-_LEFT_COLUMNS: Final = frozenset({"Schedule", "Seeds", "Status"})
+_LEFT_COLUMNS: Final = frozenset({"Schedule", "Status"})
+TERMINAL_COLUMNS: Final = (
+    "Schedule",
+    "Seeds",
+    "Final loss",
+    "Δ loss at equal compute",
+    "To ref. loss",
+    "Speedup",
+    "Compute",
+    "Status",
+)
+"""The terminal's table: what fits 120 columns; the report has every column."""
+TERMINAL_WIDTH: Final = 120
+_LABEL_WIDTH: Final = 36
+LABEL_LEGEND: Final = (
+    "Labels: S<stages>[<layers added per stage>] <growth>/<freeze policy> +<continual steps>c "
+    "lr=<peak lr>; baseline: the configured full-depth run; Δ < 0: better than it."
+)
+"""One line under the table that explains the schedule labels."""
 
 
 # -- table cells ---------------------------------------------------------------------------------
@@ -96,9 +117,37 @@ def _status_text(o: Outcome) -> str:
     return ", ".join(f"{s}×{n}" if n > 1 else s for s, n in counts.items())
 
 
+def _to_loss_cells(o: Outcome) -> tuple[str, str]:
+    """(compute to the reference's loss, speedup)."""
+    n = o.n_seeds
+    if o.is_reference:
+        return "100% (reference)", "1.00×"
+    if o.n_reached == 0:
+        return "not reached", MISSING
+    to_loss = stat_text(o.compute_fraction, ".1f", scale=100, suffix="%")
+    speed = stat_text(o.speedup, ".2f", suffix="×")
+    if o.n_reached < n:
+        to_loss += f" ({o.n_reached}/{n} seeds; rest not reached)"
+    return to_loss, speed
+
+
+def _terminal_cells(o: Outcome) -> list[str]:
+    to_loss, speed = _to_loss_cells(o)
+    return [
+        o.label,
+        str(o.n_seeds),
+        stat_text(o.final_eval_loss, ".4f"),
+        _equal_compute_text(o),
+        to_loss,
+        speed,
+        flops_si(o.total_compute.mean),
+        _status_text(o),
+    ]
+
+
 def _cells(o: Outcome) -> list[str]:
     n = o.n_seeds
-    seeds = ", ".join(str(t.seed) for t in o.trials)
+    seeds = str(n)
     loss_at = stat_text(o.loss_at_baseline_compute, ".4f")
     got_there = o.loss_at_baseline_compute.n
     short = sum(t.stopped_short for t in o.trials)
@@ -107,20 +156,14 @@ def _cells(o: Outcome) -> list[str]:
         loss_at += f" ({got_there}/{n} seeds)"
     elif got_there == 0:
         # The equal-compute column still compares these, where they stopped.
+        where = _where(o.matched_fraction)
+        ended = f"ended at {where}" if where else "stopped short"
         loss_at = (
-            "stopped short" if short == n
-            else f"stopped short ({short}/{n} seeds)" if short
+            ended if short == n
+            else f"{ended} ({short}/{n} seeds)" if short
             else MISSING
         )  # fmt: skip
-    if o.is_reference:
-        to_loss, speed = "100% (reference)", "1.00×"
-    elif o.n_reached == 0:
-        to_loss, speed = "not reached", MISSING
-    else:
-        to_loss = stat_text(o.compute_fraction, ".1f", scale=100, suffix="%")
-        speed = stat_text(o.speedup, ".2f", suffix="×")
-        if o.n_reached < n:
-            to_loss += f" ({o.n_reached}/{n} seeds; rest not reached)"
+    to_loss, speed = _to_loss_cells(o)
     return [
         o.label,
         seeds,
@@ -129,7 +172,7 @@ def _cells(o: Outcome) -> list[str]:
         _equal_compute_text(o),
         to_loss,
         speed,
-        stat_text(o.total_compute, ".3e"),
+        flops_si(o.total_compute.mean),
         _status_text(o),
     ]
 
@@ -203,20 +246,27 @@ def outcome_rows(outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
 
 
 def outcome_table(outcomes: Sequence[Outcome]) -> Table:
-    """The outcome table as a rich Table (for coloured terminal output)."""
+    """The terminal's outcome table as a rich Table (:data:`TERMINAL_COLUMNS`)."""
     from rich import box
     from rich.table import Table
 
-    table = Table(box=box.SIMPLE_HEAD)
-    for col in TABLE_COLUMNS:
-        table.add_column(col, justify="left" if col in _LEFT_COLUMNS else "right")
+    table = Table(box=box.SIMPLE_HEAD, caption=LABEL_LEGEND, caption_justify="left")
+    for col in TERMINAL_COLUMNS:
+        table.add_column(
+            col,
+            justify="left" if col in _LEFT_COLUMNS else "right",
+            overflow="fold",
+            # A long label wraps rather than pushing the numbers off the screen.
+            max_width=_LABEL_WIDTH if col == "Schedule" else None,
+        )
     for o in outcomes:
-        table.add_row(*_cells(o), style="bold" if o.is_reference else None)
+        table.add_row(*_terminal_cells(o), style="bold" if o.is_reference else None)
     return table
 
 
-def format_table(outcomes: Sequence[Outcome], *, width: int = 200) -> str:
-    """The outcome table as plain text for the terminal."""
+def format_table(outcomes: Sequence[Outcome], *, width: int = TERMINAL_WIDTH) -> str:
+    """The outcome table as plain text for the terminal, at most ``width`` columns wide, with
+    the one-line legend of schedule labels under it."""
     from rich.console import Console
 
     buf = io.StringIO()
@@ -264,7 +314,7 @@ def _baseline_line(outcomes: Sequence[Outcome], convention: str) -> str:
 _COLUMN_NOTES: Final = (
     "Every schedule is compared with the full-depth baseline of the same seed on the compute "
     "axis. *Loss @ baseline compute*: eval loss (interpolated) at the FLOPs the baseline spent "
-    "(*stopped short*: the schedule's last evaluation came before that). *Δ loss at equal "
+    "(*ended at NN%*: the schedule's last evaluation came before that, at NN % of it). *Δ loss at equal "
     "compute*: its eval loss minus the baseline's, both interpolated at the lesser of the two "
     "final computes (negative: better); *@ NN%* marks a comparison below the baseline's "
     "compute, where the schedule ended: budget-matched schedules end a step or so short and "
@@ -323,8 +373,8 @@ def markdown_document(
         for name in PLOT_NAMES
         if (p := plots.get(f"{name}_html")) is not None
     ]
-    if links:
-        parts += ["Interactive: " + " · ".join(links), ""]
+    links = links or ["[report.html](report.html)"]
+    parts += ["Interactive: " + " · ".join(links), ""]
     return "\n".join(parts)
 
 

@@ -23,14 +23,18 @@ from stagetune.results.plots import write_plots
 from stagetune.results.regime import Regime
 from stagetune.results.render import html_document, json_safe, markdown_document, outcome_rows
 from stagetune.results.store import error_reason, make_client
+from stagetune.results.summary import log_summaries
 from stagetune.results.verdict import study_verdict, verdict
 
-__all__ = ["REPORT_ARTIFACT_DIR", "Report", "build_report", "to_json"]
+__all__ = ["REPORT_ARTIFACT_DIR", "REPORT_SCHEMA_VERSION", "Report", "build_report", "to_json"]
 
 _log = logging.getLogger(__name__)
 
 REPORT_ARTIFACT_DIR: Final = "report"
 """Where the report's files go in the study's parent run."""
+REPORT_SCHEMA_VERSION: Final = 2
+"""``report.json``'s ``schema_version``: 2 names the per-schedule rows ``outcomes`` (1 called
+them ``rows`` and had no version), and may hold ``optuna_pareto``."""
 
 
 @dataclass(frozen=True)
@@ -46,12 +50,15 @@ class Report:
     convention: str
     regime: Regime | None = None
     """The study's regime (from its parent run; ``None`` for a study recorded without it)."""
+    optuna_pareto: list[dict[str, Any]] | None = None
+    """A multi-objective study's Pareto set as Optuna holds it (eval loss, FLOPs)."""
 
 
 def to_json(obj: Report | Sequence[Outcome]) -> str:
     """JSON for ``--json``: a whole report, or just rows for a list of outcomes."""
     if isinstance(obj, Report):
         data: Any = {
+            "schema_version": REPORT_SCHEMA_VERSION,
             "study": obj.study.study_name,
             "experiment": obj.study.experiment,
             "experiment_id": obj.study.experiment_id,
@@ -60,11 +67,13 @@ def to_json(obj: Report | Sequence[Outcome]) -> str:
             "convention": obj.convention,
             "verdict": obj.verdict,
             "regime": None if obj.regime is None else obj.regime.to_dict(),
-            "rows": obj.rows,
+            "outcomes": obj.rows,
             "paths": {k: str(v) for k, v in obj.paths.items()},
         }
+        if obj.optuna_pareto:
+            data["optuna_pareto"] = obj.optuna_pareto
     else:
-        data = {"rows": outcome_rows(obj), "verdict": verdict(obj)}
+        data = {"outcomes": outcome_rows(obj), "verdict": verdict(obj)}
     return json.dumps(json_safe(data), indent=2, sort_keys=False)
 
 
@@ -76,6 +85,7 @@ def _log_to_parent(report: Report) -> None:
         return
     client = make_client(report.study.tracking_uri)
     try:
+        log_summaries(report.study, report.outcomes, report.verdict)
         for key in ("report_md", "report_html", "report_json"):
             client.log_artifact(run_id, str(report.paths[key]), artifact_path=REPORT_ARTIFACT_DIR)
         plots_dir = report.paths["report_md"].parent / "plots"
@@ -100,12 +110,14 @@ def build_report(
     log_to_mlflow: bool = True,
     study: str | None = None,
     convention: str = "standard",
-    html_plots: bool = True,
+    html_plots: bool = False,
+    optuna_pareto: list[dict[str, Any]] | None = None,
 ) -> Report:
     """Load the study from MLflow, compare at equal compute, write and log the report.
 
-    Writes ``report.md``, ``report.html`` (plots interactive, plotly.js inline),
-    ``report.json`` and ``plots/*.png`` (+ ``plots/*.html`` when ``html_plots``) under
+    Writes ``report.md``, ``report.html`` (plots interactive, plotly.js inline: the one copy
+    of it, so the folder stays a few MB), ``report.json`` and ``plots/*.png`` (+ self-contained
+    ``plots/*.html``, each with its own plotly.js, when ``html_plots``) under
     ``output_dir``; with ``log_to_mlflow`` they go to the parent run under ``report/``.
 
     Raises:
@@ -135,6 +147,7 @@ def build_report(
         paths=paths,
         convention=convention,
         regime=Regime.from_params(results.parent_params),
+        optuna_pareto=optuna_pareto,
     )
     markdown = markdown_document(results, outcomes, text, plots=paths, convention=convention,
                                  base=out)  # fmt: skip

@@ -22,9 +22,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from stagetune.config import ExperimentConfig, ResourcesConfig, config_from_dict, config_to_dict
-from stagetune.metrics import EVAL_LOSS, FLOPS, FLOPS_PAPER
+from stagetune.metrics import EVAL_LOSS, FLOPS, FLOPS_PAPER, STATUS_FINISHED
+from stagetune.trainables.export import EXPORT_DIR, export_model, latest_checkpoint
 from stagetune.trainables.loop import StagedTrainer, TrainResult
-from stagetune.trainables.session import LocalSession, Session, TrainWorkerSession
+from stagetune.trainables.session import (
+    CHECKPOINTS_DIR,
+    LocalSession,
+    Session,
+    TrainWorkerSession,
+)
 from stagetune.trial import TrialDescription
 
 if TYPE_CHECKING:
@@ -222,10 +228,16 @@ def train_to_directory(
     vocab_size: int,
     out: Path,
     echo: Callable[[dict[str, Any]], None] | None = None,
+    tokenizer_json: Path | None = None,
+    eot_id: int | None = None,
 ) -> dict[str, Any]:
     """``stagetune train``: train ``trial`` into ``out`` (records in ``metrics.jsonl``,
     checkpoints, ``summary.json``); returns the summary. ``echo`` sees each record of an
-    in-process run as it is reported."""
+    in-process run as it is reported.
+
+    A finished run's model is exported with its tokenizer (``tokenizer_json``, end-of-text id
+    ``eot_id``) to ``out/final`` (:mod:`~stagetune.trainables.export`), named in the summary
+    as ``model_dir``."""
     out.mkdir(parents=True, exist_ok=True)
     result, records = launch(
         trial,
@@ -238,11 +250,20 @@ def train_to_directory(
         with (out / METRICS_FILE).open("w") as f:
             for r in records:
                 f.write(json.dumps({k: r[k] for k in RECORD_KEYS if k in r}) + "\n")
+    model_dir = None
+    if result.status == STATUS_FINISHED:
+        run = TrainRun.for_directory(out)
+        # In-process runs keep checkpoints under out/checkpoints, Train's rank 0 its own.
+        ckpt = latest_checkpoint([out / CHECKPOINTS_DIR, Path(run.local_root) / "rank0"])
+        model_dir = export_model(
+            ckpt, out / EXPORT_DIR, tokenizer_json=tokenizer_json, eot_id=eot_id
+        )
     summary = {
         **result.to_dict(),
         "schedule": trial.schedule.to_dict(),
         "label": trial.label,
         "out": str(out),
+        "model_dir": None if model_dir is None else str(model_dir),
     }
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
     return summary

@@ -13,7 +13,14 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
-__all__ = ["LocalSession", "Session", "TrainWorkerSession", "TuneSession"]
+__all__ = [
+    "CHECKPOINTS_DIR",
+    "TRIAL_HISTORY_DIR",
+    "LocalSession",
+    "Session",
+    "TrainWorkerSession",
+    "TuneSession",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,14 @@ def _placement() -> dict[str, Any]:
     return {"node_id": ray.get_runtime_context().get_node_id(), "worker_pid": os.getpid()}
 
 
+CHECKPOINTS_DIR = "checkpoints"
+"""A local session's checkpoint history, under its output directory."""
+TRIAL_HISTORY_DIR = "stagetune_checkpoints"
+"""A Tune trial's own checkpoint history, under its trial directory: it backs up Tune's copies
+while the trial trains (a corrupt newest one falls back to it) and is deleted when the trial
+ends (:class:`stagetune.orchestration.callbacks.CheckpointRetention`)."""
+
+
 def _local_history(root: Path) -> list[Path]:
     return sorted((p for p in root.glob("step_*") if p.is_dir()), reverse=True)
 
@@ -70,7 +85,7 @@ class LocalSession:
             self._echo(metrics)
 
     def checkpoint_root(self) -> Path:
-        return self.out_dir / "checkpoints"
+        return self.out_dir / CHECKPOINTS_DIR
 
     def restore_candidates(self) -> list[Path]:
         return _local_history(self.checkpoint_root())
@@ -87,7 +102,7 @@ class TuneSession:
 
         self._tune = tune
         trial_dir = Path(tune.get_context().get_trial_dir())
-        self._root = trial_dir / "stagetune_checkpoints"
+        self._root = trial_dir / TRIAL_HISTORY_DIR
         self._placement = _placement()
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:

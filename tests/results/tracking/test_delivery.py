@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from stagetune.errors import ConfigError
 from stagetune.results import MlflowTracker, experiment_url, start_ui
+from stagetune.results.tracking.runs import mlflow_step
 from stagetune.results.ui import free_port
 
 N_RECORDS = 50
@@ -91,7 +92,7 @@ def test_server_outage_recovery_and_concurrent_trials(
             assert run.info.status == "FINISHED"
             for key in ("tokens", "flops", "flops_paper", "eval_loss", "train_loss", "stage"):
                 steps = sorted(m.step for m in client.get_metric_history(run_id, key))
-                assert steps == [i * 512 for i in range(1, N_RECORDS + 1)], (tid, key)
+                assert steps == [mlflow_step(rec(i)) for i in range(1, N_RECORDS + 1)], (tid, key)
         early = tr.run_id("early_0")
         assert early is not None
         assert len(client.get_metric_history(early, "eval_loss")) == 3

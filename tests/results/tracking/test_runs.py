@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from stagetune.metrics import FLOPS, FLOPS_PAPER
 from stagetune.results import MlflowTracker
+from stagetune.results.tracking.runs import mlflow_step
 from tests.results.helpers import EXPERIMENT, STUDY, TRIALS, history, rec
 
 
@@ -38,9 +39,9 @@ def test_restarted_trial_continues_its_run_without_duplicate_steps(
     assert tr2.stats.duplicate_steps == 1
 
     got = history(uri, run, "eval_loss")
-    assert [s for s, _ in got] == [1000, 2000, 3000, 4000]
+    assert [s for s, _ in got] == [mlflow_step(rec(i)) for i in (1, 2, 3, 4)]
     assert 99.0 not in [v for _, v in got]
-    assert [s for s, _ in history(uri, run, "flops")] == [1000, 2000, 3000, 4000]
+    assert [s for s, _ in history(uri, run, "flops")] == [mlflow_step(rec(i)) for i in (1, 2, 3, 4)]
     client = MlflowClient(uri)
     r = client.get_run(run)
     assert r.info.status == "FINISHED" and r.data.tags["stagetune.status"] == "finished"
@@ -79,7 +80,7 @@ def test_runs_params_metrics_tags_statuses_artifacts(store: dict[str, Any]) -> N
         assert "done" not in run.data.metrics and "config" not in run.data.metrics
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "tokens")]
         assert steps == sorted(set(steps)) and len(steps) == len(t["recs"])
-        assert steps == [int(r["tokens"]) for r in t["recs"]]
+        assert steps == [mlflow_step(r) for r in t["recs"]]
         # flops and flops_paper sit at every step, with the losses.
         for key in (FLOPS, FLOPS_PAPER):
             assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == steps

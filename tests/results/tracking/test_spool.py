@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from stagetune.results import MlflowTracker
 from stagetune.results.naming import TAG_IS_BASELINE
+from stagetune.results.tracking.runs import mlflow_step
 from stagetune.results.tracking.spool import STUDY_KEY, Op, Spool
 from stagetune.results.ui import free_port
 from tests.results.helpers import history, rec
@@ -63,7 +64,9 @@ def test_spool_when_unreachable_then_sync_elsewhere(
     assert (res.delivered, res.pending) == (9, 0)
     assert live.stats.duplicate_steps == 2
     assert not (spool / "t_1.jsonl").exists() and not (spool / "_study.jsonl").exists()
-    assert [s for s, _ in history(uri, run, "eval_loss")] == [i * 1000 for i in range(1, 6)]
+    assert [s for s, _ in history(uri, run, "eval_loss")] == [
+        mlflow_step(rec(i)) for i in range(1, 6)
+    ]
     client = MlflowClient(uri)
     r = client.get_run(run)
     assert r.info.status == "FINISHED" and r.data.tags["stagetune.is_baseline"] == "true"

@@ -44,7 +44,7 @@ def test_caller_errors_raise_but_bad_records_are_kept(uri: str, tmp_path: Path) 
     tr.start_trial(trial_id="t_1", params={}, tags={})
     with pytest.raises(ConfigError, match=r"status='finshed'.*did you mean 'finished'"):
         tr.end_trial("t_1", "finshed")
-    tr.log_report("t_1", {"eval_loss": 3.0})  # no tokens: cannot be placed on the step axis
+    tr.log_report("t_1", {"eval_loss": 3.0})  # no flops: cannot be placed on the step axis
     assert tr.stats.rejected == 1
     kept = (tmp_path / "spool" / "t_1.rejected.jsonl").read_text()
     assert '"eval_loss": 3.0' in kept

@@ -12,6 +12,7 @@ restored from a checkpoint re-reports steps). Retries, the offline state and the
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import threading
 import time
@@ -19,10 +20,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
 
+from stagetune.metrics import FLOPS
 from stagetune.results.naming import (
+    EXPERIMENT_KIND_TRAINING,
     ROLE_PARENT,
     ROLE_TRIAL,
     STATUS_RUNNING,
+    TAG_EXPERIMENT_KIND,
     TAG_IS_BASELINE,
     TAG_PARENT_RUN,
     TAG_ROLE,
@@ -38,7 +42,7 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
-__all__ = ["STEP_KEY", "Event", "MlflowRuns", "now_ms"]
+__all__ = ["STEP_KEY", "STEP_UNIT", "Event", "MlflowRuns", "mlflow_step", "now_ms"]
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,12 +51,27 @@ Event: TypeAlias = dict[str, Any]
 """One tracking event: ``op`` (see :mod:`~stagetune.results.tracking.spool`), ``study``, and
 what the op needs (``trial_id``, ``params``, ``tags``, ``metrics``, ``step``, ``files``...)."""
 
-STEP_KEY: Final = "tokens"
-"""The record key that becomes MLflow's step; its metric history also tells which steps exist."""
+STEP_KEY: Final = FLOPS
+"""The record key that becomes MLflow's step (:func:`mlflow_step`); its metric history also
+tells which steps exist."""
+STEP_UNIT: Final = 1e6
+"""MLflow's step is the cumulative standard FLOPs in MFLOPs: the runs' default chart is then
+eval loss against compute, every schedule on one axis (``tokens`` stays a metric). MLflow steps
+are integers; MFLOPs keep a paper-scale run (~1e19 FLOPs) within JavaScript's exact integers,
+and a tiny model's step (~1e8 FLOPs) apart from the next."""
 _MAX_PARAM_LEN: Final = 6000  # MLflow's limit on a param value
 _BATCH_PARAMS: Final = 100  # MLflow's limits per log_batch call
 _BATCH_TAGS: Final = 100
 _BATCH_METRICS: Final = 1000
+
+
+def mlflow_step(metrics: dict[str, float]) -> int | None:
+    """The MLflow step of a metric record: its :data:`STEP_KEY` in :data:`STEP_UNIT`;
+    ``None`` when it has no finite one."""
+    value = metrics.get(STEP_KEY)
+    if value is None or not math.isfinite(value):
+        return None
+    return int(value // STEP_UNIT)
 
 
 def now_ms() -> int:
@@ -154,7 +173,9 @@ class MlflowRuns:
         if exp is None:
             try:
                 exp_id = client.create_experiment(
-                    self.experiment, artifact_location=artifact_location(self.tracking_uri)
+                    self.experiment,
+                    artifact_location=artifact_location(self.tracking_uri),
+                    tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND_TRAINING},
                 )
             except MlflowException as exc:
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS":
@@ -168,6 +189,10 @@ class MlflowRuns:
             if exp.lifecycle_stage == "deleted":
                 _log.warning("restoring deleted MLflow experiment %r", self.experiment)
                 client.restore_experiment(exp_id)
+            if TAG_EXPERIMENT_KIND not in exp.tags:
+                # An experiment made elsewhere (or by an older stagetune) opens in MLflow 3's
+                # GenAI view unless it says it holds model training.
+                client.set_experiment_tag(exp_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND_TRAINING)
         self._experiment_id = exp_id
         return exp_id
 

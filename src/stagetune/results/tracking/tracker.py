@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from stagetune.config import validate_name
 from stagetune.errors import ConfigError, StagetuneError, suggest
-from stagetune.metrics import FLOPS, FLOPS_PAPER, STATUS_STOPPED, STATUSES
+from stagetune.metrics import FLOPS_PAPER, STATUS_STOPPED, STATUSES
 from stagetune.results.naming import (
     MLFLOW_STATUS,
     TAG_ASHA_RUNG,
@@ -30,7 +30,7 @@ from stagetune.results.naming import (
     TAG_STATUS,
 )
 from stagetune.results.tracking.delivery import Delivery, SyncResult, TrackerStats
-from stagetune.results.tracking.runs import STEP_KEY, Event, MlflowRuns, now_ms
+from stagetune.results.tracking.runs import STEP_KEY, Event, MlflowRuns, mlflow_step, now_ms
 from stagetune.results.tracking.spool import STUDY_KEY, Op, Spool
 
 __all__ = ["MlflowTracker", "SyncResult", "TrackerStats"]
@@ -231,7 +231,8 @@ class MlflowTracker:
         return self._delivery.submit(trial_id, event) or ""
 
     def log_report(self, trial_id: str, record: Mapping[str, Any]) -> None:
-        """Log one metric record (see :mod:`stagetune.metrics`) at step ``int(record["tokens"])``.
+        """Log one metric record (see :mod:`stagetune.metrics`) at the step of its compute
+        (:func:`~stagetune.results.tracking.runs.mlflow_step`: standard FLOPs in MFLOPs).
 
         Every numeric key goes into one ``log_batch`` call, so ``flops`` and ``flops_paper`` sit
         at the same step as the losses. A step MLflow already holds for this run is skipped.
@@ -251,20 +252,17 @@ class MlflowTracker:
             "metrics": metrics,
             "time": now_ms(),
         }
-        tokens = metrics.get(STEP_KEY)
-        if tokens is None or not math.isfinite(tokens):
+        step = mlflow_step(metrics)
+        if step is None:
             # Without a step the record cannot be placed; keep it rather than drop it.
             self._delivery.reject(trial_id, event, f"record has no finite {STEP_KEY!r}")
             return
-        event["step"] = int(tokens)
-        if (FLOPS not in metrics or FLOPS_PAPER not in metrics) and (
-            trial_id not in self._warned_no_flops
-        ):
+        event["step"] = step
+        if FLOPS_PAPER not in metrics and trial_id not in self._warned_no_flops:
             self._warned_no_flops.add(trial_id)
             _log.warning(
-                "trial %s reported a record without %r/%r: its compute axis has gaps",
+                "trial %s reported a record without %r: its paper compute axis has gaps",
                 trial_id,
-                FLOPS,
                 FLOPS_PAPER,
             )
         self._delivery.submit(trial_id, event)
