@@ -18,7 +18,7 @@ from typing import Any
 
 from stagetune.config import ExperimentConfig, config_from_dict, config_to_dict
 from stagetune.data import prepare_data
-from stagetune.data.prepare import model_vocab_size
+from stagetune.data.prepare import PreparedData, model_vocab_size
 from stagetune.errors import ConfigError
 from stagetune.orchestration.lock import DirectoryLock, check_unlocked
 from stagetune.orchestration.storage import (
@@ -45,6 +45,8 @@ class PreparedStudy:
     space: SearchSpace
     ctx: SpaceContext
     resume: bool
+    data: PreparedData
+    """The tokens, prepared once for the study: its trials memory-map them."""
 
 
 def prepare_study(
@@ -89,7 +91,8 @@ def prepare_study(
     db = sqlite_path(cfg.resolved_tracking_uri())
     if db is not None and db.parent != paths.workdir:
         check_writable(db.parent, "tracking.tracking_uri")
-    vocab = model_vocab_size(cfg, prepare_data(cfg.data))
+    data = prepare_data(cfg.data)
+    vocab = model_vocab_size(cfg, data)
     space = get_search_space(cfg.search.space)
     ctx = SpaceContext.from_config(cfg, vocab_size=vocab)
     # The baseline is every study's first point: a config it cannot be built from is refused
@@ -98,7 +101,7 @@ def prepare_study(
     for i, point in enumerate(cfg.search.points_to_evaluate):
         _check_point(space, ctx, point, i)
     return PreparedStudy(
-        config=cfg, paths=paths, vocab_size=vocab, space=space, ctx=ctx, resume=resume
+        config=cfg, paths=paths, vocab_size=vocab, space=space, ctx=ctx, resume=resume, data=data
     )
 
 

@@ -18,7 +18,7 @@ from stagetune.search_spaces import SearchSpace
 if TYPE_CHECKING:
     from optuna.samplers import BaseSampler
 
-__all__ = ["SamplerFactory", "make_sampler"]
+__all__ = ["SamplerFactory", "make_sampler", "sampler_seed"]
 
 
 class SamplerFactory(Protocol):
@@ -30,9 +30,13 @@ class SamplerFactory(Protocol):
 def make_sampler(cfg: ExperimentConfig, space: SearchSpace) -> BaseSampler:
     """The study's seeded sampler: ``search.sampler``, seeded with ``search.sampler_seed`` or,
     when unset, ``train.seed``."""
-    seed = cfg.search.sampler_seed if cfg.search.sampler_seed is not None else cfg.train.seed
     factory: SamplerFactory = SAMPLERS.get(cfg.search.sampler)
-    return factory(cfg.search, space, seed)
+    return factory(cfg.search, space, sampler_seed(cfg))
+
+
+def sampler_seed(cfg: ExperimentConfig) -> int:
+    """``search.sampler_seed`` or, when unset, ``train.seed``."""
+    return cfg.search.sampler_seed if cfg.search.sampler_seed is not None else cfg.train.seed
 
 
 @SAMPLERS.register("auto")

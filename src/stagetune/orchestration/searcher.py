@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
@@ -47,6 +48,13 @@ from stagetune.metrics import (
     STATUS_FINISHED,
     STATUS_INTERRUPTED,
     STATUS_STOPPED,
+)
+from stagetune.orchestration.distinct import (
+    MAX_REDRAWS,
+    STATUS_DUPLICATE,
+    point_key,
+    unvisited,
+    visited_keys,
 )
 from stagetune.results.naming import STATUS_RUNNING
 
@@ -100,11 +108,25 @@ def counts_against_budget(t: FrozenTrial) -> bool:
 
 class ResumableOptunaSearch(OptunaSearch):
     """``OptunaSearch`` that tolerates Optuna being ahead of Tune, links its trials to Tune's
-    ids, records stagetune's status on them, and keeps the study within ``max_trials``."""
+    ids, records stagetune's status on them, and keeps the study within ``max_trials``.
 
-    def __init__(self, *args: Any, max_trials: int | None = None, **kwargs: Any) -> None:
+    ``grid``: all points of a finite space; each is then asked for at most once
+    (:mod:`stagetune.orchestration.distinct`), and the search ends when all were.
+    ``grid_seed`` seeds the choice of an unasked point after repeated redraws.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        max_trials: int | None = None,
+        grid: list[dict[str, Any]] | None = None,
+        grid_seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._max_trials = max_trials
+        self._grid = grid
+        self._grid_rng = random.Random(grid_seed)
 
     def _budget_used(self) -> int:
         study: Any = self._ot_study
@@ -117,12 +139,51 @@ class ResumableOptunaSearch(OptunaSearch):
             if used >= max_trials:
                 log.info("the study has asked for its %d trials; no more are sampled", used)
                 return Searcher.FINISHED
-        config = super().suggest(trial_id)
+        config = self._suggest_new(trial_id) if self._finite() else super().suggest(trial_id)
+        if config is None or isinstance(config, str):
+            return config
         # Tie the Optuna trial to Tune's (and so MLflow's) trial id at once: a resume that
         # does not find this id in Tune's snapshot knows the trial was orphaned.
         with contextlib.suppress(Exception):
             self._ot_trials[trial_id].set_user_attr(ATTR_TRIAL_ID, trial_id)
         return config
+
+    def _finite(self) -> bool:
+        # getattr: a searcher unpickled from an older snapshot has no grid
+        return getattr(self, "_grid", None) is not None
+
+    def _visited(self, *, but: int | None = None) -> set[tuple[tuple[str, Any], ...]]:
+        study: Any = self._ot_study
+        return visited_keys(
+            (t for t in study.get_trials(deepcopy=False) if t.number != but),
+            params_of=trial_params,
+            status_attr=ATTR_STATUS,
+            interrupted=STATUS_INTERRUPTED,
+        )
+
+    def _suggest_new(self, trial_id: str) -> dict[str, Any] | str | None:
+        """A point of the finite space not asked for before (or FINISHED when none is left)."""
+        assert self._grid is not None
+        study: Any = self._ot_study
+        redraws = 0
+        while True:
+            if trial_id not in self._ot_trials:
+                visited = self._visited()
+                if len(visited) >= len(self._grid):
+                    log.info("every point of the finite space was asked for; no more are sampled")
+                    return Searcher.FINISHED
+                if redraws >= MAX_REDRAWS:
+                    study.enqueue_trial(unvisited(self._grid, visited, self._grid_rng))
+            config = super().suggest(trial_id)
+            ot_trial = self._ot_trials[trial_id]
+            if point_key(ot_trial.params) not in self._visited(but=ot_trial.number):
+                return config
+            # A repeat: close it where samplers do not look, and draw again.
+            ot_trial.set_user_attr(ATTR_STATUS, STATUS_DUPLICATE)
+            ot_trial.set_user_attr(ATTR_COUNTS, False)
+            study.tell(ot_trial, state=TrialState.FAIL)
+            del self._ot_trials[trial_id]
+            redraws += 1
 
     def _recorded(self, trial_id: str) -> FrozenTrial | None:
         """The Optuna trial as its storage holds it now (``None``: not ours, or unreadable)."""
