@@ -362,8 +362,7 @@ def format_report(out: dict[str, Any]) -> str:
             f"({letter}) {r['name']:<24}{_fmt(r['median_ratio']):>8}"
             f"{r['misses']:>4}/{len(r['ratios']):<3}{r['median_hit_trial']:>7.0f}"
             f"{r['median_stopped']:>8.0f}{r['median_total_ratio']:>7.2f}"
-            f"{r['qualifying_stopped']:>5}   "
-            + " ".join(_fmt(x) for x in r["ratios"])
+            f"{r['qualifying_stopped']:>5}   " + " ".join(_fmt(x) for x in r["ratios"])
         )
     lines.append(
         "median: RATIO over sampler seeds; misses: searches that held no qualifying point within "

@@ -3,6 +3,7 @@ do not count against ``search.num_trials`` (real Optuna SQLite storage, real sam
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from stagetune.orchestration.distinct import STATUS_DUPLICATE, point_key
+from stagetune.orchestration.distinct import STATUS_DUPLICATE, nearest_unvisited, point_key
 from stagetune.orchestration.searcher import ATTR_STATUS, ResumableOptunaSearch
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -94,3 +95,19 @@ def test_a_running_point_is_not_asked_again(tmp_path: Path) -> None:
     configs = [searcher.suggest(f"t{i}") for i in range(len(GRID) + 1)]
     assert sorted(c["x"] for c in configs[:-1]) == sorted(CHOICES)
     assert configs[-1] == Searcher.FINISHED
+
+
+def test_a_repeat_is_replaced_by_the_nearest_unasked_point() -> None:
+    grid = [
+        {"s": 1, "lr": 1.0},
+        {"s": 2, "g": "r", "lr": 1.0},
+        {"s": 2, "g": "r", "lr": 4.0},
+        {"s": 2, "g": "c", "lr": 4.0},
+        {"s": 2, "g": "c", "lr": 0.5},
+    ]
+    visited = {point_key(grid[2])}
+    rng = random.Random(0)
+    # One param away from the repeat: g=c (same lr) or lr=1.0 (same g); never two away.
+    picks = {point_key(nearest_unvisited(grid, visited, grid[2], rng) or {}) for _ in range(20)}
+    assert picks == {point_key(grid[1]), point_key(grid[3])}
+    assert nearest_unvisited(grid, {point_key(p) for p in grid}, grid[0], rng) is None

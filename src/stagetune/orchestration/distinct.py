@@ -2,11 +2,12 @@
 
 A trial is a pure function of its point (same params, same training seed: the same losses),
 so on a finite space a sampler that draws a point it has already asked for would spend a whole
-trial learning nothing. TPE does so often once it has found a good region, and Optuna's
-samplers keep no memory of what was asked. The searcher therefore closes such a draw at once
-as FAIL (``stagetune_status=duplicate``, not counted against ``search.num_trials``; samplers
-ignore FAIL trials) and asks again; after :data:`MAX_REDRAWS` repeats in a row it enqueues a
-point nobody has asked for, chosen at random, so the study still gets a new point per trial.
+trial learning nothing. TPE does so most of the time once it has found a good region (it
+proposes the best point it knows again), and Optuna's samplers keep no memory of what was
+asked. The searcher therefore closes such a draw at once as FAIL (``stagetune_status=
+duplicate``, not counted against ``search.num_trials``; samplers ignore FAIL trials) and runs
+instead the unasked point nearest to the one drawn (fewest params differing, ties at random):
+the sampler's choice, one step away, rather than a random point that throws its guidance away.
 """
 
 from __future__ import annotations
@@ -17,12 +18,10 @@ from typing import Any, Final
 
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["MAX_REDRAWS", "STATUS_DUPLICATE", "point_key", "unvisited", "visited_keys"]
+__all__ = ["STATUS_DUPLICATE", "nearest_unvisited", "point_key", "visited_keys"]
 
 STATUS_DUPLICATE: Final = "duplicate"
 """``stagetune_status`` of a draw closed because its point was asked for before."""
-MAX_REDRAWS: Final = 8
-"""Repeats in a row before an unasked point is taken at random instead."""
 
 
 def point_key(params: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -51,9 +50,24 @@ def visited_keys(
     return out
 
 
-def unvisited(
-    grid: list[dict[str, Any]], visited: set[tuple[tuple[str, Any], ...]], rng: random.Random
+def distance(a: Mapping[str, Any], b: Mapping[str, Any]) -> int:
+    """How many params differ (one a point has and the other lacks counts as differing)."""
+    return sum(a.get(k, _MISSING) != b.get(k, _MISSING) for k in a.keys() | b.keys())
+
+
+_MISSING = object()
+
+
+def nearest_unvisited(
+    grid: list[dict[str, Any]],
+    visited: set[tuple[tuple[str, Any], ...]],
+    near: Mapping[str, Any],
+    rng: random.Random,
 ) -> dict[str, Any] | None:
-    """A point of ``grid`` not in ``visited``, uniformly at random; None when all were."""
+    """The point of ``grid`` not in ``visited`` nearest to ``near`` (ties: uniformly at
+    random); None when all were visited."""
     left = [p for p in grid if point_key(p) not in visited]
-    return rng.choice(left) if left else None
+    if not left:
+        return None
+    best = min(distance(p, near) for p in left)
+    return rng.choice([p for p in left if distance(p, near) == best])

@@ -50,10 +50,9 @@ from stagetune.metrics import (
     STATUS_STOPPED,
 )
 from stagetune.orchestration.distinct import (
-    MAX_REDRAWS,
     STATUS_DUPLICATE,
+    nearest_unvisited,
     point_key,
-    unvisited,
     visited_keys,
 )
 from stagetune.results.naming import STATUS_RUNNING
@@ -112,7 +111,7 @@ class ResumableOptunaSearch(OptunaSearch):
 
     ``grid``: all points of a finite space; each is then asked for at most once
     (:mod:`stagetune.orchestration.distinct`), and the search ends when all were.
-    ``grid_seed`` seeds the choice of an unasked point after repeated redraws.
+    ``grid_seed`` seeds the choice among equally near unasked points.
     """
 
     def __init__(
@@ -165,25 +164,25 @@ class ResumableOptunaSearch(OptunaSearch):
         """A point of the finite space not asked for before (or FINISHED when none is left)."""
         assert self._grid is not None
         study: Any = self._ot_study
-        redraws = 0
+        if trial_id not in self._ot_trials and len(self._visited()) >= len(self._grid):
+            log.info("every point of the finite space was asked for; no more are sampled")
+            return Searcher.FINISHED
         while True:
-            if trial_id not in self._ot_trials:
-                visited = self._visited()
-                if len(visited) >= len(self._grid):
-                    log.info("every point of the finite space was asked for; no more are sampled")
-                    return Searcher.FINISHED
-                if redraws >= MAX_REDRAWS:
-                    study.enqueue_trial(unvisited(self._grid, visited, self._grid_rng))
             config = super().suggest(trial_id)
             ot_trial = self._ot_trials[trial_id]
-            if point_key(ot_trial.params) not in self._visited(but=ot_trial.number):
+            visited = self._visited(but=ot_trial.number)
+            if point_key(ot_trial.params) not in visited:
                 return config
-            # A repeat: close it where samplers do not look, and draw again.
+            # A repeat: close it where samplers do not look; the nearest new point instead
+            # (enqueued: the next ask takes it, whatever the sampler would draw).
             ot_trial.set_user_attr(ATTR_STATUS, STATUS_DUPLICATE)
             ot_trial.set_user_attr(ATTR_COUNTS, False)
             study.tell(ot_trial, state=TrialState.FAIL)
             del self._ot_trials[trial_id]
-            redraws += 1
+            point = nearest_unvisited(self._grid, visited, ot_trial.params, self._grid_rng)
+            if point is None:
+                return Searcher.FINISHED
+            study.enqueue_trial(point)
 
     def _recorded(self, trial_id: str) -> FrozenTrial | None:
         """The Optuna trial as its storage holds it now (``None``: not ours, or unreadable)."""
