@@ -75,6 +75,7 @@ SEARCHERS = {
     "c": ("random, no early stop", ["search.sampler=random", "search.early_stopping=false"]),
     "d": ("grid in random order", ["search.early_stopping=false"]),
 }
+SEARCH_PREFIX = "search."
 RECORD_KEYS = ("step", "flops", "flops_paper", "eval_loss", "is_baseline", "status")
 
 
@@ -107,7 +108,9 @@ def _train_point(overrides: list[str], point: dict[str, Any], vocab: int) -> lis
 
 def _cache_file(overrides: list[str], grid: list[dict[str, Any]]) -> Path:
     root = Path(os.environ.get("STAGETUNE_CACHE") or Path.home() / ".cache" / "stagetune")
-    digest = hashlib.sha256(json.dumps([overrides, grid], sort_keys=True).encode()).hexdigest()
+    # search.* settings (sampler, ASHA) do not change what a point trains to: the same curves
+    training = [o for o in overrides if not o.startswith(SEARCH_PREFIX) or o in OURS]
+    digest = hashlib.sha256(json.dumps([training, grid], sort_keys=True).encode()).hexdigest()
     return root / "search_efficiency" / f"grid-{digest[:16]}.json"
 
 
