@@ -1,4 +1,4 @@
-"""Each point of a finite space at most once: a sampler's repeat is redrawn, not trained.
+"""Each point of a finite space once before any twice: a sampler's repeat is replaced.
 
 A trial is a pure function of its point (same params, same training seed: the same losses),
 so on a finite space a sampler that draws a point it has already asked for would spend a whole
@@ -8,6 +8,8 @@ asked. The searcher therefore closes such a draw at once as FAIL (``stagetune_st
 duplicate``, not counted against ``search.num_trials``; samplers ignore FAIL trials) and runs
 instead the unasked point nearest to the one drawn (fewest params differing, ties at random):
 the sampler's choice, one step away, rather than a random point that throws its guidance away.
+Once every point was asked for, a study with trials left repeats points as the sampler draws
+them (``search.num_trials`` is the user's: e.g. identical trials side by side on purpose).
 """
 
 from __future__ import annotations

@@ -109,8 +109,8 @@ class ResumableOptunaSearch(OptunaSearch):
     """``OptunaSearch`` that tolerates Optuna being ahead of Tune, links its trials to Tune's
     ids, records stagetune's status on them, and keeps the study within ``max_trials``.
 
-    ``grid``: all points of a finite space; each is then asked for at most once
-    (:mod:`stagetune.orchestration.distinct`), and the search ends when all were.
+    ``grid``: all points of a finite space; each is then asked for once before any is asked
+    for again (:mod:`stagetune.orchestration.distinct`).
     ``grid_seed`` seeds the choice among equally near unasked points.
     """
 
@@ -165,8 +165,9 @@ class ResumableOptunaSearch(OptunaSearch):
         assert self._grid is not None
         study: Any = self._ot_study
         if trial_id not in self._ot_trials and len(self._visited()) >= len(self._grid):
-            log.info("every point of the finite space was asked for; no more are sampled")
-            return Searcher.FINISHED
+            # Every point was asked for: more trials than points repeat points, as the sampler
+            # draws them (``search.num_trials`` decides; e.g. identical trials on purpose).
+            return super().suggest(trial_id)
         while True:
             config = super().suggest(trial_id)
             ot_trial = self._ot_trials[trial_id]
@@ -180,8 +181,8 @@ class ResumableOptunaSearch(OptunaSearch):
             study.tell(ot_trial, state=TrialState.FAIL)
             del self._ot_trials[trial_id]
             point = nearest_unvisited(self._grid, visited, ot_trial.params, self._grid_rng)
-            if point is None:
-                return Searcher.FINISHED
+            if point is None:  # the last unasked points were taken meanwhile
+                return super().suggest(trial_id)
             study.enqueue_trial(point)
 
     def _recorded(self, trial_id: str) -> FrozenTrial | None:
