@@ -27,7 +27,7 @@ class TestRegisteredSpaces(SearchSpaceSuite):
 
 
 def test_registry_names_and_lookup() -> None:
-    assert SEARCH_SPACES.names() == ["compact", "paper", "wide"]
+    assert SEARCH_SPACES.names() == ["compact", "lattice", "paper", "wide"]
     with pytest.raises(ConfigError, match="did you mean 'wide'") as err:
         get_search_space("wdie")
     assert err.value.field == "search.space"

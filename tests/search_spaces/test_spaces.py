@@ -6,7 +6,7 @@ from __future__ import annotations
 import optuna
 
 from stagetune.schedule import Stage
-from stagetune.search_spaces import CompactSpace, PaperSpace, WideSpace
+from stagetune.search_spaces import CompactSpace, LatticeSpace, PaperSpace, WideSpace
 from stagetune.testing.search_spaces import CONTEXTS, drive_study, space_context
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -103,3 +103,22 @@ def test_compact_space_size() -> None:
     sched = space.build({"num_stages": 2, "growth": "zero", "continual_multiple": 1.0}, ctx)
     assert sched.schedule.freeze_policy == "paper" and sched.lr == ctx.base_lr
     assert sched.schedule.stages[1].steps > sched.schedule.stages[0].steps  # depth spread
+
+
+# -- the lattice space (the search-efficiency benchmark's) -----------------------------------------
+
+
+def test_lattice_space_size_and_points() -> None:
+    space = LatticeSpace()
+    ctx = CONTEXTS["default"]
+    grid = space.grid(ctx) or []
+    assert ctx.num_layers >= 4 and len(grid) == 4 + 3 * 2 * 2 * 4 + 2 * 2 * 4 == 68
+    assert len({tuple(sorted(p.items())) for p in grid}) == len(grid)
+    increments = {tuple(space.build(p, ctx).schedule.increments) for p in grid}
+    n = ctx.num_layers
+    assert {(n,), (1, n - 1), (n // 2, n - n // 2)} <= increments
+    lrs = {space.build(p, ctx).lr / ctx.base_lr for p in grid}
+    assert lrs == {0.5, 1.0, 2.0, 4.0}
+    assert [space.build(p, ctx).is_baseline for p in grid].count(True) == 1
+    # L = 3: S ∈ {1, 2} and two first depths
+    assert len(space.grid(CONTEXTS["tight"]) or []) == 4 + 2 * 2 * 2 * 4

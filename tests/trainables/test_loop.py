@@ -208,3 +208,39 @@ def test_growth_seed_is_distinct_per_trial_seed_and_stage() -> None:
     seeds = {growth_seed(seed, stage) for seed in range(50) for stage in range(1, 13)}
     assert len(seeds) == 50 * 12
     assert growth_seed(3, 2) == growth_seed(3, 2)  # the same on every rank and every resume
+
+
+def test_a_trial_memory_maps_the_data_the_driver_prepared(fast_config: Any, tmp_path: Path) -> None:
+    """Handed the driver's PreparedData (as a study's trials and Ray Train workers are), the
+    loop prepares nothing itself: an empty cache stays empty and the tokens are the driver's."""
+    spec = _spec(fast_config())
+    data = prepare_data(spec.config.data)
+    empty = tmp_path / "empty-cache"
+    cfg = fast_config(f"data.cache_dir={empty}")
+    trainer = StagedTrainer(
+        spec.trial,
+        LocalSession(tmp_path / "run"),
+        config=cfg,
+        vocab_size=spec.vocab_size,
+        data=data,
+    )
+    assert trainer.data is data
+    assert not empty.exists()
+
+
+def test_prepared_data_elsewhere_is_not_used(fast_config: Any, tmp_path: Path) -> None:
+    """A worker on a machine without the driver's token file (or with a truncated one) prepares
+    its own."""
+    data = prepare_data(fast_config().data)
+    assert data.on_this_machine()
+    missing = dataclasses.replace(
+        data,
+        segments=tuple(dataclasses.replace(s, path=tmp_path / "gone.bin") for s in data.segments),
+    )
+    assert not missing.on_this_machine()
+    short = tmp_path / "short.bin"
+    short.write_bytes(data.segments[0].path.read_bytes()[:10])
+    truncated = dataclasses.replace(
+        data, segments=(dataclasses.replace(data.segments[0], path=short),)
+    )
+    assert not truncated.on_this_machine()

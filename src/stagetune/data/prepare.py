@@ -87,6 +87,19 @@ class PreparedData:
         """The tokens as a lazily read :class:`~stagetune.data.tokens.TokenArray`."""
         return TokenArray(self.segments)
 
+    def on_this_machine(self) -> bool:
+        """Whether every token file (and the document index) is here, at its full size: data
+        prepared by the driver can then be memory-mapped as it is (a worker on another machine
+        of a cluster prepares its own)."""
+        for seg in self.segments:
+            try:
+                size = seg.path.stat().st_size
+            except OSError:
+                return False
+            if size < seg.offset + seg.num_tokens * np.dtype(seg.dtype).itemsize:
+                return False
+        return self.document_starts is None or self.document_starts.is_file()
+
     def eval_start(self, eval_fraction: float | None = None) -> int:
         """Index of the first eval token (the train split is everything before it).
 

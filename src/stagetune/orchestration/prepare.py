@@ -18,7 +18,7 @@ from typing import Any
 
 from stagetune.config import ExperimentConfig, config_from_dict, config_to_dict
 from stagetune.data import prepare_data
-from stagetune.data.prepare import model_vocab_size
+from stagetune.data.prepare import PreparedData, model_vocab_size
 from stagetune.errors import ConfigError
 from stagetune.models.size import param_counts
 from stagetune.orchestration.lock import DirectoryLock, check_unlocked
@@ -49,6 +49,8 @@ class PreparedStudy:
     resume: bool
     regime: Regime
     """The reference's size and training length (its params go to the MLflow parent run)."""
+    data: PreparedData
+    """The tokens, prepared once for the study: its trials memory-map them."""
 
 
 def prepare_study(
@@ -110,6 +112,7 @@ def prepare_study(
         ctx=ctx,
         resume=resume,
         regime=study_regime(cfg, vocab_size=vocab, num_tokens=data.num_tokens),
+        data=data,
     )
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import random
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
@@ -49,6 +50,12 @@ from stagetune.metrics import (
     STATUS_FINISHED,
     STATUS_INTERRUPTED,
     STATUS_STOPPED,
+)
+from stagetune.orchestration.distinct import (
+    STATUS_DUPLICATE,
+    nearest_unvisited,
+    point_key,
+    visited_keys,
 )
 from stagetune.results.naming import STATUS_RUNNING
 
@@ -107,17 +114,26 @@ def counts_against_budget(t: FrozenTrial) -> bool:
 
 class ResumableOptunaSearch(OptunaSearch):
     """``OptunaSearch`` that tolerates Optuna being ahead of Tune, links its trials to Tune's
-    ids, records stagetune's status on them, and keeps the study within ``max_trials``."""
+    ids, records stagetune's status on them, and keeps the study within ``max_trials``.
+
+    ``grid``: all points of a finite space; each is then asked for once before any is asked
+    for again (:mod:`stagetune.orchestration.distinct`).
+    ``grid_seed`` seeds the choice among equally near unasked points.
+    """
 
     def __init__(
         self,
         *args: Any,
         max_trials: int | None = None,
         label_of: Callable[[dict[str, Any]], str] | None = None,
+        grid: list[dict[str, Any]] | None = None,
+        grid_seed: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._max_trials = max_trials
+        self._grid = grid
+        self._grid_rng = random.Random(grid_seed)
         self._label_of = label_of
 
     def _setup_study(self, mode: str | list[str]) -> None:  # type: ignore[override]
@@ -141,7 +157,9 @@ class ResumableOptunaSearch(OptunaSearch):
             if used >= max_trials:
                 log.info("the study has asked for its %d trials; no more are sampled", used)
                 return Searcher.FINISHED
-        config = super().suggest(trial_id)
+        config = self._suggest_new(trial_id) if self._finite() else super().suggest(trial_id)
+        if config is None or isinstance(config, str):
+            return config
         # Tie the Optuna trial to Tune's (and so MLflow's) trial id at once: a resume that
         # does not find this id in Tune's snapshot knows the trial was orphaned.
         with contextlib.suppress(Exception):
@@ -151,6 +169,44 @@ class ResumableOptunaSearch(OptunaSearch):
             if label_of is not None and isinstance(config, dict):
                 ot_trial.set_user_attr(ATTR_LABEL, label_of(config))
         return config
+
+    def _finite(self) -> bool:
+        # getattr: a searcher unpickled from an older snapshot has no grid
+        return getattr(self, "_grid", None) is not None
+
+    def _visited(self, *, but: int | None = None) -> set[tuple[tuple[str, Any], ...]]:
+        study: Any = self._ot_study
+        return visited_keys(
+            (t for t in study.get_trials(deepcopy=False) if t.number != but),
+            params_of=trial_params,
+            status_attr=ATTR_STATUS,
+            interrupted=STATUS_INTERRUPTED,
+        )
+
+    def _suggest_new(self, trial_id: str) -> dict[str, Any] | str | None:
+        """A point of the finite space not asked for before (or FINISHED when none is left)."""
+        assert self._grid is not None
+        study: Any = self._ot_study
+        if trial_id not in self._ot_trials and len(self._visited()) >= len(self._grid):
+            # Every point was asked for: more trials than points repeat points, as the sampler
+            # draws them (``search.num_trials`` decides; e.g. identical trials on purpose).
+            return super().suggest(trial_id)
+        while True:
+            config = super().suggest(trial_id)
+            ot_trial = self._ot_trials[trial_id]
+            visited = self._visited(but=ot_trial.number)
+            if point_key(ot_trial.params) not in visited:
+                return config
+            # A repeat: close it where samplers do not look; the nearest new point instead
+            # (enqueued: the next ask takes it, whatever the sampler would draw).
+            ot_trial.set_user_attr(ATTR_STATUS, STATUS_DUPLICATE)
+            ot_trial.set_user_attr(ATTR_COUNTS, False)
+            study.tell(ot_trial, state=TrialState.FAIL)
+            del self._ot_trials[trial_id]
+            point = nearest_unvisited(self._grid, visited, ot_trial.params, self._grid_rng)
+            if point is None:  # the last unasked points were taken meanwhile
+                return super().suggest(trial_id)
+            study.enqueue_trial(point)
 
     def _recorded(self, trial_id: str) -> FrozenTrial | None:
         """The Optuna trial as its storage holds it now (``None``: not ours, or unreadable)."""

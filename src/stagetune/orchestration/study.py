@@ -36,7 +36,7 @@ from stagetune.orchestration.resume import (
     restore_tuner,
     snapshot_trials,
 )
-from stagetune.orchestration.samplers import make_sampler
+from stagetune.orchestration.samplers import make_sampler, sampler_seed
 from stagetune.orchestration.searcher import ResumableOptunaSearch
 from stagetune.orchestration.seed_repeats import (
     REFERENCE_SIGNED,
@@ -217,7 +217,7 @@ def _run_study(
     tracker, parent = _open_tracking(prep)
     stores.tracker = tracker
     study = StudyContext.create(
-        cfg, vocab_size=prep.vocab_size, train_storage=str(paths.train_storage)
+        cfg, vocab_size=prep.vocab_size, train_storage=str(paths.train_storage), data=prep.data
     )
     ledger = TrialLedger()
     multi = cfg.search.multi_objective
@@ -394,6 +394,9 @@ def _new_tuner(
         storage=storage,
         max_trials=cfg.search.num_trials,
         label_of=TrialLabeler(study),
+        # A finite space's points are each trained once: a repeat would only retrain it.
+        grid=prep.space.grid(prep.ctx),
+        grid_seed=sampler_seed(cfg),
     )
     asha = make_asha(cfg.search, prep.space, prep.ctx, metric=EVAL_LOSS)
     if asha is not None:

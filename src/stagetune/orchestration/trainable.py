@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from stagetune.config import ExperimentConfig, config_from_dict, config_to_dict
+from stagetune.data import PreparedData
 from stagetune.results.naming import (
     PARAM_NON_EMBEDDING_PARAMS,
     PARAM_SCHEDULE_KEY,
@@ -66,10 +67,25 @@ class StudyContext:
     vocab_size: int
     train_storage: str
     """Where multi-worker trials keep their Ray Train runs (checkpoints for worker restarts)."""
+    data: PreparedData | None = None
+    """The study's tokens as the driver prepared them (paths and fingerprint): a trial
+    memory-maps them instead of preparing the data again."""
 
     @classmethod
-    def create(cls, cfg: ExperimentConfig, *, vocab_size: int, train_storage: str) -> StudyContext:
-        return cls(config=config_to_dict(cfg), vocab_size=vocab_size, train_storage=train_storage)
+    def create(
+        cls,
+        cfg: ExperimentConfig,
+        *,
+        vocab_size: int,
+        train_storage: str,
+        data: PreparedData | None = None,
+    ) -> StudyContext:
+        return cls(
+            config=config_to_dict(cfg),
+            vocab_size=vocab_size,
+            train_storage=train_storage,
+            data=data,
+        )
 
     def experiment(self) -> ExperimentConfig:
         """The study's config (its names were checked when the study was prepared)."""
@@ -173,6 +189,7 @@ def train_trial(
         vocab_size=study.vocab_size,
         run=TrainRun.for_study_trial(study.train_storage, ctx.get_trial_id()),
         session=TuneSession,
+        data=study.data,
     )
 
 

@@ -10,6 +10,7 @@ are those of :data:`stagetune.registry.SEARCH_SPACES`.
 from stagetune.search_spaces.base import DefineByRun, SearchSpace, suggest_increments
 from stagetune.search_spaces.compact import CompactSpace
 from stagetune.search_spaces.context import SpaceContext
+from stagetune.search_spaces.lattice import LatticeSpace
 from stagetune.search_spaces.paper import PaperSpace
 from stagetune.search_spaces.registry import get_search_space, register_search_space
 from stagetune.search_spaces.trial import ParamsTrial, RecordingTrial, TrialLike
@@ -18,6 +19,7 @@ from stagetune.search_spaces.wide import WideSpace
 __all__ = [
     "CompactSpace",
     "DefineByRun",
+    "LatticeSpace",
     "PaperSpace",
     "ParamsTrial",
     "RecordingTrial",

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from stagetune.config import ExperimentConfig, ResourcesConfig, config_from_dict, config_to_dict
+from stagetune.data import PreparedData
 from stagetune.metrics import EVAL_LOSS, FLOPS, FLOPS_PAPER, STATUS_FINISHED
 from stagetune.trainables.export import EXPORT_DIR, export_model, latest_checkpoint
 from stagetune.trainables.loop import StagedTrainer, TrainResult
@@ -113,9 +114,11 @@ def launch(
     vocab_size: int,
     run: TrainRun,
     session: Callable[[], Session],
+    data: PreparedData | None = None,
 ) -> tuple[TrainResult, list[dict[str, Any]]]:
     """Train ``trial``: in this process through ``session()`` when
     ``resources.workers_per_trial`` is 1, else on a :func:`torch_trainer` placed at ``run``.
+    ``data``: the tokens the driver prepared (each worker memory-maps them where it can).
 
     Returns the result and, for several workers, rank 0's records (a session of one worker has
     them already).
@@ -123,7 +126,7 @@ def launch(
     if config.resources.workers_per_trial == 1:
         if run.in_ray_task:
             _threads(config.resources.cpus_per_worker)
-        loop = StagedTrainer(trial, session(), config=config, vocab_size=vocab_size)
+        loop = StagedTrainer(trial, session(), config=config, vocab_size=vocab_size, data=data)
         return loop.run(), []
     # Ray Train's controller polls workers every 2 s by default and a worker's report waits
     # for that poll: seconds per evaluation on short CPU trials. Ray Train propagates this
@@ -135,7 +138,7 @@ def launch(
 
         callbacks.append(TuneReportCallback())
     trainer = torch_trainer(
-        trial, config=config, vocab_size=vocab_size, run=run, callbacks=callbacks
+        trial, config=config, vocab_size=vocab_size, run=run, callbacks=callbacks, data=data
     )
     result = trainer.fit()
     frame = result.metrics_dataframe
@@ -151,9 +154,11 @@ def torch_trainer(
     vocab_size: int,
     run: TrainRun,
     callbacks: list[Any] | None = None,
+    data: PreparedData | None = None,
 ) -> TorchTrainer:
     """The ``TorchTrainer`` that trains ``trial`` on ``resources.workers_per_trial`` workers
-    (built, not started; ``callbacks``: Ray Train's, e.g. the one reporting to Tune)."""
+    (built, not started; ``callbacks``: Ray Train's, e.g. the one reporting to Tune;
+    ``data``: the driver's prepared tokens, handed to every worker)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
@@ -165,6 +170,7 @@ def torch_trainer(
             "config": config_to_dict(config),
             "vocab_size": vocab_size,
             "local_root": run.local_root,
+            "data": data,
         },
         torch_config=torch_config(res),
         scaling_config=scaling_config(res),
@@ -217,7 +223,12 @@ def train_worker_loop(loop_config: dict[str, Any]) -> None:
         device = ray.train.torch.get_device()
     session = TrainWorkerSession(Path(loop_config["local_root"]))
     StagedTrainer(
-        trial, session, config=config, vocab_size=int(loop_config["vocab_size"]), device=device
+        trial,
+        session,
+        config=config,
+        vocab_size=int(loop_config["vocab_size"]),
+        device=device,
+        data=loop_config.get("data"),
     ).run()
 
 

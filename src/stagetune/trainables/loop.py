@@ -23,7 +23,7 @@ from torch import nn
 from stagetune.budget import FLOPS_REL_TOL
 from stagetune.compute import step_flops, step_work
 from stagetune.config import ExperimentConfig
-from stagetune.data import TokenStream, prepare_data
+from stagetune.data import PreparedData, TokenStream, prepare_data
 from stagetune.errors import StagetuneError
 from stagetune.metrics import (
     EVAL_LOSS,
@@ -151,6 +151,7 @@ class StagedTrainer:
         config: ExperimentConfig,
         vocab_size: int,
         device: torch.device | None = None,
+        data: PreparedData | None = None,
     ) -> None:
         quiet_progress_bars()
         self.trial = trial
@@ -171,7 +172,9 @@ class StagedTrainer:
         )
         torch.manual_seed(trial.seed)
 
-        self.data = prepare_data(cfg.data)
+        # The driver's prepared tokens where this machine has them (a study's trials, a Ray
+        # Train worker): memory-mapped as they are, without fingerprinting the source again.
+        self.data = data if data is not None and data.on_this_machine() else prepare_data(cfg.data)
         self.grad_accum = cfg.train.grad_accum
         self.stream = TokenStream(
             self.data,
