@@ -293,7 +293,7 @@ def _run_study(
         )
         stopper.check()
     if "://" not in storage_root:  # local storage: every trial's process has ended
-        for name in (cfg.name, seeds_name(cfg)):
+        for name in (reference_name(cfg), cfg.name, seeds_name(cfg)):
             CheckpointRetention.sweep(Path(storage_root).expanduser() / name)
     pareto = _pareto_from_optuna(cfg.name, paths.optuna_url) if multi else []
     tracker.end_study("finished")
