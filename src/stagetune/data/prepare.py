@@ -6,6 +6,8 @@ the token index of each document's start is cached beside it (``.docs.npy``), an
 split begins at a document boundary (:mod:`stagetune.data.split`). Token shards are validated
 (ids within the vocabulary) and used in place, never copied. Every cache entry is built under a file lock
 and published with an atomic rename, so concurrent Ray workers share one build.
+
+One cohesive module (over 400 lines): the token cache's build, lock and publication.
 """
 
 from __future__ import annotations

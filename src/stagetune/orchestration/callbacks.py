@@ -3,6 +3,8 @@ graceful stop (signals, full disk).
 
 They run in the driver process only, so workers never talk to MLflow and a trial's metrics are
 logged exactly once, from the rank-0 record Tune received.
+
+One cohesive module (over 400 lines): the driver's view of the trials (the ledger) and the callbacks that read it.
 """
 
 from __future__ import annotations

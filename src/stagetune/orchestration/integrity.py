@@ -25,6 +25,8 @@ driver killed at any moment leaves there the last signed snapshot, an older sign
 copy lagged), a truncated copy of a signed one (the copy was cut short), or nothing yet of it.
 A resume accepts exactly these, puts the last signed snapshot back in place, and Tune restores
 from it. Anything else is refused before anything is read.
+
+One cohesive module (over 400 lines): the signing protocol and its verification, read together.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@ ASHA-on-FLOPs, then the confirmation round (:mod:`.seed_repeats`), all tracked i
 
 A stop (a signal, a full disk) ends it gracefully at any moment, with every store marked
 (:mod:`.interrupt`); ``--resume`` makes the stores agree first (:mod:`.resume`).
+
+One cohesive module (over 400 lines): a study's phases, in the order they run.
 """
 
 from __future__ import annotations

@@ -24,6 +24,8 @@ named ``baseline_*`` below hold the comparator's numbers (the reference's, unles
 Trials of one schedule (param ``schedule_key``) are pooled across seeds: mean and 95 % Student-t
 confidence interval of each quantity; the baseline's own seed spread comes out the same way.
 The study itself is read from MLflow by :mod:`stagetune.results.loading`.
+
+One cohesive module (over 400 lines): the compute-matched maths, one definition per quantity.
 """
 
 from __future__ import annotations

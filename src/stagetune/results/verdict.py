@@ -7,6 +7,8 @@ gain only when its 95 % interval over seeds excludes no gain; it names the study
 :func:`paper_verdict` answers the paper's question per stage count for a study of the paper's
 shape; :func:`study_verdict` is the report's text: both, or no verdict at all while the study is
 not over (a verdict from some of its trials would favour whatever happened to finish first).
+
+One cohesive module (over 400 lines): every sentence a verdict may say, beside the rule that allows it.
 """
 
 from __future__ import annotations
