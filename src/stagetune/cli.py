@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -364,6 +364,26 @@ def _run_prepared(
         as_json=args.json,
         elapsed=time.time() - t0,
         pareto=run.pareto,
+        models=lambda outcomes: _export_models(prep, outcomes),
+    )
+
+
+def _export_models(prep: PreparedStudy, outcomes: list[Any]) -> dict[str, Path]:
+    """The reference's and the best schedule's models under ``<workdir>/models``."""
+    from stagetune.orchestration.storage import MODELS_DIR
+    from stagetune.orchestration.study_models import export_study_models
+
+    cfg = prep.config
+    root = cfg.resources.storage_path or str(prep.paths.ray_storage)
+    if "://" in root:
+        return {}  # Tune's checkpoints live in object storage: nothing local to export
+    return export_study_models(
+        outcomes,
+        storage_root=Path(root).expanduser(),
+        out=prep.paths.workdir / MODELS_DIR,
+        seed=str(cfg.train.seed),
+        tokenizer_json=prep.data.tokenizer_path,
+        eot_id=prep.data.eot_id,
     )
 
 
@@ -375,13 +395,17 @@ def _print_report(
     as_json: bool,
     elapsed: float | None = None,
     pareto: list[dict[str, Any]] | None = None,
+    models: Callable[[list[Any]], dict[str, Path]] | None = None,
 ) -> int:
     from stagetune.results import build_report, format_table
 
     report = build_report(
         tracking_uri, experiment, output, log_to_mlflow=True, optuna_pareto=pareto
     )
+    exported = models(report.outcomes) if models is not None else {}
     if as_json:
+        for role, path in exported.items():
+            print(f"stagetune: {role} model exported to {path}", file=sys.stderr)
         # Exactly report.json: one schema for the file and the command.
         print(report.paths["report_json"].read_text(encoding="utf-8"))
         return 0
@@ -395,6 +419,8 @@ def _print_report(
             print(f"  {p['eval_loss']:.4f}  {flops_si(p['flops'])}  {p['params']}")
     where = f"report: {output / 'report.md'} and {output / 'report.html'}"
     print(where)
+    for role, path in exported.items():
+        print(f"{role} model: {path} (transformers: from_pretrained of that directory)")
     print(f"MLflow: experiment '{experiment}' at {tracking_uri} (browse with 'stagetune ui')")
     if elapsed is not None:
         print(f"done in {elapsed:.0f}s")

@@ -68,6 +68,21 @@ def test_default_run_report(
     assert re.search(r"^Reference( \(.+\))?: final eval loss [\d.]+ over 1 seed\(s\)",
                      sections[1], re.M)  # fmt: skip
 
+    # The answer as models: the reference's (and the best schedule's, when a run of it trained
+    # to its end) trained model, loaded by transformers with its tokenizer.
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    exported = dict(re.findall(r"^(reference|best) model: (\S+) ", out, re.M))
+    assert "reference" in exported and set(exported) <= {"reference", "best"}
+    for role, where in exported.items():
+        assert Path(where) == workdir / "models" / role
+        tok = AutoTokenizer.from_pretrained(where)
+        ids = tok("def add(a, b):\n    return a + b\n")["input_ids"]
+        assert len(ids) > 3 and tok.decode(ids) == "def add(a, b):\n    return a + b\n"
+        model = AutoModelForCausalLM.from_pretrained(where)
+        assert model(torch.tensor([ids])).logits.shape == (1, len(ids), model.config.vocab_size)
+
     # The plots: every image link resolves to a PNG beside the report.
     links = re.findall(r"!\[([^\]]+)\]\(([^)]+)\)", sections[3])
     assert [Path(p).stem for _, p in links] == list(PLOT_NAMES)

@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any, Final
 
 from stagetune.errors import ConfigError
+from stagetune.orchestration.library_logs import LIBRARY_LOG
 from stagetune.orchestration.lock import LOCK_FILE
 
 __all__ = [
     "MIN_FREE_BYTES",
     "MLFLOW_DB",
+    "MODELS_DIR",
     "TRAIN_DIR",
     "StudyPaths",
     "check_fresh_workdir",
@@ -31,6 +33,8 @@ MLFLOW_DB: Final = "mlflow.db"
 """The default MLflow store of a study (``sqlite:///<workdir>/mlflow.db``)."""
 MLFLOW_ARTIFACTS: Final = "mlartifacts"
 """Artifacts of the default store, beside it (see ``results.store.artifact_location``)."""
+MODELS_DIR: Final = "models"
+"""Under the work directory: a finished study's exported models (:mod:`.study_models`)."""
 TRAIN_DIR: Final = "train"
 """Where ``stagetune train`` writes without ``--out`` (``<workdir>/train/<name>``)."""
 _SQLITE_SIDE_FILES: Final = ("-journal", "-wal", "-shm")
@@ -81,7 +85,14 @@ class StudyPaths:
     @property
     def own_names(self) -> frozenset[str]:
         """Names of everything stagetune itself creates in a work directory."""
-        made = (self.ray_storage, self.train_storage, self.spool_dir, self.report_dir)
+        made = (
+            self.ray_storage,
+            self.train_storage,
+            self.spool_dir,
+            self.report_dir,
+            self.workdir / MODELS_DIR,
+            self.workdir / LIBRARY_LOG,
+        )
         return frozenset(
             {p.name for p in (*self.study_markers, *made)}
             | {self.study_file.with_suffix(".tmp").name, MLFLOW_ARTIFACTS, TRAIN_DIR, LOCK_FILE}

@@ -25,12 +25,20 @@ EXPORT_DIR: Final = "final"
 
 
 def latest_checkpoint(roots: Iterable[Path]) -> Path:
-    """The newest checkpoint that verifies, among the ``step_*`` directories under ``roots``.
+    """The newest checkpoint that verifies, among the ``step_*`` (stagetune's) and
+    ``checkpoint_*`` (Ray Train's) directories under ``roots``.
 
     Raises:
         StagetuneError: none verifies (the reasons of the ones skipped are named).
     """
-    found = [p for root in roots if root.is_dir() for p in root.glob("step_*") if p.is_dir()]
+    found = [
+        p
+        for root in roots
+        if root.is_dir()
+        for pattern in ("step_*", "checkpoint_*")
+        for p in root.glob(pattern)
+        if p.is_dir()
+    ]
     best, skipped = find_latest_valid(newest_first(found))
     if best is None:
         why = "; ".join(skipped) or "there is none"

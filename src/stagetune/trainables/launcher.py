@@ -264,8 +264,16 @@ def train_to_directory(
     model_dir = None
     if result.status == STATUS_FINISHED:
         run = TrainRun.for_directory(out)
-        # In-process runs keep checkpoints under out/checkpoints, Train's rank 0 its own.
-        ckpt = latest_checkpoint([out / CHECKPOINTS_DIR, Path(run.local_root) / "rank0"])
+        # In-process runs keep checkpoints under out/checkpoints, Train's rank 0 its own; a
+        # sharded (FSDP) checkpoint is whole only in Ray Train's storage, where every rank's
+        # files were merged.
+        ckpt = latest_checkpoint(
+            [
+                out / CHECKPOINTS_DIR,
+                Path(run.local_root) / "rank0",
+                Path(run.storage_path) / run.name,
+            ]
+        )
         model_dir = export_model(
             ckpt, out / EXPORT_DIR, tokenizer_json=tokenizer_json, eot_id=eot_id
         )
