@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from stagetune.cli import main
 from stagetune.metrics import METRIC_KEYS
+from stagetune.results.tracking.runs import mlflow_step
 from tests.faults.conftest import Cli, MlflowServer, fast_args, kill_group, tune_results
 
 pytestmark = pytest.mark.slow
@@ -115,7 +116,7 @@ def test_tracking_server_away_then_sync(
         assert run.info.status == "FINISHED" and run.data.tags["stagetune.status"] == "finished"
         for key in METRIC_KEYS:
             want: list[tuple[int, Any]] = [
-                (int(r["tokens"]), float(r[key])) for r in recs if r.get(key) is not None
+                (mlflow_step(r), float(r[key])) for r in recs if r.get(key) is not None
             ]
             got = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
             assert [s for s, _ in got] == [s for s, _ in want], (tid, key)
