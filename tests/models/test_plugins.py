@@ -181,4 +181,7 @@ def test_train_on_ray_workers_resolves_the_plugins(tmp_path: Path) -> None:
     driver = cli.procs[0].pid
     for what in ("family", "growth"):
         pids = {int(p.name.split("-")[1]) for p in trace.glob(f"{what}-*")}
-        assert len(pids) == 2 and driver not in pids, (what, pids, driver)
+        # Both workers resolve the plugins themselves; the driver may too for the family (it
+        # counts the model's parameters on the meta device for MLflow), but never grows.
+        assert len(pids - {driver}) == 2, (what, pids, driver)
+        assert what == "family" or driver not in pids, (what, pids, driver)
