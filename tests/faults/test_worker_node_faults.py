@@ -111,21 +111,17 @@ WORKER_KILL = [
 ]
 
 
-def _kill_rank0_after_checkpoint(
-    cli: Cli, proc: Any, workdir: Path, timeout: float
-) -> tuple[str, int]:
-    """SIGKILL rank 0 of the first trial whose Ray Train run has registered a checkpoint.
-
-    Train's own snapshot (``checkpoint_manager_snapshot.json``, written by its controller as it
-    registers a checkpoint) is read rather than Tune's results, which reach the driver late on
-    a busy machine. Its metrics name rank 0's process (``worker_pid``). Returns (trial, pid).
-    """
+def _registered_checkpoint(
+    cli: Cli, proc: Any, workdir: Path, name: str, timeout: float
+) -> tuple[Path, dict[str, Any]]:
+    """Wait until Ray Train has registered a checkpoint of a run in ``workdir`` (its
+    controller's ``checkpoint_manager_snapshot.json``); returns the snapshot and the metrics of
+    the newest checkpoint. Fails the test (with ``name``'s logs) when the study ends, the trial
+    finishes first, or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            _fail_with_logs(
-                cli, "worker-kill", f"the study ended (rc {proc.returncode}) before the fault"
-            )
+            _fail_with_logs(cli, name, f"the study ended (rc {proc.returncode}) before the fault")
         for snap in sorted(workdir.glob("ray_train/train_*/checkpoint_manager_snapshot.json")):
             try:
                 registered = json.loads(snap.read_text())["checkpoint_results"]
@@ -135,18 +131,29 @@ def _kill_rank0_after_checkpoint(
                 continue
             metrics = registered[-1]["metrics"]
             if metrics["step"] >= metrics["total_steps"]:
-                _fail_with_logs(cli, "worker-kill", "the trial finished before the fault")
-            pid = int(metrics["worker_pid"])
-            # Only a Train worker of this very run (a descendant of the CLI process).
-            assert pid in descendants(proc.pid), f"pid {pid} is not part of this study"
-            assert cmdline(pid).startswith("ray::RayTrainWorker"), cmdline(pid)
-            os.kill(pid, signal.SIGKILL)
-            return snap.parent.name.removeprefix("train_"), pid
+                _fail_with_logs(cli, name, "the trial finished before the fault")
+            return snap, metrics
         time.sleep(0.1)
-    _fail_with_logs(
-        cli, "worker-kill", "no checkpoint was registered in time: fault never injected"
-    )
+    _fail_with_logs(cli, name, "no checkpoint was registered in time: fault never injected")
     raise AssertionError  # unreachable
+
+
+def _kill_rank0_after_checkpoint(
+    cli: Cli, proc: Any, workdir: Path, timeout: float
+) -> tuple[str, int]:
+    """SIGKILL rank 0 of the first trial whose Ray Train run has registered a checkpoint.
+
+    Train's own snapshot (``checkpoint_manager_snapshot.json``, written by its controller as it
+    registers a checkpoint) is read rather than Tune's results, which reach the driver late on
+    a busy machine. Its metrics name rank 0's process (``worker_pid``). Returns (trial, pid).
+    """
+    snap, metrics = _registered_checkpoint(cli, proc, workdir, "worker-kill", timeout)
+    pid = int(metrics["worker_pid"])
+    # Only a Train worker of this very run (a descendant of the CLI process).
+    assert pid in descendants(proc.pid), f"pid {pid} is not part of this study"
+    assert cmdline(pid).startswith("ray::RayTrainWorker"), cmdline(pid)
+    os.kill(pid, signal.SIGKILL)
+    return snap.parent.name.removeprefix("train_"), pid
 
 
 @pytest.mark.slow
@@ -356,29 +363,11 @@ def _kill_worker_node_after_checkpoint(
 ) -> int:
     """Once Ray Train has registered a checkpoint, check that each node runs one of the trial's
     two workers and SIGKILL the non-head node. Returns the checkpoint's step."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            _fail_with_logs(
-                cli, "across-nodes", f"the study ended (rc {proc.returncode}) before the fault"
-            )
-        for snap in workdir.glob("ray_train/train_*/checkpoint_manager_snapshot.json"):
-            try:
-                registered = json.loads(snap.read_text())["checkpoint_results"]
-            except (OSError, ValueError, KeyError):
-                continue  # being written
-            if not registered:
-                continue
-            metrics = registered[-1]["metrics"]
-            if metrics["step"] >= metrics["total_steps"]:
-                _fail_with_logs(cli, "across-nodes", "the trial finished before the fault")
-            per_node = [len(_workers_on(n)) for n in cluster.nodes]
-            assert per_node == [1, 1], f"workers per node (head, node1): {per_node}"
-            cluster.kill_node(cluster.nodes[1])
-            return int(metrics["step"])
-        time.sleep(0.1)
-    _fail_with_logs(cli, "across-nodes", "no checkpoint was registered in time")
-    raise AssertionError  # unreachable
+    _snap, metrics = _registered_checkpoint(cli, proc, workdir, "across-nodes", timeout)
+    per_node = [len(_workers_on(n)) for n in cluster.nodes]
+    assert per_node == [1, 1], f"workers per node (head, node1): {per_node}"
+    cluster.kill_node(cluster.nodes[1])
+    return int(metrics["step"])
 
 
 @pytest.mark.slow
