@@ -370,18 +370,18 @@ def _run_prepared(
 
 def _export_models(prep: PreparedStudy, outcomes: list[Any]) -> dict[str, Path]:
     """The reference's and the best schedule's models under ``<workdir>/models``."""
+    from stagetune.orchestration.prepare import tune_storage
     from stagetune.orchestration.storage import MODELS_DIR
     from stagetune.orchestration.study_models import export_study_models
 
-    cfg = prep.config
-    root = cfg.resources.storage_path or str(prep.paths.ray_storage)
+    root = tune_storage(prep)
     if "://" in root:
         return {}  # Tune's checkpoints live in object storage: nothing local to export
     return export_study_models(
         outcomes,
         storage_root=Path(root).expanduser(),
         out=prep.paths.workdir / MODELS_DIR,
-        seed=str(cfg.train.seed),
+        seed=str(prep.config.train.seed),
         tokenizer_json=prep.data.tokenizer_path,
         eot_id=prep.data.eot_id,
     )

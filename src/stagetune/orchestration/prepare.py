@@ -32,7 +32,14 @@ from stagetune.results.regime import Regime
 from stagetune.results.store import check_tracking_uri, sqlite_path
 from stagetune.search_spaces import SearchSpace, SpaceContext, get_search_space
 
-__all__ = ["WORKDIR_FIELD", "PreparedStudy", "hold_workdir", "prepare_study", "study_regime"]
+__all__ = [
+    "WORKDIR_FIELD",
+    "PreparedStudy",
+    "hold_workdir",
+    "prepare_study",
+    "study_regime",
+    "tune_storage",
+]
 
 WORKDIR_FIELD = "workdir"
 
@@ -114,6 +121,12 @@ def prepare_study(
         regime=study_regime(cfg, vocab_size=vocab, num_tokens=data.num_tokens),
         data=data,
     )
+
+
+def tune_storage(prep: PreparedStudy) -> str:
+    """Where the study's Tune experiments live: ``resources.storage_path`` (a local path or a
+    pyarrow URI), else ``<workdir>/ray_results``."""
+    return prep.config.resources.storage_path or str(prep.paths.ray_storage)
 
 
 def study_regime(cfg: ExperimentConfig, *, vocab_size: int, num_tokens: int) -> Regime:

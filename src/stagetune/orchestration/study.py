@@ -31,7 +31,7 @@ from stagetune.orchestration.cluster import check_placeable, connect, max_concur
 from stagetune.orchestration.early_stopping import make_asha, rung_metric
 from stagetune.orchestration.integrity import SIGNED_DIR, TuneStateSigner, load_key
 from stagetune.orchestration.interrupt import StudyStopper, as_interruption, mark_interrupted
-from stagetune.orchestration.prepare import PreparedStudy
+from stagetune.orchestration.prepare import PreparedStudy, tune_storage
 from stagetune.orchestration.resume import (
     experiment_uri,
     reconcile_stores,
@@ -173,7 +173,7 @@ def _run_study(
     stopper.ray_started = not ray.is_initialized() and not (
         address or cfg.resources.address or os.environ.get("RAY_ADDRESS")
     )
-    storage_root = cfg.resources.storage_path or str(paths.ray_storage)
+    storage_root = tune_storage(prep)
     exp_uri = experiment_uri(storage_root, cfg.name)
     seeds_uri = experiment_uri(storage_root, seeds_name(cfg))
     ref_uri = experiment_uri(storage_root, reference_name(cfg))
