@@ -44,6 +44,12 @@ def add_sweep_parser(sw: argparse.ArgumentParser) -> None:
         "(default %(default)s), e.g. --reference-lrs 0.25,0.5,2",
     )
     sw.add_argument(
+        "--untuned-schedules",
+        action="store_true",
+        help="run the schedules at train.lr only (default: each also at every --reference-lrs "
+        "multiple, the reference's own lr tuning)",
+    )
+    sw.add_argument(
         "--from-study",
         metavar="DIR",
         help="work directory of a prior 'wide' study: its best schedule joins, e.g. --from-study work",
@@ -97,6 +103,7 @@ def _options(args: argparse.Namespace) -> Any:
         sizes=parse_sizes(args.sizes) if args.sizes else (),
         seeds=args.seeds,
         reference_lrs=parse_floats(args.reference_lrs, "--reference-lrs"),
+        tune_schedules=not args.untuned_schedules,
         from_study=Path(args.from_study) if args.from_study else None,
         target=target,
     )

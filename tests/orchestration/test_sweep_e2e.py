@@ -21,6 +21,7 @@ NAME = "stagetune-smoke"
 LENGTHS = ("0.05", "0.1")
 STUDIES = [f"{NAME}-L4d32-tpp{x}" for x in LENGTHS]
 POINTS = 3  # paper S=2, S=4, G_stack (the baseline apart; lr × 2 is the reference sweep)
+LRS = 2  # each schedule at lr × 1 and × 2, the reference's own tuning
 
 
 @pytest.fixture
@@ -112,4 +113,6 @@ def test_sweep_smoke_nested_in_mlflow_and_resumed_after_kill(cli: Cli, tmp_path:
         st = optuna.load_study(
             study_name=study, storage=f"sqlite:///{work / 'studies' / study / 'optuna.db'}"
         )
-        assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in st.trials) == POINTS + 1
+        assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in st.trials) == (
+            LRS * POINTS + 1
+        )

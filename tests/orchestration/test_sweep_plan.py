@@ -14,6 +14,7 @@ from stagetune.orchestration.sweep_plan import (
     parse_floats,
     parse_sizes,
     plan_studies,
+    schedule_count,
     study_points,
 )
 from stagetune.search_spaces import SpaceContext, get_search_space
@@ -21,7 +22,7 @@ from stagetune.search_spaces import SpaceContext, get_search_space
 VOCAB = 512
 
 
-def _plan(cfg, tpp, sizes=((4, 32),)):  # type: ignore[no-untyped-def]
+def _plan(cfg, tpp, sizes=((4, 32),), points_for=study_points):  # type: ignore[no-untyped-def]
     return plan_studies(
         cfg,
         sweep="sw",
@@ -29,6 +30,7 @@ def _plan(cfg, tpp, sizes=((4, 32),)):  # type: ignore[no-untyped-def]
         sizes=sizes,
         seeds=3,
         vocab_size=VOCAB,
+        points_for=points_for,
         tracking={"tracking_uri": "sqlite:////tmp/x.db", "experiment": "sw"},
         study_dir=lambda name: f"/tmp/sw/{name}",
     )
@@ -51,6 +53,23 @@ def test_points_are_the_paper_s2_s4_gstack_and_reference_lrs() -> None:
     assert gstack.increments == [2, 6] and gstack.freeze_policy == "none"
     # budget-matched continual training: every schedule spends the baseline's compute
     assert all(s.continual_steps > 0 for s in built)
+
+
+def test_schedules_get_the_reference_s_lr_tuning() -> None:
+    cfg = load_config(preset="smoke", overrides=["model.n_layer=8"])
+    plain = study_points(cfg)
+    tuned = study_points(cfg, lr_factors=(1.0, 0.5, 2.0))
+    # every schedule at every multiple of its lr, nothing else changed
+    assert len(tuned) == 3 * len(plain)
+    assert sorted({p["lr"] for p in tuned}) == [cfg.train.lr * f for f in (0.5, 1.0, 2.0)]
+    assert schedule_count(tuned) == schedule_count(plain) == len(plain)
+    (study,) = _plan(
+        cfg, (1.0,), sizes=((8, 32),), points_for=lambda c: study_points(c, lr_factors=(1, 0.5, 2))
+    )
+    search = study.config["search"]
+    assert search["num_trials"] == len(tuned) + 1
+    # the confirmation round repeats as many incremental points as there are schedules
+    assert search["repeat_top_k"] == len(plain)
 
 
 def test_lengths_become_baseline_steps_of_the_right_tokens_per_param() -> None:

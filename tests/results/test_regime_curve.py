@@ -85,3 +85,24 @@ def test_flat_at_the_level_is_no_crossover() -> None:
     curve = fit_regime_curve([(x, [1.0, 1.0, 1.0]) for x in LENGTHS], level=1.0)
     assert curve.crossover.x is None
     assert "stays at or above the level" in curve.crossover.describe()
+
+
+def test_few_seeds_interval_is_as_wide_as_the_points_say() -> None:
+    # Two seeds a length, seed spread ±0.05 around a line: the trend's band at a measured
+    # length must be about as wide as that length's own interval of the mean would be from
+    # the same spread, not several times narrower (the old percentile bootstrap over 2 seeds).
+    pts = [(x, [0.8 + 0.1 * math.log10(x) - 0.05, 0.8 + 0.1 * math.log10(x) + 0.05]) for x in LENGTHS]
+    curve = fit_regime_curve(pts, level=1.0)
+    band = curve.band(3.0)
+    assert band is not None
+    width = band[1] - band[0]
+    # s = 0.0559 (8 residual dof); SE of the line at the centre ≈ s/√10; t(8) 97.5 % = 2.31.
+    assert width == pytest.approx(2 * 2.306 * 0.0559 / math.sqrt(10), rel=0.15)
+
+
+def test_two_values_give_a_line_without_an_interval() -> None:
+    curve = fit_regime_curve([(0.3, [0.5]), (30.0, [1.5])], level=1.0)
+    assert curve.crossover.x == pytest.approx(3.0)
+    # No residual degree of freedom: the interval is open at both ends, never invented.
+    assert curve.crossover.low is None and curve.crossover.high is None
+    assert curve.slope_low is None and curve.band(3.0) is None

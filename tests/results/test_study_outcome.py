@@ -58,3 +58,12 @@ def test_named_reference_is_used() -> None:
     # against the untuned baseline S2 reaches 3.0 at 50 + 25/3 of 100 FLOPs in seed 0
     assert out.compute_fractions[0] == pytest.approx(7 / 12)
     assert out.to_dict()["reference_key"] == "base"
+
+
+def test_a_point_tried_on_one_seed_is_not_the_answer() -> None:
+    # S2 at another lr, tried on the study's seed only (not confirmed), reaches the reference
+    # sooner than anything on that seed: chosen on one seed's luck, it must not be the best.
+    lucky = _staged("x0", "s2-lr2", "0", [3.0, 2.7, 2.6, 2.5])
+    out = read_study_outcome(replace(_study(), trials=(*_study().trials, lucky)))
+    assert out.schedule_key == "s2"
+    assert out.seeds == ("0", "1")

@@ -52,6 +52,9 @@ class SweepOptions:
     """(layers, width) pairs; empty: the config's model."""
     seeds: int = 3
     reference_lrs: Sequence[float] = (0.5, 2.0)
+    tune_schedules: bool = True
+    """Each schedule also at every ``reference_lrs`` multiple of its lr (the reference's
+    tuning); ``False``: the schedules at the configured lr only."""
     from_study: Path | None = None
     target: tuple[float, float] | None = None
     """A planned run: (non-embedding parameters, training tokens)."""
@@ -151,8 +154,10 @@ def prepare_sweep(
     vocab = model_vocab_size(base, prepared)
     extra = [_best_of_prior_study(options.from_study)] if options.from_study else []
 
+    factors = (1.0, *options.reference_lrs) if options.tune_schedules else (1.0,)
+
     def points_for(cfg: ExperimentConfig) -> list[dict[str, Any]]:
-        pts = study_points(cfg, extra=extra)
+        pts = study_points(cfg, extra=extra, lr_factors=factors)
         return [p for i, p in enumerate(pts) if p not in pts[:i]]
 
     sizes = options.sizes or [(base.model.n_layer, base.model.n_embd)]

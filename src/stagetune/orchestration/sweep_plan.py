@@ -13,6 +13,13 @@ early stopping); its confirmation round repeats the reference and every schedule
   continual training (Du et al. 2024);
 * optionally the best incremental schedule of a prior ``wide`` study (``--from-study``).
 
+Every schedule gets the same lr tuning as the reference (``lr_factors``, by default the
+reference's: each schedule at each multiple of its lr on the study's seed) and the
+confirmation round repeats the best ``len(schedules)`` incremental points on the other seeds:
+a reference tuned alone would be compared with untuned schedules, and part of any gap would be
+the lr, not the growth (``stagetune sweep --untuned-schedules`` keeps the schedules at the
+configured lr).
+
 A training length is given in tokens per non-embedding parameter (:mod:`stagetune.models.size`):
 ``baseline_steps = round(x · N / tokens per step)``; the length actually run is reported.
 The data default to the environment corpus (``pysources``) with a cap that holds the longest
@@ -41,6 +48,7 @@ __all__ = [
     "parse_floats",
     "parse_sizes",
     "plan_studies",
+    "schedule_count",
     "study_points",
 ]
 
@@ -122,10 +130,14 @@ def corpus_cap_mb(tokens: float, eval_fraction: float) -> float:
 
 
 def study_points(
-    cfg: ExperimentConfig, *, extra: Sequence[dict[str, Any]] = ()
+    cfg: ExperimentConfig,
+    *,
+    extra: Sequence[dict[str, Any]] = (),
+    lr_factors: Sequence[float] = (1.0,),
 ) -> list[dict[str, Any]]:
-    """The fixed incremental schedules of one sweep study (params of the ``wide`` space); the
-    full-depth reference comes from the study's reference lr sweep."""
+    """The fixed incremental schedules of one sweep study (params of the ``wide`` space), each
+    at every multiple ``lr_factors`` of its lr; the full-depth reference comes from the study's
+    reference lr sweep."""
     n = cfg.model.n_layer
     lr, warmup = cfg.train.lr, cfg.train.warmup_steps
     common: dict[str, Any] = {"lr": lr, "warmup_steps": warmup}
@@ -159,7 +171,13 @@ def study_points(
             }
         )
     points.extend(dict(p) for p in extra)
-    return points
+    return [{**p, "lr": p["lr"] * f} for p in points for f in sorted(set(lr_factors))]
+
+
+def schedule_count(points: Sequence[dict[str, Any]]) -> int:
+    """How many schedules ``points`` hold, whatever their lrs (the confirmation round repeats
+    that many incremental points)."""
+    return len({tuple(sorted((k, repr(v)) for k, v in p.items() if k != "lr")) for p in points})
 
 
 def plan_studies(
@@ -209,7 +227,7 @@ def plan_studies(
                 "points_to_evaluate": points,
                 "num_trials": len(points) + 1,
                 "seeds": seeds,
-                "repeat_top_k": max(1, len(points)),
+                "repeat_top_k": max(1, schedule_count(points)),
                 "reference_lr_factors": sorted({1.0, *map(float, reference_lrs)}),
                 "early_stopping": False,
             }

@@ -7,12 +7,17 @@ compute). Output:
 
 * each length's mean and 95 % Student-t interval over seeds (:class:`~.stats.Stat`);
 * the **trend**, a straight line in log10 of the length, ``y = a + b · log10(x)``, fitted by
-  least squares to every seed's value, with a percentile bootstrap over seeds (seeds resampled
-  with replacement within each length, :data:`BOOTSTRAP_RESAMPLES` times, a fixed generator);
+  least squares to every seed's value. Its uncertainty is the least-squares line's own: (a, b)
+  drawn :data:`BOOTSTRAP_RESAMPLES` times (a fixed generator) from the bivariate Student-t
+  with the fit's covariance ``s² (XᵀX)⁻¹`` and ``N − 2`` degrees of freedom (``s²``: the
+  residual variance over all N seed values, which holds both the seed noise and the line's
+  lack of fit). A percentile bootstrap over seeds, resampled within each length, was used
+  before: with 2–3 seeds a length has 3–10 distinct resamples and no t-quantile, and its
+  band came out several times narrower than the per-length intervals it summarises;
 * the **crossover**: the length where the trend crosses ``level`` (1 for the compute fraction:
   the schedule stops reaching the reference's loss with less compute; 0 for Δ loss), reported
   only when the fitted line crosses it *inside* the measured range. Its interval is the
-  bootstrap's; a resample whose line does not cross inside the range counts as "below" or
+  draws'; a drawn line that does not cross inside the range counts as "below" or
   "beyond" it, so an interval can be open-ended (``None`` bound) rather than extrapolated.
   Otherwise the answer is "no crossover in the measured range", never an extrapolation;
 * a **prediction** at a planned length (``--target-params`` / ``--target-tokens``): the
@@ -32,6 +37,7 @@ from stagetune.results.stats import Stat
 
 __all__ = [
     "BOOTSTRAP_RESAMPLES",
+    "INTERVAL_METHOD",
     "TREND_MODEL",
     "Crossover",
     "CurvePoint",
@@ -41,12 +47,17 @@ __all__ = [
 ]
 
 BOOTSTRAP_RESAMPLES: Final = 2000
+"""Lines drawn for the trend's, the crossover's and a prediction's intervals."""
 TREND_MODEL: Final = "y = a + b · log10(tokens per non-embedding parameter), least squares"
+INTERVAL_METHOD: Final = (
+    "least-squares line's Student-t interval (residual variance over every seed's value, "
+    "N − 2 degrees of freedom)"
+)
 UNDETERMINED: Final = "undetermined"
 _FLAT: Final = 1e-12
 """Slopes and distances to the level this small are rounding of equal values: zero."""
 _SEED: Final = 0
-"""The bootstrap's generator seed: the same data give the same interval."""
+"""The draws' generator seed: the same data give the same interval."""
 
 
 @dataclass(frozen=True)
@@ -115,7 +126,8 @@ class RegimeCurve:
     slope_high: float | None
     crossover: Crossover
     boot: np.ndarray
-    """(resamples, 2) bootstrap (intercept, slope) pairs; empty without a fit."""
+    """(draws, 2) (intercept, slope) pairs drawn around the fit; empty without a fit or
+    without residual degrees of freedom (two values in all)."""
 
     @property
     def x_range(self) -> tuple[float, float]:
@@ -128,7 +140,7 @@ class RegimeCurve:
         return self.intercept + self.slope * math.log10(x)
 
     def band(self, x: float) -> tuple[float, float] | None:
-        """The trend's 95 % bootstrap interval at ``x``."""
+        """The trend's 95 % interval at ``x``."""
         if not len(self.boot):
             return None
         ys = self.boot[:, 0] + self.boot[:, 1] * math.log10(x)
@@ -191,21 +203,22 @@ def _crossing(a: float, b: float, level: float, lo: float, hi: float) -> float:
     return t
 
 
-def _resamples(points: Sequence[CurvePoint], n: int) -> np.ndarray:
-    """(intercept, slope) of ``n`` fits to seeds resampled with replacement at each length."""
+def _draws(logx: np.ndarray, y: np.ndarray, fit: tuple[float, float], n: int) -> np.ndarray:
+    """``n`` (intercept, slope) pairs from the least-squares line's bivariate Student-t;
+    empty when no residual degree of freedom is left (N ≤ 2)."""
+    dof = len(y) - 2
+    if dof < 1:
+        return np.empty((0, 2))
+    a, b = fit
+    design = np.column_stack([np.ones_like(logx), logx])
+    resid = y - (a + b * logx)
+    s2 = float(resid @ resid) / dof
+    cov = s2 * np.linalg.inv(design.T @ design)
     rng = np.random.default_rng(_SEED)
-    out = []
-    for _ in range(n):
-        xs: list[float] = []
-        ys: list[float] = []
-        for p in points:
-            pick = rng.integers(0, len(p.values), len(p.values))
-            xs.extend([math.log10(p.x)] * len(pick))
-            ys.extend(p.values[i] for i in pick)
-        fit = _fit(np.array(xs), np.array(ys))
-        if fit is not None:
-            out.append(fit)
-    return np.array(out).reshape(-1, 2)
+    z = rng.multivariate_normal(np.zeros(2), cov, size=n, method="eigh")  # eigh: a noiseless fit has a zero covariance
+    # A common χ² scale per draw makes the pair bivariate-t, not two independent t's.
+    scale = np.sqrt(dof / rng.chisquare(dof, size=n))
+    return np.array([a, b]) + z * scale[:, None]
 
 
 def _crossover(
@@ -217,8 +230,10 @@ def _crossover(
         # No crossing inside: the whole fitted segment is on one side.
         side = "below" if a + b * lo < level - _FLAT else "above"
         return Crossover(None, None, None, side)
+    if not len(boot):  # nothing to draw from: no interval either way
+        return Crossover(float(10**t), None, None, end_side)
     ts = np.array([_crossing(float(ai), float(bi), level, lo, hi) for ai, bi in boot])
-    # ±inf resamples sort to the ends: a percentile that lands on one is an open bound.
+    # ±inf draws sort to the ends: a percentile that lands on one is an open bound.
     t_lo = np.percentile(ts, 2.5, method="lower")
     t_hi = np.percentile(ts, 97.5, method="higher")
     low = None if not math.isfinite(t_lo) or t_lo <= lo else float(10**t_lo)
@@ -262,15 +277,15 @@ def fit_regime_curve(
             np.empty((0, 2)),
         )
     a, b = fit
-    boot = _resamples(kept, resamples)
+    boot = _draws(logx, y, fit, resamples)
     lo, hi = math.log10(kept[0].x), math.log10(kept[-1].x)
     return RegimeCurve(
         points=tuple(kept),
         level=level,
         intercept=a,
         slope=b,
-        slope_low=float(np.percentile(boot[:, 1], 2.5)),
-        slope_high=float(np.percentile(boot[:, 1], 97.5)),
+        slope_low=float(np.percentile(boot[:, 1], 2.5)) if len(boot) else None,
+        slope_high=float(np.percentile(boot[:, 1], 97.5)) if len(boot) else None,
         crossover=_crossover(a, b, boot, level, lo, hi),
         boot=boot,
     )

@@ -20,7 +20,12 @@ from typing import Any, Final
 
 from stagetune.results.loading import load_study
 from stagetune.results.regime import COMPUTE_OPTIMAL_TOKENS_PER_PARAM, PAPER_TOKENS_PER_PARAM
-from stagetune.results.regime_curve import TREND_MODEL, RegimeCurve, fit_regime_curve
+from stagetune.results.regime_curve import (
+    INTERVAL_METHOD,
+    TREND_MODEL,
+    RegimeCurve,
+    fit_regime_curve,
+)
 from stagetune.results.render import json_safe
 from stagetune.results.study_outcome import StudyOutcome, read_study_outcome
 
@@ -93,7 +98,7 @@ def _size_markdown(sc: SizeCurves) -> list[str]:
         )
     for name, curve in (("compute fraction", sc.fraction), ("Δ loss", sc.delta)):
         slope = (
-            f"{_fmt(curve.slope, '+.3f')} per decade (95 % bootstrap "
+            f"{_fmt(curve.slope, '+.3f')} per decade (95 % interval "
             f"[{_fmt(curve.slope_low, '+.3f')}, {_fmt(curve.slope_high, '+.3f')}])"
         )
         lines += ["", f"- **{name}** trend: {slope}; {curve.crossover.describe()}."]
@@ -112,11 +117,10 @@ def _markdown(sizes: list[SizeCurves]) -> str:
         "# Regime sweep: where does incremental training stop paying?",
         "",
         f"Trend model: {TREND_MODEL}, fitted to every seed's value; 95 % intervals: Student-t "
-        "over seeds at each length, percentile bootstrap over seeds for the trend and the "
-        "crossover. A seed that never reached the reference's loss counts at its lower bound "
+        f"over seeds at each length; for the trend and the crossover the {INTERVAL_METHOD}. "
+        "A seed that never reached the reference's loss counts at its lower bound "
         "(1, or the compute it spent over the reference's if more; such rows are marked ≥, "
-        "and a trend through them understates the fraction). With few seeds a percentile bootstrap is "
-        "narrower than the truth. Crossover: where the compute-fraction "
+        "and a trend through them understates the fraction). Crossover: where the compute-fraction "
         "trend reaches 1 (Δ loss: 0) inside the measured range; outside it, none is claimed. "
         f"Reference points: compute-optimal ≈ {COMPUTE_OPTIMAL_TOKENS_PER_PARAM:g}, the "
         f"paper ≈ {PAPER_TOKENS_PER_PARAM:g} tokens per non-embedding parameter.",
