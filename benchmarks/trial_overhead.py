@@ -97,8 +97,10 @@ def make_study(workers: int, root: Path, extra: list[str]) -> tuple[Any, Any, di
         ],
     )
     prep = prepare_study(cfg)
+    # As run_study builds it: the driver's prepared data travel with the study, and each trial
+    # (each worker) memory-maps the token file instead of preparing the data again.
     study = StudyContext.create(
-        cfg, vocab_size=prep.vocab_size, train_storage=str(root / f"train{workers}")
+        cfg, vocab_size=prep.vocab_size, train_storage=str(root / f"train{workers}"), data=prep.data
     )
     return cfg, study, prep.space.baseline_point(prep.ctx)
 

@@ -8,7 +8,7 @@ compute). Output:
 * each length's mean and 95 % Student-t interval over seeds (:class:`~.stats.Stat`);
 * the **trend**, a straight line in log10 of the length, ``y = a + b · log10(x)``, fitted by
   least squares to every seed's value. Its uncertainty is the least-squares line's own: (a, b)
-  drawn :data:`BOOTSTRAP_RESAMPLES` times (a fixed generator) from the bivariate Student-t
+  drawn :data:`TREND_DRAWS` times (a fixed generator) from the bivariate Student-t
   with the fit's covariance ``s² (XᵀX)⁻¹`` and ``N − 2`` degrees of freedom (``s²``: the
   residual variance over all N seed values, which holds both the seed noise and the line's
   lack of fit). A percentile bootstrap over seeds, resampled within each length, was used
@@ -21,7 +21,7 @@ compute). Output:
   "beyond" it, so an interval can be open-ended (``None`` bound) rather than extrapolated.
   Otherwise the answer is "no crossover in the measured range", never an extrapolation;
 * a **prediction** at a planned length (``--target-params`` / ``--target-tokens``): the
-  trend's value with its bootstrap interval, marked extrapolated outside the measured range.
+  trend's value with its interval, marked extrapolated outside the measured range.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ import numpy as np
 from stagetune.results.stats import Stat
 
 __all__ = [
-    "BOOTSTRAP_RESAMPLES",
     "INTERVAL_METHOD",
+    "TREND_DRAWS",
     "TREND_MODEL",
     "Crossover",
     "CurvePoint",
@@ -46,7 +46,7 @@ __all__ = [
     "fit_regime_curve",
 ]
 
-BOOTSTRAP_RESAMPLES: Final = 2000
+TREND_DRAWS: Final = 2000
 """Lines drawn for the trend's, the crossover's and a prediction's intervals."""
 TREND_MODEL: Final = "y = a + b · log10(tokens per non-embedding parameter), least squares"
 INTERVAL_METHOD: Final = (
@@ -125,7 +125,7 @@ class RegimeCurve:
     slope_low: float | None
     slope_high: float | None
     crossover: Crossover
-    boot: np.ndarray
+    drawn: np.ndarray
     """(draws, 2) (intercept, slope) pairs drawn around the fit; empty without a fit or
     without residual degrees of freedom (two values in all)."""
 
@@ -141,9 +141,9 @@ class RegimeCurve:
 
     def band(self, x: float) -> tuple[float, float] | None:
         """The trend's 95 % interval at ``x``."""
-        if not len(self.boot):
+        if not len(self.drawn):
             return None
-        ys = self.boot[:, 0] + self.boot[:, 1] * math.log10(x)
+        ys = self.drawn[:, 0] + self.drawn[:, 1] * math.log10(x)
         return float(np.percentile(ys, 2.5)), float(np.percentile(ys, 97.5))
 
     def predict(self, x: float) -> Prediction | None:
@@ -215,14 +215,15 @@ def _draws(logx: np.ndarray, y: np.ndarray, fit: tuple[float, float], n: int) ->
     s2 = float(resid @ resid) / dof
     cov = s2 * np.linalg.inv(design.T @ design)
     rng = np.random.default_rng(_SEED)
-    z = rng.multivariate_normal(np.zeros(2), cov, size=n, method="eigh")  # eigh: a noiseless fit has a zero covariance
+    # eigh, not Cholesky: a noiseless fit has a zero covariance.
+    z = rng.multivariate_normal(np.zeros(2), cov, size=n, method="eigh")
     # A common χ² scale per draw makes the pair bivariate-t, not two independent t's.
     scale = np.sqrt(dof / rng.chisquare(dof, size=n))
     return np.array([a, b]) + z * scale[:, None]
 
 
 def _crossover(
-    a: float, b: float, boot: np.ndarray, level: float, lo: float, hi: float
+    a: float, b: float, lines: np.ndarray, level: float, lo: float, hi: float
 ) -> Crossover:
     t = _crossing(a, b, level, lo, hi)
     end_side = "below" if a + b * hi < level - _FLAT else "above"
@@ -230,9 +231,9 @@ def _crossover(
         # No crossing inside: the whole fitted segment is on one side.
         side = "below" if a + b * lo < level - _FLAT else "above"
         return Crossover(None, None, None, side)
-    if not len(boot):  # nothing to draw from: no interval either way
+    if not len(lines):  # nothing to draw from: no interval either way
         return Crossover(float(10**t), None, None, end_side)
-    ts = np.array([_crossing(float(ai), float(bi), level, lo, hi) for ai, bi in boot])
+    ts = np.array([_crossing(float(ai), float(bi), level, lo, hi) for ai, bi in lines])
     # ±inf draws sort to the ends: a percentile that lands on one is an open bound.
     t_lo = np.percentile(ts, 2.5, method="lower")
     t_hi = np.percentile(ts, 97.5, method="higher")
@@ -245,7 +246,7 @@ def fit_regime_curve(
     points: Sequence[tuple[float, Sequence[float | None]]],
     *,
     level: float,
-    resamples: int = BOOTSTRAP_RESAMPLES,
+    draws: int = TREND_DRAWS,
 ) -> RegimeCurve:
     """Fit the trend and find the crossover of ``level`` (see the module docstring).
 
@@ -277,15 +278,15 @@ def fit_regime_curve(
             np.empty((0, 2)),
         )
     a, b = fit
-    boot = _draws(logx, y, fit, resamples)
+    lines = _draws(logx, y, fit, draws)
     lo, hi = math.log10(kept[0].x), math.log10(kept[-1].x)
     return RegimeCurve(
         points=tuple(kept),
         level=level,
         intercept=a,
         slope=b,
-        slope_low=float(np.percentile(boot[:, 1], 2.5)) if len(boot) else None,
-        slope_high=float(np.percentile(boot[:, 1], 97.5)) if len(boot) else None,
-        crossover=_crossover(a, b, boot, level, lo, hi),
-        boot=boot,
+        slope_low=float(np.percentile(lines[:, 1], 2.5)) if len(lines) else None,
+        slope_high=float(np.percentile(lines[:, 1], 97.5)) if len(lines) else None,
+        crossover=_crossover(a, b, lines, level, lo, hi),
+        drawn=lines,
     )
