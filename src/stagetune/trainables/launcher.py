@@ -25,7 +25,7 @@ from stagetune.config import ExperimentConfig, ResourcesConfig, config_from_dict
 from stagetune.data import PreparedData
 from stagetune.metrics import EVAL_LOSS, FLOPS, FLOPS_PAPER, STATUS_FINISHED
 from stagetune.trainables.export import EXPORT_DIR, export_model, latest_checkpoint
-from stagetune.trainables.loop import StagedTrainer, TrainResult
+from stagetune.trainables.result import TrainResult
 from stagetune.trainables.session import (
     CHECKPOINTS_DIR,
     LocalSession,
@@ -124,6 +124,10 @@ def launch(
     them already).
     """
     if config.resources.workers_per_trial == 1:
+        # Here, not at the top: a multi-worker trial's Tune actor never builds a model, and
+        # the loop's model imports (transformers) would cost it seconds on its first trial.
+        from stagetune.trainables.loop import StagedTrainer
+
         if run.in_ray_task:
             _threads(config.resources.cpus_per_worker)
         loop = StagedTrainer(trial, session(), config=config, vocab_size=vocab_size, data=data)
@@ -213,6 +217,8 @@ def train_worker_loop(loop_config: dict[str, Any]) -> None:
 
     The plain dicts Ray ships become typed values here, once.
     """
+    from stagetune.trainables.loop import StagedTrainer
+
     trial = TrialDescription.from_dict(loop_config["trial"])
     config = config_from_dict(loop_config["config"], check_names=False)
     _threads(config.resources.cpus_per_worker)

@@ -13,7 +13,6 @@ import contextlib
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple, cast
 
 import torch
@@ -38,6 +37,7 @@ from stagetune.schedule import Phase, config_budget
 from stagetune.trainables.checkpoint import CorruptCheckpointError
 from stagetune.trainables.checkpointing import CheckpointManager
 from stagetune.trainables.lr import lr_at
+from stagetune.trainables.result import TrainResult
 from stagetune.trainables.session import Session
 from stagetune.trial import PHASE_CONFIRMATION, TrialDescription
 
@@ -45,7 +45,6 @@ __all__ = [
     "DIVERGENCE_CHECK_STEPS",
     "StagedTrainer",
     "StepFlops",
-    "TrainResult",
     "adamw_kernel",
     "growth_seed",
     "quiet_progress_bars",
@@ -58,37 +57,6 @@ nobody looks at. Divergence is still caught: the losses since the last record ar
 the device, and a sum is non-finite as soon as one of its terms is, so a non-finite step is
 detected at the next check, at most this many steps late (on a CPU, where reading a loss costs
 nothing, every step is a check)."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrainResult:
-    """How a run ended."""
-
-    status: str
-    final_eval_loss: float
-    flops: float
-    flops_paper: float
-    tokens: int
-    seconds: float
-    steps: int
-    resumed_from_step: int | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_record(cls, record: dict[str, Any], *, resumed_from_step: int | None) -> TrainResult:
-        """The result a run's last metric record describes (``failed`` without a status)."""
-        return cls(
-            status=str(record.get("status", "failed")),
-            final_eval_loss=float(record.get(EVAL_LOSS, float("nan"))),
-            flops=float(record.get(FLOPS, 0.0)),
-            flops_paper=float(record.get(FLOPS_PAPER, 0.0)),
-            tokens=int(record.get("tokens", 0)),
-            seconds=float(record.get("seconds", 0.0)),
-            steps=int(record.get("step", 0)),
-            resumed_from_step=resumed_from_step,
-        )
 
 
 class StepFlops(NamedTuple):
