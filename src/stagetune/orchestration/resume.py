@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 from stagetune.errors import ConfigError
 from stagetune.metrics import STATUS_INTERRUPTED
-from stagetune.orchestration.searcher import ensure_baseline, reconcile_optuna
+from stagetune.orchestration.searcher import (
+    ATTR_TRIAL_ID,
+    ensure_baseline,
+    reconcile_optuna,
+    trial_params,
+)
 from stagetune.results import MlflowTracker
 
 if TYPE_CHECKING:
@@ -97,6 +102,7 @@ def reconcile_stores(
     directions: str | list[str],
     tracker: MlflowTracker,
     snapshot: dict[str, str],
+    describe: Callable[[dict[str, Any], str], dict[str, Any]] | None = None,
 ) -> tuple[list[str], dict[str, dict[str, Any]]]:
     """Make Optuna and MLflow agree with the Tune experiment that is about to run.
 
@@ -105,8 +111,10 @@ def reconcile_stores(
     when the driver died but are unknown to Tune's ``snapshot`` are closed: their Optuna trial
     becomes FAIL and their MLflow run KILLED, both with status ``interrupted`` (MLflow also
     tags ``stagetune.interrupted=true``), or the status Optuna recorded when the trial finished
-    but its end never reached MLflow. The baseline is enqueued again only if no attempt of it
-    is waiting, running or over.
+    but its end never reached MLflow. A trial Optuna had handed out whose run MLflow never got
+    (the driver died between the two) gets one there, closed as ``interrupted`` too
+    (``describe(params, trial_id)``: its MLflow params and tags), so both stores name the same
+    trials. The baseline is enqueued again only if no attempt of it is waiting, running or over.
 
     Returns the interrupted trials' ids, and the last records of trials Tune's snapshot holds
     as unfinished although they ended before the driver died (Optuna and MLflow have their
@@ -149,6 +157,20 @@ def reconcile_stores(
                     interrupted.append(trial_id)
             else:
                 tracker.end_trial(trial_id, status)
+        params = {
+            tid: trial_params(t)
+            for t in ot_study.get_trials(deepcopy=False)
+            if (tid := t.user_attrs.get(ATTR_TRIAL_ID))
+        }
+        for _, asked in res.interrupted:
+            if not asked or tracker.has_trial_run(asked) is not False:
+                continue
+            info: dict[str, Any] = {"params": params.get(asked, {}), "tags": {}}
+            if describe is not None:
+                with contextlib.suppress(ConfigError):
+                    info = describe(params.get(asked, {}), asked)
+            tracker.start_trial(trial_id=asked, params=info["params"], tags=info["tags"])
+            tracker.end_trial(asked, STATUS_INTERRUPTED, tags={TAG_INTERRUPTED: "true"})
         for trial_id, tune_status in snapshot.items():
             if tune_status in ("TERMINATED", "ERROR") or trial_id not in ended:
                 continue

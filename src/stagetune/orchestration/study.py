@@ -250,7 +250,12 @@ def _run_study(
     if ref_verified:
         snapshot.update(snapshot_trials(ref_uri) or {})
     interrupted, replay = reconcile_stores(
-        prep, storage=storage, directions=mode, tracker=tracker, snapshot=snapshot
+        prep,
+        storage=storage,
+        directions=mode,
+        tracker=tracker,
+        snapshot=snapshot,
+        describe=_describe(study),
     )
     # The reference sweep runs first, whole: the reference is known before any schedule is
     # compared with it (ASHA keeps every full-depth trial anyway).

@@ -326,6 +326,19 @@ class MlflowTracker:
             _log.warning("could not list open trial runs in MLflow (%s)", str(exc)[:200])
         return sorted(open_ids)
 
+    def has_trial_run(self, trial_id: str) -> bool | None:
+        """Whether MLflow (or the spool) holds a run of the trial; ``None``: MLflow cannot say."""
+        study = self._trial_study.get(trial_id) or self._require_study()
+        self._check_trial_id(trial_id)
+        if trial_id in self._delivery.spool.open_trials():
+            return True
+        if self._delivery.offline:
+            return None
+        try:
+            return self._delivery.ask(lambda runs: runs.trial_run(study, trial_id)) is not None
+        except Exception:
+            return None
+
     def last_record(self, trial_id: str) -> dict[str, Any] | None:
         """The trial's last logged record as MLflow holds it: the newest value of every metric
         plus ``status`` / ``is_baseline`` from its tags; ``None`` if MLflow cannot say."""
