@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Final
 from stagetune.errors import ConfigError
 from stagetune.metrics import STATUS_INTERRUPTED
 from stagetune.orchestration.searcher import (
-    ATTR_TRIAL_ID,
     ensure_baseline,
     reconcile_optuna,
     trial_params,
@@ -102,7 +101,7 @@ def reconcile_stores(
     directions: str | list[str],
     tracker: MlflowTracker,
     snapshot: dict[str, str],
-    describe: Callable[[dict[str, Any], str], dict[str, Any]] | None = None,
+    describe: Callable[[dict[str, Any], str], dict[str, Any]],
 ) -> tuple[list[str], dict[str, dict[str, Any]]]:
     """Make Optuna and MLflow agree with the Tune experiment that is about to run.
 
@@ -157,18 +156,14 @@ def reconcile_stores(
                     interrupted.append(trial_id)
             else:
                 tracker.end_trial(trial_id, status)
-        params = {
-            tid: trial_params(t)
-            for t in ot_study.get_trials(deepcopy=False)
-            if (tid := t.user_attrs.get(ATTR_TRIAL_ID))
-        }
-        for _, asked in res.interrupted:
+        trials = ot_study.get_trials(deepcopy=False)
+        for number, asked in res.interrupted:
             if not asked or tracker.has_trial_run(asked) is not False:
                 continue
-            info: dict[str, Any] = {"params": params.get(asked, {}), "tags": {}}
-            if describe is not None:
-                with contextlib.suppress(ConfigError):
-                    info = describe(params.get(asked, {}), asked)
+            params = trial_params(trials[number])
+            info: dict[str, Any] = {"params": params, "tags": {}}
+            with contextlib.suppress(ConfigError):
+                info = describe(params, asked)
             tracker.start_trial(trial_id=asked, params=info["params"], tags=info["tags"])
             tracker.end_trial(asked, STATUS_INTERRUPTED, tags={TAG_INTERRUPTED: "true"})
         for trial_id, tune_status in snapshot.items():

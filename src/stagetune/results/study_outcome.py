@@ -8,8 +8,9 @@ per seed. The only place a sweep turns a study into the two numbers of its regim
   :func:`~stagetune.results.matched.compute_matched` (the reference stands where the baseline
   stood): compute fraction to the reference's final eval loss, and Δ eval loss at equal compute.
 * **Best incremental schedule**: among the schedules of more than one stage measured on the
-  most seeds (those the confirmation round repeated), the first in ``compute_matched``'s order (reached the reference's loss in every seed, by mean compute
-  fraction; then by mean Δ loss at equal compute). It is chosen on the same seeds that measure
+  most seeds (those the confirmation round repeated), the first in ``compute_matched``'s order
+  (reached the reference's loss in every seed, by mean compute fraction; then by mean Δ loss
+  at equal compute). It is chosen on the same seeds that measure
   it, which flatters it slightly; the interval over seeds is what the sweep reports.
 * A seed that never reached the reference's loss has no compute fraction; for the regime curve
   (:attr:`StudyOutcome.curve_fractions`) it counts as 1, or the compute it spent over the
@@ -119,8 +120,11 @@ def read_study_outcome(
     candidates = [o for o in outcomes[1:] if o.schedule_key in keys]
     # Among the schedules measured on the most seeds (the confirmation round's): a point tried
     # on the study's seed only would be chosen on that seed's luck, with no interval.
-    most = max((len({t.seed for t in o.trials}) for o in candidates), default=0)
-    best = next((o for o in candidates if len({t.seed for t in o.trials}) == most), None)
+    def n_seeds(o: Outcome) -> int:
+        return len({t.seed for t in o.trials})
+
+    most = max(map(n_seeds, candidates), default=0)
+    best = next((o for o in candidates if n_seeds(o) == most), None)
     ts = best.trials if best is not None else ()
 
     def lower_bound(o: Any) -> float | None:
