@@ -27,8 +27,8 @@ settings), ``resources.cpus_per_worker=1``:
   process group, from one trial to the next (no Ray Train): what a persistent worker pool
   would cost per trial.
 * ``fresh-process imports``: ``python -c "import ray.tune, stagetune.orchestration.trainable,
-  stagetune.trainables.loop"`` (Tune, torch, transformers' GPT-2) minus ``python -c "import
-  ray"``: what a new trial actor must import before its first step, whatever stagetune does.
+  stagetune.trainables.loop"`` (Tune, torch, stagetune's GPT-2, which needs no transformers)
+  minus ``python -c "import ray"``: what a new trial actor must import before its first step.
 
 Per-trial wall time comes from a Tune ``Callback`` in the driver: the first trial's from the
 Tuner's first ``on_step_begin`` (the step that asks for its actor) to ``on_trial_complete``,
@@ -329,7 +329,7 @@ def child(workers: int, trials: int, root: Path, extra: list[str]) -> dict[str, 
 TRIAL_ACTOR_IMPORTS = (
     "import ray.tune, stagetune.orchestration.trainable, stagetune.trainables.loop"
 )
-"""What a one-worker trial actor imports before its first step (Tune, torch, transformers)."""
+"""What a one-worker trial actor imports before its first step (Tune, torch, the loop)."""
 
 
 def import_floor() -> float:

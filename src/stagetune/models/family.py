@@ -1,7 +1,9 @@
 """Family adapters: everything that differs between Hugging Face model families.
 
 :class:`~stagetune.models.staged.StagedModel` runs its own loop over the active blocks, so it
-needs to know, per family, how to build the HF model from a :class:`ModelConfig`, where the
+needs to know, per family, how to build the model from a :class:`ModelConfig` (a transformers
+class by default; GPT-2 has modules of its own with transformers' layout, so a training process
+never imports transformers: :mod:`stagetune.models.gpt2_model`), where the
 embeddings / blocks / final norm / LM head live, what extra inputs a block takes (causal mask,
 rotary position embeddings), which linear layers write into the residual stream (for the
 ``zero`` growth operator), its default MLP width and the matmuls a block runs (for the FLOPs
@@ -12,31 +14,44 @@ registered with :func:`register_family` or as an entry point in ``stagetune.mode
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import torch
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel
-from transformers.masking_utils import create_causal_mask
 
 from stagetune.compute import ModelDims
 from stagetune.config import ModelConfig
 from stagetune.registry import MODEL_FAMILIES
 
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel
+
 __all__ = [
     "BlockContext",
+    "CausalLM",
     "FamilyAdapter",
     "get_family",
     "model_dims",
     "register_family",
 ]
 
+CausalLM = Any
+"""The model :meth:`FamilyAdapter.build` returns: a transformers ``PreTrainedModel`` or a
+module with its layout (duck-typed, hence ``Any``)."""
+
 BlockContext = dict[str, Any]
 """Keyword arguments every block call of one forward pass shares (mask, positions, rotary)."""
 
 
 class FamilyAdapter(abc.ABC):
-    """Family-specific access to a Hugging Face causal LM (stateless; one instance per family)."""
+    """Family-specific access to a causal LM with a Hugging Face layout (stateless; one instance
+    per family).
+
+    The methods that take ``hf`` accept the module :meth:`build` returns: a transformers
+    ``PreTrainedModel``, or a module with the same layout and the few members stagetune uses
+    (``config.vocab_size``, ``config.num_hidden_layers``, ``get_output_embeddings()``,
+    ``save_pretrained(path, state_dict=...)``).
+    """
 
     name: ClassVar[str]
     """The ``model.family`` value this adapter serves."""
@@ -49,7 +64,14 @@ class FamilyAdapter(abc.ABC):
 
     @abc.abstractmethod
     def model_class(self) -> type[PreTrainedModel]:
-        """The HF causal-LM class (``GPT2LMHeadModel``, ``LlamaForCausalLM``, ...)."""
+        """The HF causal-LM class (``GPT2LMHeadModel``, ``LlamaForCausalLM``, ...): what an
+        exported checkpoint loads as."""
+
+    def build(self, cfg: ModelConfig, *, vocab_size: int) -> CausalLM:
+        """The causal LM for ``cfg`` with all ``cfg.n_layer`` blocks, initialised from the
+        global generator (the caller seeds it). Default: :meth:`model_class` of
+        :meth:`build_hf_config`; a family may return its own modules with the same layout."""
+        return self.model_class()(self.build_hf_config(cfg, vocab_size=vocab_size))
 
     @abc.abstractmethod
     def block_matmul_params(self, cfg: ModelConfig) -> int:
@@ -73,11 +95,11 @@ class FamilyAdapter(abc.ABC):
             seq_len=seq_len,
         )
 
-    def blocks(self, hf: PreTrainedModel) -> nn.ModuleList:
+    def blocks(self, hf: CausalLM) -> nn.ModuleList:
         """The model's ``ModuleList`` of transformer blocks."""
         return cast(nn.ModuleList, hf.get_submodule(self.blocks_path))
 
-    def set_blocks(self, hf: PreTrainedModel, blocks: nn.ModuleList) -> None:
+    def set_blocks(self, hf: CausalLM, blocks: nn.ModuleList) -> None:
         """Replace the block list (used to save a truncated model without copying weights)."""
         parent, _, attr = self.blocks_path.rpartition(".")
         setattr(hf.get_submodule(parent), attr, blocks)
@@ -91,17 +113,15 @@ class FamilyAdapter(abc.ABC):
         return int(index) if index.isdigit() else None
 
     @abc.abstractmethod
-    def embedding_modules(self, hf: PreTrainedModel) -> list[nn.Module]:
+    def embedding_modules(self, hf: CausalLM) -> list[nn.Module]:
         """The input-side modules that run before the first block (token/position embeddings)."""
 
     @abc.abstractmethod
-    def final_norm(self, hf: PreTrainedModel) -> nn.Module:
+    def final_norm(self, hf: CausalLM) -> nn.Module:
         """The norm between the last active block and the LM head."""
 
     @abc.abstractmethod
-    def embed(
-        self, hf: PreTrainedModel, input_ids: torch.Tensor
-    ) -> tuple[torch.Tensor, BlockContext]:
+    def embed(self, hf: CausalLM, input_ids: torch.Tensor) -> tuple[torch.Tensor, BlockContext]:
         """Embed ``input_ids`` and prepare the per-forward block inputs.
 
         Returns the hidden state entering block 0 and the keyword arguments every block call
@@ -116,7 +136,7 @@ class FamilyAdapter(abc.ABC):
         Zeroing their weights and biases makes the block the identity function.
         """
 
-    def lm_head(self, hf: PreTrainedModel) -> nn.Module:
+    def lm_head(self, hf: CausalLM) -> nn.Module:
         """The output projection to vocabulary logits."""
         head = hf.get_output_embeddings()
         assert head is not None  # every causal LM has one
@@ -129,10 +149,10 @@ class FamilyAdapter(abc.ABC):
         return out[0] if isinstance(out, tuple) else out
 
     @staticmethod
-    def causal_mask(
-        hf: PreTrainedModel, inputs_embeds: torch.Tensor, position_ids: torch.Tensor
-    ) -> Any:
+    def causal_mask(hf: CausalLM, inputs_embeds: torch.Tensor, position_ids: torch.Tensor) -> Any:
         """The causal mask HF's own model would build (``None`` for sdpa: it uses is_causal)."""
+        from transformers.masking_utils import create_causal_mask
+
         return create_causal_mask(
             config=hf.config,
             inputs_embeds=inputs_embeds,

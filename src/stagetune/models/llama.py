@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM, PretrainedConfig, PreTrainedModel
 
 from stagetune.config import ModelConfig
-from stagetune.models.family import BlockContext, FamilyAdapter, register_family
+from stagetune.models.family import BlockContext, CausalLM, FamilyAdapter, register_family
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel
 
 __all__ = ["LlamaAdapter"]
 
 
-def _base(hf: PreTrainedModel) -> Any:
+def _base(hf: CausalLM) -> Any:
     # Any: HF declares submodules loosely (``Tensor | Module``) for type checkers.
     return hf.model
 
@@ -30,6 +32,9 @@ class LlamaAdapter(FamilyAdapter):
     blocks_path = "model.layers"
 
     def build_hf_config(self, cfg: ModelConfig, *, vocab_size: int) -> PretrainedConfig:
+        # transformers is imported where a Llama is built, never by a GPT-2 run's workers.
+        from transformers import LlamaConfig
+
         return LlamaConfig(
             vocab_size=vocab_size,
             hidden_size=cfg.n_embd,
@@ -49,6 +54,8 @@ class LlamaAdapter(FamilyAdapter):
         )
 
     def model_class(self) -> type[PreTrainedModel]:
+        from transformers import LlamaForCausalLM
+
         return LlamaForCausalLM
 
     def ffn_size(self, cfg: ModelConfig) -> int:
@@ -64,15 +71,13 @@ class LlamaAdapter(FamilyAdapter):
         kv = cfg.kv_heads * (d // cfg.n_head)
         return 2 * d * d + 2 * d * kv + 3 * d * self.ffn_size(cfg)
 
-    def embedding_modules(self, hf: PreTrainedModel) -> list[nn.Module]:
+    def embedding_modules(self, hf: CausalLM) -> list[nn.Module]:
         return [cast(nn.Module, _base(hf).embed_tokens)]
 
-    def final_norm(self, hf: PreTrainedModel) -> nn.Module:
+    def final_norm(self, hf: CausalLM) -> nn.Module:
         return cast(nn.Module, _base(hf).norm)
 
-    def embed(
-        self, hf: PreTrainedModel, input_ids: torch.Tensor
-    ) -> tuple[torch.Tensor, BlockContext]:
+    def embed(self, hf: CausalLM, input_ids: torch.Tensor) -> tuple[torch.Tensor, BlockContext]:
         base = _base(hf)
         position_ids = self.position_ids(input_ids)
         hidden = base.embed_tokens(input_ids)

@@ -29,9 +29,8 @@ class ParamCounts(NamedTuple):
 def param_counts(cfg: ModelConfig, *, vocab_size: int) -> ParamCounts:
     """The parameter counts of the model ``cfg`` describes, with ``vocab_size`` tokens."""
     family = get_family(cfg.family)
-    hf_config = family.build_hf_config(cfg, vocab_size=cfg.vocab_size or vocab_size)
     with torch.device("meta"):
-        model = family.model_class()(hf_config)
+        model = family.build(cfg, vocab_size=cfg.vocab_size or vocab_size)
     params = {id(p): p for p in model.parameters()}
     embedding = {
         id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()

@@ -1,6 +1,7 @@
-"""The staged-model adapter: an HF causal LM whose active depth grows stage by stage.
+"""The staged-model adapter: a causal LM whose active depth grows stage by stage.
 
-:class:`StagedModel` wraps a Hugging Face causal LM built with all L blocks. Only the bottom
+:class:`StagedModel` wraps a causal LM with a Hugging Face layout built with all L blocks (for
+GPT-2 our torch-only copy of transformers' model, for other families transformers' own). Only the bottom
 ``active_depth`` blocks run; :meth:`StagedModel.grow` activates more of them, initialised by a
 growth operator; :meth:`StagedModel.configure_phase` decides which parameters train and whether
 the frozen prefix runs without autograd. The forward pass is our own loop over the HF modules
@@ -18,20 +19,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
-from transformers.modeling_outputs import CausalLMOutput
 
 from stagetune.compute import ModelDims
 from stagetune.config import ModelConfig
 from stagetune.errors import ConfigError
 from stagetune.freeze import FreezePolicy, ModelParts, get_freeze_policy
-from stagetune.models.family import FamilyAdapter, get_family
+from stagetune.models.family import CausalLM, FamilyAdapter, get_family
 from stagetune.models.growth import GrowthOperator, get_growth_operator
+from stagetune.models.output import IGNORE_INDEX, CausalLMOutput
 
-__all__ = ["IGNORE_INDEX", "StagedModel", "build_model"]
-
-IGNORE_INDEX = -100
-"""Label value excluded from the loss (the HF / PyTorch convention)."""
+__all__ = ["IGNORE_INDEX", "CausalLMOutput", "StagedModel", "build_model"]
 
 
 def build_model(cfg: ModelConfig, *, vocab_size: int, seed: int) -> StagedModel:
@@ -57,25 +54,24 @@ def build_model(cfg: ModelConfig, *, vocab_size: int, seed: int) -> StagedModel:
             f"smaller than the tokenizer's vocabulary ({vocab_size}); raise it or use null",
         )
     vocab = cfg.vocab_size or vocab_size
-    hf_config = family.build_hf_config(cfg, vocab_size=vocab)
     # Seed a private copy of the RNG state: HF initialises weights with the global generator.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        hf = family.model_class()(hf_config)
+        hf = family.build(cfg, vocab_size=vocab)
     hf.train()
     return StagedModel(hf, family=family, config=cfg)
 
 
 class StagedModel(nn.Module):
-    """An HF causal LM with an active depth, growth and per-phase freezing.
+    """A causal LM with an active depth, growth and per-phase freezing.
 
     Attributes:
-        hf_model: the wrapped Hugging Face model (all L blocks, active or not).
+        hf_model: the wrapped model with a Hugging Face layout (all L blocks, active or not).
         config: the :class:`ModelConfig` it was built from.
         family: the family adapter that knows the HF module layout.
     """
 
-    def __init__(self, hf_model: PreTrainedModel, *, family: FamilyAdapter, config: ModelConfig):
+    def __init__(self, hf_model: CausalLM, *, family: FamilyAdapter, config: ModelConfig):
         super().__init__()
         self.hf_model = hf_model
         self.family = family

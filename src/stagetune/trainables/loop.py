@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import time
 from typing import Any, NamedTuple, cast
 
@@ -76,11 +77,14 @@ def growth_seed(seed: int, stage: int) -> int:
 
 
 def quiet_progress_bars() -> None:
-    """Checkpoints call ``save_pretrained`` often; its progress bars would flood trial logs."""
+    """Checkpoints call ``save_pretrained`` often; transformers' progress bars would flood
+    trial logs. The variable covers a transformers imported later (a Llama's model); one
+    already imported is told directly. A GPT-2 run never imports it."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from transformers.utils import logging as hf_logging
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
+        hf_logging.disable_progress_bar()
 
 
 def adamw_kernel(device: torch.device) -> dict[str, bool]:
