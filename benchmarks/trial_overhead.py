@@ -22,6 +22,10 @@ settings), ``resources.cpus_per_worker=1``:
   running a ``TorchTrainer`` with the same scaling, backend, run config and callback, whose
   loop only all-reduces one tensor: what Ray Train itself costs per trial on this machine,
   whatever the loop does.
+* ``floor + one torch AdamW step``: the same no-op loop plus one ``torch.optim.AdamW`` step
+  on one parameter. PyTorch's optimizer imports ``torch._dynamo`` (and with it sympy, DTensor
+  and FSDP) on first use, ~1.5 s of CPU in every fresh process: a cost of training with torch
+  at all, which the no-op floor does not pay. Printed beside the target's ratio, not judged.
 * ``what-if: 2 workers kept across trials`` (not stagetune's design): the same two-worker
   trial on two plain Ray actors that the reused Tune trial actor keeps, with their gloo
   process group, from one trial to the next (no Ray Train): what a persistent worker pool
@@ -153,8 +157,10 @@ def _timeline() -> Any:
     return Timeline()
 
 
-def _floor_trainable() -> Any:
-    """A Tune trial shaped like a two-worker stagetune trial whose Train loop does nothing."""
+def _floor_trainable(*, optimizer: bool = False) -> Any:
+    """A Tune trial shaped like a two-worker stagetune trial whose Train loop does nothing
+    (``optimizer``: nothing but one AdamW step on one parameter: torch's optimizer imports
+    ``torch._dynamo`` on first use, ~1.5 s of CPU per process that any training loop pays)."""
     from ray import tune
 
     def noop_loop(config: dict[str, Any]) -> None:
@@ -164,6 +170,10 @@ def _floor_trainable() -> Any:
 
         t = torch.ones(1)
         dist.all_reduce(t)
+        if optimizer:
+            p = torch.nn.Parameter(torch.zeros(1))
+            p.grad = torch.ones(1)
+            torch.optim.AdamW([p]).step()
         ray.train.report({"seconds": 0.0, "flops": 0.0})
 
     def floor_trial(config: dict[str, Any]) -> None:
@@ -323,6 +333,13 @@ def child(workers: int, trials: int, root: Path, extra: list[str]) -> dict[str, 
         out["floor"] = _tune_study(
             _floor_trainable(), {"storage": str(root / "floor")}, root / "ray", "floor", trials
         )
+        out["floor_optim"] = _tune_study(
+            _floor_trainable(optimizer=True),
+            {"storage": str(root / "floor_optim")},
+            root / "ray",
+            "floor_optim",
+            trials,
+        )
     return out
 
 
@@ -425,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         _summary("Tune trial, 1 worker", [r["stagetune"] for r in runs[1]]),
         _summary("Tune trial, 2 workers (Train)", [r["stagetune"] for r in runs[2]]),
         _summary("Ray Train floor, 2 workers (no-op loop)", [r["floor"] for r in runs[2]]),
+        _summary("  floor + one torch AdamW step", [r["floor_optim"] for r in runs[2]]),
         _summary("what-if: 2 workers kept across trials", [r["pool"] for r in runs[2]]),
     ]
     _targets(rows[0], rows[1], rows[2], _median(imports))
@@ -471,11 +489,14 @@ def format_report(out: dict[str, Any]) -> str:
             f"{r['kind']:<42}{r['training_seconds']:>9.2f}{r['first_overhead']:>11.2f}"
             f"{r['later_overhead']:>9.2f}{target:>14}  {verdict}"
         )
-    one, two = out["rows"][0], out["rows"][1]
+    one, two, optim = out["rows"][0], out["rows"][1], out["rows"][3]
     lines += [
         "",
         f"summary: 2 workers ÷ Ray Train floor: first {two['ratio_first']:.2f}, later "
         f"{two['ratio_later']:.2f} (target ≤ {TWO_WORKERS_VS_FLOOR}) "
+        f"[÷ floor + AdamW step: first "
+        f"{two['first_overhead'] / optim['first_overhead']:.2f}, later "
+        f"{two['later_overhead'] / optim['later_overhead']:.2f}] "
         f"{'PASS' if two['pass'] else 'MISS'}; 1 worker: first {one['first_overhead']:.2f} s "
         f"(≤ imports + {FIRST_OVER_IMPORTS} = {one['target_first']:.2f}), later "
         f"{one['later_overhead']:.2f} s (≤ {LATER_ONE_WORKER}) {'PASS' if one['pass'] else 'MISS'}",

@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from stagetune.trainables.checkpoint import CorruptCheckpointError
-from stagetune.trainables.sharded import DCP_DIR, is_sharded, load_sharded, save_sharded
+from stagetune.trainables.checkpoint import DCP_DIR, CorruptCheckpointError, is_sharded
+from stagetune.trainables.sharded import load_sharded, save_sharded
 
 
 def _model_and_optimizer(seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:

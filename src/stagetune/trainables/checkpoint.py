@@ -21,11 +21,13 @@ import torch
 from stagetune.errors import StagetuneError
 
 __all__ = [
+    "DCP_DIR",
     "MANIFEST",
     "CorruptCheckpointError",
     "checkpoint_step",
     "file_digests",
     "find_latest_valid",
+    "is_sharded",
     "newest_first",
     "read_checkpoint",
     "read_state",
@@ -37,10 +39,22 @@ MANIFEST = "manifest.json"
 STATE = "trainer_state.json"
 OPTIM = "optimizer.pt"
 HF_DIR = "hf"
+DCP_DIR = "dcp"
+"""Where a sharded checkpoint keeps its ``torch.distributed.checkpoint`` files
+(:mod:`stagetune.trainables.sharded`)."""
+DCP_METADATA = ".metadata"
 
 
 class CorruptCheckpointError(StagetuneError):
     """A checkpoint failed its checksum or is incomplete."""
+
+
+def is_sharded(checkpoint: Path) -> bool:
+    """Whether a checkpoint directory holds DCP shards (rather than safetensors + .pt).
+
+    Here, not in :mod:`~stagetune.trainables.sharded`: telling needs no
+    ``torch.distributed.checkpoint``, whose import costs a worker about a second."""
+    return (checkpoint / DCP_DIR / DCP_METADATA).is_file()
 
 
 def _sha256(path: Path) -> str:

@@ -8,7 +8,8 @@ into place, so a checkpoint is whole or absent. On restore it takes the newest c
 verifies and fits the schedule, skipping corrupt ones, and touches the model only once one does.
 
 With FSDP2 each rank writes only its own shards of the model and the optimizer
-(:mod:`stagetune.trainables.sharded`, ``torch.distributed.checkpoint``) into its own copy of the
+(:mod:`stagetune.trainables.sharded`, ``torch.distributed.checkpoint``, imported only then: it
+costs a worker about a second) into its own copy of the
 checkpoint directory; rank 0 adds the counters, the generators and a manifest that lists every
 rank's files (their digests are gathered), and Ray Train merges the ranks' directories into one
 stored checkpoint. Loading reshards to any world size, one process included. The final
@@ -36,6 +37,7 @@ from stagetune.trainables.checkpoint import (
     STATE,
     CorruptCheckpointError,
     file_digests,
+    is_sharded,
     newest_first,
     prune,
     read_checkpoint,
@@ -43,7 +45,6 @@ from stagetune.trainables.checkpoint import (
     write_manifest,
 )
 from stagetune.trainables.session import Session
-from stagetune.trainables.sharded import is_sharded, load_sharded, save_sharded, saved_keys
 
 __all__ = ["CHECKPOINTS_KEPT", "CheckpointManager"]
 
@@ -109,6 +110,7 @@ class CheckpointManager:
     def _save_sharded(self, counters: dict[str, Any]) -> Path:
         import torch.distributed as dist
 
+        from stagetune.trainables.sharded import save_sharded
         rng = rng_state.gather(self.device, rank=self.rank, world_size=self.world_size)
         step = int(counters["step"])
         # The users' model, once: a full gather at the end only (a collective).
@@ -176,6 +178,8 @@ class CheckpointManager:
         if depth > self.model.active_depth:
             self.model.grow(depth, "random", seed=0)  # weights are overwritten just below
         if weights is None:  # sharded: the model loads in place, resharded (collective)
+            from stagetune.trainables.sharded import load_sharded
+
             optimizer = {_BY_NAME: load_sharded(source, self.model, self.optimizer)}
         else:
             self._load_model_weights(weights)
@@ -205,6 +209,8 @@ class CheckpointManager:
                 optimizer: dict[str, Any] = {}
                 if is_sharded(cand):
                     counters = read_state(cand)
+                    from stagetune.trainables.sharded import saved_keys
+
                     saved_keys(cand)  # its metadata unpickles under the allowlist
                 else:
                     counters, optimizer, hf_dir = read_checkpoint(cand)
@@ -266,3 +272,4 @@ class CheckpointManager:
             return True
         block = self.model.family.block_index(key)
         return block is not None and block >= self.model.active_depth
+

@@ -26,15 +26,12 @@ from torch import nn
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
-from stagetune.trainables.checkpoint import CorruptCheckpointError
+from stagetune.trainables.checkpoint import DCP_DIR, DCP_METADATA, CorruptCheckpointError
 
-__all__ = ["DCP_DIR", "SafeReader", "is_sharded", "load_sharded", "save_sharded", "saved_keys"]
+__all__ = ["SafeReader", "load_sharded", "save_sharded", "saved_keys"]
 
-DCP_DIR = "dcp"
-"""Where a checkpoint keeps its DCP files."""
 MODEL_PREFIX = "model."
 OPTIM_PREFIX = "optim."
-_METADATA_FILE = ".metadata"
 
 _SAFE_GLOBALS: dict[str, frozenset[str]] = {
     "torch.distributed.checkpoint.metadata": frozenset(
@@ -72,7 +69,7 @@ def _read_metadata(path: Path) -> Any:
             return _MetadataUnpickler(f).load()
     except (OSError, EOFError, pickle.UnpicklingError, AttributeError, TypeError) as exc:
         raise CorruptCheckpointError(
-            f"checkpoint {path.parent.parent}: {DCP_DIR}/{_METADATA_FILE} refused by the "
+            f"checkpoint {path.parent.parent}: {DCP_DIR}/{DCP_METADATA} refused by the "
             f"restricted unpickler ({exc})"
         ) from None
 
@@ -82,7 +79,7 @@ class SafeReader(FileSystemReader):
 
     def __init__(self, directory: Path) -> None:
         super().__init__(directory)
-        self._metadata_path = directory / _METADATA_FILE
+        self._metadata_path = directory / DCP_METADATA
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
         metadata: Metadata = _read_metadata(self._metadata_path)
@@ -92,14 +89,9 @@ class SafeReader(FileSystemReader):
         return metadata
 
 
-def is_sharded(checkpoint: Path) -> bool:
-    """Whether a checkpoint directory holds DCP shards (rather than safetensors + .pt)."""
-    return (checkpoint / DCP_DIR / _METADATA_FILE).is_file()
-
-
 def saved_keys(checkpoint: Path) -> dict[str, Any]:
     """Key -> DCP tensor metadata (size, dtype) of a sharded checkpoint (restricted unpickle)."""
-    meta = _read_metadata(checkpoint / DCP_DIR / _METADATA_FILE)
+    meta = _read_metadata(checkpoint / DCP_DIR / DCP_METADATA)
     return dict(meta.state_dict_metadata)
 
 
