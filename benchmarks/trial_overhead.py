@@ -31,8 +31,9 @@ settings), ``resources.cpus_per_worker=1``:
   process group, from one trial to the next (no Ray Train): what a persistent worker pool
   would cost per trial.
 * ``fresh-process imports``: ``python -c "import ray.tune, stagetune.orchestration.trainable,
-  stagetune.trainables.loop"`` (Tune, torch, stagetune's GPT-2, which needs no transformers)
-  minus ``python -c "import ray"``: what a new trial actor must import before its first step.
+  stagetune.trainables.loop, torch._dynamo"`` (Tune, torch, stagetune's GPT-2, which needs no
+  transformers, and what torch's optimizer imports on first use) minus ``python -c "import
+  ray"``: what a new trial actor must import before its first step.
 
 Per-trial wall time comes from a Tune ``Callback`` in the driver: the first trial's from the
 Tuner's first ``on_step_begin`` (the step that asks for its actor) to ``on_trial_complete``,
@@ -344,9 +345,11 @@ def child(workers: int, trials: int, root: Path, extra: list[str]) -> dict[str, 
 
 
 TRIAL_ACTOR_IMPORTS = (
-    "import ray.tune, stagetune.orchestration.trainable, stagetune.trainables.loop"
+    "import ray.tune, stagetune.orchestration.trainable, stagetune.trainables.loop, torch._dynamo"
 )
-"""What a one-worker trial actor imports before its first step (Tune, torch, the loop)."""
+"""What a one-worker trial actor imports before its first step: Tune, torch, the loop, and
+``torch._dynamo``, which ``torch.optim`` imports at its first optimizer whatever the loop does
+(``Optimizer.__init__`` and ``step`` are wrapped by torch's dynamo guards)."""
 
 
 def import_floor() -> float:
@@ -479,7 +482,7 @@ def format_report(out: dict[str, Any]) -> str:
         f"{'':>9}{'':>9}  (set-up, evals, checkpoint)",
     ]
     lines.append(
-        f"{'fresh-process imports (Tune, torch, GPT-2)':<42}{'':>9}"
+        f"{'fresh-process imports (Tune, torch, loop)':<42}{'':>9}"
         f"{out['fresh_process_imports']:>11.2f}{'':>9}{'':>9}  (reference for a 1st trial)"
     )
     for r in out["rows"]:
