@@ -52,6 +52,9 @@ def test_same_seed_same_weights(changes: dict[str, Any]) -> None:
         torch.testing.assert_close(mine[key], hf[key], rtol=0, atol=0, msg=key)
     tied = ours.lm_head.weight is ours.transformer.wte.weight
     assert tied == changes.get("tie_embeddings", True)
+    # transformers' accessors, which code written against its models calls.
+    assert ours.get_input_embeddings() is ours.transformer.wte
+    assert ours.get_output_embeddings() is ours.lm_head
 
 
 @pytest.mark.parametrize("changes", SHAPES)

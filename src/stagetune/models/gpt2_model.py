@@ -303,6 +303,10 @@ class GPT2LMHeadModel(nn.Module):
             scaled = std / math.sqrt(2 * self.config.n_layer)
             nn.init.normal_(module.c_proj.weight, mean=0.0, std=scaled)
 
+    def get_input_embeddings(self) -> nn.Embedding:
+        """The token embedding (transformers' accessor, as code written against it expects)."""
+        return self.transformer.wte
+
     def get_output_embeddings(self) -> nn.Linear:
         """The LM head (transformers' accessor)."""
         return self.lm_head
