@@ -1,12 +1,14 @@
 """The model-family contract, as a pytest suite (subclass it; override ``adapter``).
 
-A :class:`~stagetune.models.FamilyAdapter` tells the staged model where a Hugging Face causal
-LM keeps its parts and how many FLOPs a block costs. The suite builds a tiny model of the
-family (:func:`stagetune.testing.models.tiny_config`; override ``model_config`` for other
-shapes) and checks: deterministic building, our forward pass equal to Hugging Face's at full
-depth, inactive blocks neither running nor training, the block index of every state-dict key,
-optimizer groups, the export at an intermediate depth, and the FLOPs model
-(:meth:`FamilyAdapter.dims`) against ``torch.utils.flop_counter`` on the real model.
+A :class:`~stagetune.models.FamilyAdapter` tells the staged model where a causal LM with a
+Hugging Face layout keeps its parts and how many FLOPs a block costs. The suite builds a tiny
+model of the family (:func:`stagetune.testing.models.tiny_config`; override ``model_config`` for
+other shapes) and checks: deterministic building, the staged forward pass equal to the built
+model's own at full depth (GPT-2's modules are our own: ``tests/models/test_gpt2_model.py``
+also holds them equal to transformers'), inactive blocks neither running nor training, the
+block index of every state-dict key, optimizer groups, the export at an intermediate depth,
+and the FLOPs model (:meth:`FamilyAdapter.dims`) against ``torch.utils.flop_counter`` on the
+real model.
 """
 
 from __future__ import annotations
