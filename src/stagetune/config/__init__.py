@@ -19,6 +19,7 @@ from stagetune.config.loading import (
 )
 from stagetune.config.names import validate_names
 from stagetune.config.schema import (
+    ATTN_IMPLEMENTATIONS,
     BudgetConfig,
     DataConfig,
     ExperimentConfig,
@@ -32,6 +33,7 @@ from stagetune.config.schema import (
 )
 
 __all__ = [
+    "ATTN_IMPLEMENTATIONS",
     "DEFAULT_PRESET",
     "PRESETS",
     "BudgetConfig",

@@ -52,6 +52,11 @@ __all__ = [
     "validate_name",
 ]
 
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+"""Attention kernels (``model.attn_implementation``): PyTorch's fused
+``scaled_dot_product_attention``, or explicit matmuls (what ``FlopCounterMode`` can count on
+the CPU)."""
+
 
 @dataclass(kw_only=True)
 class ModelConfig:
@@ -120,7 +125,7 @@ class ModelConfig:
                 "use at least 2 tokens or null to take the tokenizer's size",
             )
         _require(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "use a value in [0, 1)")
-        _choice(self.attn_implementation, ("sdpa", "eager"), "model.attn_implementation")
+        _choice(self.attn_implementation, ATTN_IMPLEMENTATIONS, "model.attn_implementation")
 
     @property
     def kv_heads(self) -> int:

@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stagetune.models.output import IGNORE_INDEX, CausalLMOutput
+from stagetune.config import ATTN_IMPLEMENTATIONS
+from stagetune.models.output import IGNORE_INDEX, CausalLMOutput, next_token_loss
 
 __all__ = [
     "GPT2MLP",
@@ -43,9 +44,6 @@ __all__ = [
     "causal_mask",
 ]
 
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
-"""Attention kernels: PyTorch's fused ``scaled_dot_product_attention``, or explicit matmuls
-(what ``FlopCounterMode`` can count on the CPU)."""
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
@@ -318,12 +316,7 @@ class GPT2LMHeadModel(nn.Module):
         logits = self.lm_head(self.transformer(input_ids))
         loss = None
         if labels is not None:
-            shifted = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
-            loss = F.cross_entropy(
-                logits.float().reshape(-1, logits.shape[-1]),
-                shifted.reshape(-1),
-                ignore_index=IGNORE_INDEX,
-            )
+            loss = next_token_loss(logits, F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:])
         return CausalLMOutput(loss=loss, logits=logits)
 
     def save_pretrained(

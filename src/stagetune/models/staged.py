@@ -1,10 +1,10 @@
 """The staged-model adapter: a causal LM whose active depth grows stage by stage.
 
 :class:`StagedModel` wraps a causal LM with a Hugging Face layout built with all L blocks (for
-GPT-2 our torch-only copy of transformers' model, for other families transformers' own). Only the bottom
-``active_depth`` blocks run; :meth:`StagedModel.grow` activates more of them, initialised by a
-growth operator; :meth:`StagedModel.configure_phase` decides which parameters train and whether
-the frozen prefix runs without autograd. The forward pass is our own loop over the HF modules
+GPT-2 our torch-only copy of transformers' model, for other families transformers' own). Only
+the bottom ``active_depth`` blocks run; :meth:`StagedModel.grow` activates more of them,
+initialised by a growth operator; :meth:`StagedModel.configure_phase` decides which parameters
+train and whether the frozen prefix runs without autograd. The forward pass is our own loop over the HF modules
 (embeddings, active blocks, final norm, LM head) so that depth and freezing are under our control;
 at full depth it computes exactly what the HF model computes.
 """
@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from stagetune.compute import ModelDims
@@ -26,7 +25,7 @@ from stagetune.errors import ConfigError
 from stagetune.freeze import FreezePolicy, ModelParts, get_freeze_policy
 from stagetune.models.family import CausalLM, FamilyAdapter, get_family
 from stagetune.models.growth import GrowthOperator, get_growth_operator
-from stagetune.models.output import IGNORE_INDEX, CausalLMOutput
+from stagetune.models.output import IGNORE_INDEX, CausalLMOutput, next_token_loss
 
 __all__ = ["IGNORE_INDEX", "CausalLMOutput", "StagedModel", "build_model"]
 
@@ -257,11 +256,7 @@ class StagedModel(nn.Module):
                     f"labels shape {tuple(labels.shape)} != input_ids shape "
                     f"{tuple(input_ids.shape)}; pass targets already shifted by one position"
                 )
-            loss = F.cross_entropy(
-                logits.float().reshape(-1, logits.shape[-1]),
-                labels.reshape(-1),
-                ignore_index=IGNORE_INDEX,
-            )
+            loss = next_token_loss(logits, labels)
         return CausalLMOutput(loss=loss, logits=logits)
 
     # ---------------------------------------------------------------------------------------

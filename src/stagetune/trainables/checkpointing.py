@@ -111,6 +111,7 @@ class CheckpointManager:
         import torch.distributed as dist
 
         from stagetune.trainables.sharded import save_sharded
+
         rng = rng_state.gather(self.device, rank=self.rank, world_size=self.world_size)
         step = int(counters["step"])
         # The users' model, once: a full gather at the end only (a collective).
@@ -272,4 +273,3 @@ class CheckpointManager:
             return True
         block = self.model.family.block_index(key)
         return block is not None and block >= self.model.active_depth
-
