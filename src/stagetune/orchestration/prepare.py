@@ -22,6 +22,7 @@ from stagetune.data.prepare import PreparedData, model_vocab_size
 from stagetune.errors import ConfigError
 from stagetune.models.size import param_counts
 from stagetune.orchestration.lock import DirectoryLock, check_unlocked
+from stagetune.orchestration.samplers import make_sampler
 from stagetune.orchestration.storage import (
     StudyPaths,
     check_fresh_workdir,
@@ -111,6 +112,8 @@ def prepare_study(
     space.build(space.baseline_point(ctx), ctx)
     for i, point in enumerate(cfg.search.points_to_evaluate):
         _check_point(space, ctx, point, i)
+    # Tune pickles the sampler into the study's first file: one it cannot save is refused here.
+    make_sampler(cfg, space)
     return PreparedStudy(
         config=cfg,
         paths=paths,

@@ -9,16 +9,26 @@ group. ``auto`` asks the space which sampler suits it (NSGA-II for two objective
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+import pickle
+import threading
+from typing import TYPE_CHECKING, Any, Protocol
 
 from stagetune.config import ExperimentConfig, SearchConfig
+from stagetune.errors import ConfigError
 from stagetune.registry import SAMPLERS
 from stagetune.search_spaces import SearchSpace
 
 if TYPE_CHECKING:
     from optuna.samplers import BaseSampler
 
-__all__ = ["MIN_STARTUP_TRIALS", "STARTUP_SHARE", "SamplerFactory", "make_sampler", "sampler_seed"]
+__all__ = [
+    "MIN_STARTUP_TRIALS",
+    "STARTUP_SHARE",
+    "PicklableLock",
+    "SamplerFactory",
+    "make_sampler",
+    "sampler_seed",
+]
 
 STARTUP_SHARE = 10
 """TPE samples 1 / this of a study's trials at random before it models them."""
@@ -31,11 +41,71 @@ class SamplerFactory(Protocol):
     def __call__(self, search: SearchConfig, space: SearchSpace, seed: int) -> BaseSampler: ...
 
 
+_LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
+
+
+class PicklableLock:
+    """A lock that pickles as a new, unlocked lock.
+
+    Tune saves the searcher with its sampler (``tuner.pkl`` and every searcher snapshot, with
+    the standard ``pickle``). Optuna 5.1's genetic samplers (NSGA-II, NSGA-III) hold a
+    ``threading.Lock`` and no pickling support, so a multi-objective study could not even
+    start; the lock only guards the sampler's in-memory generation cache.
+    """
+
+    def __init__(self, *, reentrant: bool = False) -> None:
+        self._reentrant = reentrant
+        self._lock: Any = threading.RLock() if reentrant else threading.Lock()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return bool(self._lock.acquire(blocking, timeout))
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_new_lock, (self._reentrant,))
+
+
+def _new_lock(reentrant: bool) -> PicklableLock:
+    return PicklableLock(reentrant=reentrant)
+
+
+def _picklable(sampler: BaseSampler, name: str) -> BaseSampler:
+    """``sampler`` with its own locks made picklable; refused (naming ``search.sampler``) when
+    it still does not pickle, before anything of the study is written."""
+    for attr, value in vars(sampler).items():
+        if isinstance(value, _LOCK_TYPES):
+            reentrant = isinstance(value, _LOCK_TYPES[1])
+            setattr(sampler, attr, PicklableLock(reentrant=reentrant))
+    try:
+        pickle.dumps(sampler)
+    except Exception as exc:
+        raise ConfigError(
+            "search.sampler",
+            name,
+            f"its sampler cannot be pickled ({type(exc).__name__}: {exc}), and Tune saves the "
+            "sampler with the study; give the sampler __getstate__/__setstate__ or choose "
+            "another",
+        ) from None
+    return sampler
+
+
 def make_sampler(cfg: ExperimentConfig, space: SearchSpace) -> BaseSampler:
     """The study's seeded sampler: ``search.sampler``, seeded with ``search.sampler_seed`` or,
-    when unset, ``train.seed``."""
+    when unset, ``train.seed``.
+
+    Raises:
+        ConfigError: the sampler cannot be pickled (Tune saves it with the study).
+    """
     factory: SamplerFactory = SAMPLERS.get(cfg.search.sampler)
-    return factory(cfg.search, space, sampler_seed(cfg))
+    return _picklable(factory(cfg.search, space, sampler_seed(cfg)), cfg.search.sampler)
 
 
 def sampler_seed(cfg: ExperimentConfig) -> int:
