@@ -4,9 +4,9 @@
 GPT-2 our torch-only copy of transformers' model, for other families transformers' own). Only
 the bottom ``active_depth`` blocks run; :meth:`StagedModel.grow` activates more of them,
 initialised by a growth operator; :meth:`StagedModel.configure_phase` decides which parameters
-train and whether the frozen prefix runs without autograd. The forward pass is our own loop over the HF modules
-(embeddings, active blocks, final norm, LM head) so that depth and freezing are under our control;
-at full depth it computes exactly what the HF model computes.
+train and whether the frozen prefix runs without autograd. The forward pass is our own loop
+over the HF modules (embeddings, active blocks, final norm, LM head) so that depth and freezing
+are under our control; at full depth it computes exactly what the HF model computes.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stagetune.config import ExperimentConfig, config_from_dict, config_to_dict
 from stagetune.data import prepare_data
@@ -32,6 +32,9 @@ from stagetune.orchestration.storage import (
 from stagetune.results.regime import Regime
 from stagetune.results.store import check_tracking_uri, sqlite_path
 from stagetune.search_spaces import SearchSpace, SpaceContext, get_search_space
+
+if TYPE_CHECKING:
+    from optuna.samplers import BaseSampler
 
 __all__ = [
     "WORKDIR_FIELD",
@@ -59,6 +62,9 @@ class PreparedStudy:
     """The reference's size and training length (its params go to the MLflow parent run)."""
     data: PreparedData
     """The tokens, prepared once for the study: its trials memory-map them."""
+    sampler: BaseSampler
+    """The study's seeded sampler, built (and checked to pickle) here; a new study's search
+    takes it, a resumed one restores its own from Tune's snapshot."""
 
 
 def prepare_study(
@@ -113,7 +119,7 @@ def prepare_study(
     for i, point in enumerate(cfg.search.points_to_evaluate):
         _check_point(space, ctx, point, i)
     # Tune pickles the sampler into the study's first file: one it cannot save is refused here.
-    make_sampler(cfg, space)
+    sampler = make_sampler(cfg, space)
     return PreparedStudy(
         config=cfg,
         paths=paths,
@@ -123,6 +129,7 @@ def prepare_study(
         resume=resume,
         regime=study_regime(cfg, vocab_size=vocab, num_tokens=data.num_tokens),
         data=data,
+        sampler=sampler,
     )
 
 

@@ -53,7 +53,7 @@ class PicklableLock:
     start; the lock only guards the sampler's in-memory generation cache.
     """
 
-    def __init__(self, *, reentrant: bool = False) -> None:
+    def __init__(self, reentrant: bool = False) -> None:
         self._reentrant = reentrant
         self._lock: Any = threading.RLock() if reentrant else threading.Lock()
 
@@ -70,11 +70,7 @@ class PicklableLock:
         self.release()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_new_lock, (self._reentrant,))
-
-
-def _new_lock(reentrant: bool) -> PicklableLock:
-    return PicklableLock(reentrant=reentrant)
+        return (PicklableLock, (self._reentrant,))
 
 
 def _picklable(sampler: BaseSampler, name: str) -> BaseSampler:

@@ -38,7 +38,7 @@ from stagetune.orchestration.resume import (
     restore_tuner,
     snapshot_trials,
 )
-from stagetune.orchestration.samplers import make_sampler, sampler_seed
+from stagetune.orchestration.samplers import sampler_seed
 from stagetune.orchestration.searcher import ResumableOptunaSearch
 from stagetune.orchestration.seed_repeats import (
     REFERENCE_SIGNED,
@@ -396,7 +396,7 @@ def _new_tuner(
         metric=metric,
         mode=mode,
         points_to_evaluate=[],
-        sampler=make_sampler(cfg, prep.space),
+        sampler=prep.sampler,
         study_name=cfg.name,
         storage=storage,
         max_trials=cfg.search.num_trials,
